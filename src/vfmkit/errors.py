@@ -1,0 +1,23 @@
+"""User-facing errors.
+
+Every error a user can fix (a bad path, a wrong model id, a corrupt checkpoint, an invalid spec value) is a
+:class:`VfmError`. The CLI prints its message on one line and exits with code 2, without a traceback.
+"""
+
+
+class VfmError(Exception):
+    """An error caused by the user's input; the message says what was wrong and what was expected."""
+
+    exit_code = 2
+
+
+class ModelNotFoundError(VfmError):
+    """A model id, alias, path or hub source that does not resolve."""
+
+
+class WeightsError(VfmError):
+    """A checkpoint that cannot be read safely or does not match the architecture."""
+
+
+class DataError(VfmError):
+    """An input dataset, image source or image file that is missing or malformed."""

@@ -1,0 +1,83 @@
+"""Build and load backbones: the one entry point, :func:`load_backbone`.
+
+``name_or_path`` may be
+- a registry id or alias (``c-radio-v3-b``, ``c_radio_v3_vit_base_patch16_reg4_dinov2``): built by its family
+  builder and loaded from its published source (``pretrained=False`` gives random init);
+- ``hf-hub:<org>/<repo>[@revision][/file]``: a RADIO checkpoint on the Hugging Face Hub (through the local cache);
+- a local folder (Hugging Face layout: ``config.json`` + ``model.safetensors``, or one ``*.pth.tar``) or file.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from vfmkit.errors import ModelNotFoundError
+from vfmkit.models.backbones.base import Backbone
+from vfmkit.models.registry import ModelEntry, find_entry, resolve_entry
+
+FamilyBuilder = Callable[..., Backbone]
+"""``builder(entry, pretrained: bool, adaptors: Sequence[str]) -> Backbone``."""
+
+_FAMILY_BUILDERS: dict[str, FamilyBuilder] = {}
+
+
+def register_family(name: str, builder: FamilyBuilder) -> None:
+    """Register the builder of a model family (called by each family module at import)."""
+    _FAMILY_BUILDERS[name] = builder
+
+
+def _family_builder(family: str) -> FamilyBuilder:
+    from vfmkit.models.backbones import zoo  # noqa: F401  (registers families and entries)
+
+    if family not in _FAMILY_BUILDERS:
+        raise ModelNotFoundError(f"no builder for model family {family!r}")
+    return _FAMILY_BUILDERS[family]
+
+
+def build_from_entry(
+    entry: ModelEntry, pretrained: bool = True, adaptors: Sequence[str] = (), **options: Any
+) -> Backbone:
+    """Build a registry entry, loading its published weights when ``pretrained`` (and it has a source).
+
+    ``options`` are family-specific (RADIO: ``vitdet_window_size``); None values are dropped.
+    """
+    options = {k: v for k, v in options.items() if v is not None}
+    builder = _family_builder(entry.family)
+    return builder(entry, pretrained=pretrained and entry.source is not None, adaptors=adaptors, **options)
+
+
+def load_backbone(
+    name_or_path: str | Path,
+    adaptors: Sequence[str] | None = None,
+    pretrained: bool = True,
+    vitdet_window_size: int | None = None,
+) -> Backbone:
+    """Build a backbone from a registry id/alias, an ``hf-hub:`` source, or a local checkpoint.
+
+    Args:
+        name_or_path: what to load (see the module docstring).
+        adaptors: teacher adaptor heads to attach (RADIO), e.g. ``["siglip"]``.
+        pretrained: for registry ids, load the published weights (False: random init).
+        vitdet_window_size: RADIO only: windowed attention with this window (in patches) in most blocks.
+
+    Returns:
+        The backbone in eval mode, float32, on the CPU.
+
+    Raises:
+        ModelNotFoundError: the name resolves to nothing; WeightsError: the checkpoint is unusable.
+    """
+    adaptors = tuple(adaptors or ())
+    name = str(name_or_path)
+    if name.startswith("hf-hub:") or Path(name).expanduser().exists():
+        from vfmkit.models.backbones.radio.load import load_radio_checkpoint
+
+        model = load_radio_checkpoint(name, adaptors=adaptors, defaults={"vitdet_window_size": vitdet_window_size})
+    elif find_entry(name) is not None:
+        entry = resolve_entry(name)
+        model = build_from_entry(entry, pretrained=pretrained, adaptors=adaptors, vitdet_window_size=vitdet_window_size)
+    else:
+        resolve_entry(name)  # raises with suggestions
+        raise AssertionError("unreachable")
+    return model.eval()
