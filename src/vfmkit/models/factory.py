@@ -13,6 +13,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from vfmkit.errors import ModelNotFoundError
 from vfmkit.models.backbones.base import Backbone
 from vfmkit.models.registry import ModelEntry, find_entry, resolve_entry
@@ -39,13 +41,19 @@ def _family_builder(family: str) -> FamilyBuilder:
 def build_from_entry(
     entry: ModelEntry, pretrained: bool = True, adaptors: Sequence[str] = (), **options: Any
 ) -> Backbone:
-    """Build a registry entry, loading its published weights when ``pretrained`` (and it has a source).
+    """Build a registry entry, loading its weights when ``pretrained`` (test variants are always random init).
 
-    ``options`` are family-specific (RADIO: ``vitdet_window_size``); None values are dropped.
+    ``options`` are ``checkpoint`` (a local weights file used instead of the published source; needed for weights
+    published outside the Hugging Face Hub) and family-specific ones (RADIO: ``vitdet_window_size``); None values
+    are dropped. An entry without a published source raises when ``pretrained`` and no ``checkpoint`` is given.
     """
     options = {k: v for k, v in options.items() if v is not None}
     builder = _family_builder(entry.family)
-    return builder(entry, pretrained=pretrained and entry.source is not None, adaptors=adaptors, **options)
+    if entry.test_only:  # random test variants are the same on every build: reproducible tests and demos
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            return builder(entry, pretrained=False, adaptors=adaptors, **options)
+    return builder(entry, pretrained=pretrained, adaptors=adaptors, **options)
 
 
 def load_backbone(
@@ -53,6 +61,7 @@ def load_backbone(
     adaptors: Sequence[str] | None = None,
     pretrained: bool = True,
     vitdet_window_size: int | None = None,
+    checkpoint: str | Path | None = None,
 ) -> Backbone:
     """Build a backbone from a registry id/alias, an ``hf-hub:`` source, or a local checkpoint.
 
@@ -61,6 +70,7 @@ def load_backbone(
         adaptors: teacher adaptor heads to attach (RADIO), e.g. ``["siglip"]``.
         pretrained: for registry ids, load the published weights (False: random init).
         vitdet_window_size: RADIO only: windowed attention with this window (in patches) in most blocks.
+        checkpoint: for registry ids, a local weights file to load instead of the published source.
 
     Returns:
         The backbone in eval mode, float32, on the CPU.
@@ -76,8 +86,10 @@ def load_backbone(
         model = load_radio_checkpoint(name, adaptors=adaptors, defaults={"vitdet_window_size": vitdet_window_size})
     elif find_entry(name) is not None:
         entry = resolve_entry(name)
-        model = build_from_entry(entry, pretrained=pretrained, adaptors=adaptors, vitdet_window_size=vitdet_window_size)
+        options = {"vitdet_window_size": vitdet_window_size, "checkpoint": checkpoint}
+        model = build_from_entry(entry, pretrained=pretrained, adaptors=adaptors, **options)
     else:
         resolve_entry(name)  # raises with suggestions
         raise AssertionError("unreachable")
+    model.model_id = name
     return model.eval()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import pickle
+import re
 from pathlib import Path
 from typing import Any
 
@@ -47,11 +48,12 @@ def load_pickle_checkpoint(path: str | Path) -> Any:
         with torch.serialization.safe_globals(SAFE_GLOBALS):
             return torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        detail = str(err).splitlines()[0] if str(err) else "unsupported content"
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
+        if found is None:
+            raise WeightsError(f"{path}: not a readable torch checkpoint (corrupt or not a pickle)") from None
         raise WeightsError(
-            f"{path}: refused to load: the pickle needs more than tensors, containers and argparse.Namespace "
-            f"({detail[:300]}); vfmkit only loads checkpoints safely (weights_only=True). Convert it to "
-            "safetensors on a trusted machine."
+            f"{path}: refused to load: the pickle needs {found.group(1)}, and vfmkit only loads tensors, containers "
+            "and argparse.Namespace (weights_only=True). Convert it to safetensors on a trusted machine."
         ) from None
     except (RuntimeError, EOFError, OSError, ValueError) as err:
         raise WeightsError(f"{path}: not a readable torch checkpoint ({str(err).splitlines()[0][:300]})") from None

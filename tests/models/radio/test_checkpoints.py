@@ -10,8 +10,8 @@ import shutil
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-
 from tests.conftest import radio_fixtures
+
 from vfmkit import load_backbone
 from vfmkit.errors import ModelNotFoundError, VfmError, WeightsError
 
@@ -26,14 +26,14 @@ def test_unsafe_pickle_is_refused(tmp_path):
     path = tmp_path / "evil.pth.tar"
     payload = {"args": argparse.Namespace(model="x"), "state_dict": {}, "extra": pathlib.PurePosixPath("/etc")}
     torch.save(payload, path)
-    with pytest.raises(WeightsError, match="refused to load"):
+    with pytest.raises(WeightsError, match="refused to load: the pickle needs pathlib.PurePosixPath"):
         load_backbone(path)
 
 
 def test_corrupt_checkpoint_names_the_file(tmp_path):
     path = tmp_path / "broken.pth.tar"
     path.write_bytes(b"not a zip archive at all")
-    with pytest.raises(WeightsError, match="broken.pth.tar"):
+    with pytest.raises(WeightsError, match="broken.pth.tar: not a readable torch checkpoint"):
         load_backbone(path)
 
 
@@ -108,7 +108,7 @@ def test_hub_source_resolves_through_the_cache(tmp_path):
     import huggingface_hub.constants
 
     huggingface_hub.constants.HF_HUB_CACHE = str(tmp_path / "hf-cache")
-    assert constants.HF_HUB_CACHE == str(tmp_path / "hf-cache")
+    assert str(tmp_path / "hf-cache") == constants.HF_HUB_CACHE
     from_hub = load_backbone("hf-hub:nvidia/tiny-radio")
     local = load_backbone(radio_fixtures() / "radio-tiny-v4")
     torch.testing.assert_close(from_hub.state_dict(), local.state_dict())
@@ -148,3 +148,54 @@ def test_half_precision_checkpoint_is_upcast(tmp_path):
     images = torch.rand(1, 3, 64, 64)
     with torch.inference_mode():
         torch.testing.assert_close(model(images).summary, reference(images).summary, atol=0.05, rtol=0.01)
+
+
+def _fake_hub_repo(cache, repo: str, files: dict) -> None:
+    """A Hugging Face cache snapshot of ``repo`` holding ``files`` (name -> source path or tensor dict)."""
+    folder = cache / f"models--{repo.replace('/', '--')}"
+    snapshot = folder / "snapshots" / "0123456789abcdef0123456789abcdef01234567"
+    snapshot.mkdir(parents=True)
+    (folder / "refs").mkdir()
+    (folder / "refs" / "main").write_text(snapshot.name)
+    for name, content in files.items():
+        if isinstance(content, dict):
+            save_file(content, str(snapshot / name))
+        else:
+            shutil.copy(content, snapshot / name)
+
+
+def _use_cache(monkeypatch, cache) -> None:
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+
+
+def test_registry_id_loads_its_published_source(tmp_path, monkeypatch):
+    fixture = radio_fixtures() / "radio-tiny-v3"
+    _fake_hub_repo(tmp_path, "nvidia/C-RADIOv3-B", {
+        "config.json": fixture / "config.json", "model.safetensors": fixture / "model.safetensors",
+    })
+    _use_cache(monkeypatch, tmp_path)
+    model = load_backbone("c_radio_v3_vit_base_patch16_reg4_dinov2")  # a TAO alias of c-radio-v3-b
+    reference = load_backbone(fixture)
+    torch.testing.assert_close(model.state_dict(), reference.state_dict())
+    assert model.model_id == "c_radio_v3_vit_base_patch16_reg4_dinov2"
+
+
+def test_adaptors_fall_back_to_the_torchhub_file(tmp_path, monkeypatch):
+    fixture = radio_fixtures() / "radio-tiny-v2"
+    without_adaptors = {k: v for k, v in load_file(str(fixture / "model.safetensors")).items() if "adaptors" not in k}
+    _fake_hub_repo(tmp_path, "nvidia/C-RADIOv2-g", {
+        "config.json": fixture / "config.json", "model.safetensors": without_adaptors,
+        "c-radio_v2-g_half.pth.tar": fixture / "checkpoint.pth.tar",
+    })
+    _use_cache(monkeypatch, tmp_path)
+    assert not load_backbone("c-radio-v2-g").adaptor_names
+    model = load_backbone("c-radio-v2-g", adaptors=["siglip"])
+    assert model.adaptor_names == ("siglip",)
+    assert model.load_report.source.endswith("c-radio_v2-g_half.pth.tar")
+
+
+def test_registry_checkpoint_option_overrides_the_source():
+    model = load_backbone("c-radio-v4-h", checkpoint=radio_fixtures() / "radio-tiny-v4" / "checkpoint.pth.tar")
+    assert model.cfg.num_cls_tokens == 3 and model.embed_dim == 192

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 from safetensors.torch import load_file
-
 from tests.conftest import radio_fixtures
+
 from vfmkit import load_backbone
 
 TOLERANCE = 1e-5

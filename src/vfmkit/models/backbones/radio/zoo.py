@@ -7,6 +7,7 @@ weights are loaded the checkpoint's own args and tensor shapes are authoritative
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -177,9 +178,14 @@ def _registry_defaults(entry: ModelEntry, vitdet_window_size: int | None) -> dic
 
 
 def build_radio(
-    entry: ModelEntry, pretrained: bool, adaptors: Sequence[str] = (), vitdet_window_size: int | None = None
+    entry: ModelEntry,
+    pretrained: bool,
+    adaptors: Sequence[str] = (),
+    vitdet_window_size: int | None = None,
+    checkpoint: str | Path | None = None,
 ) -> RadioBackbone:
-    """Build a RADIO registry entry: load its published checkpoint, or random init when not ``pretrained``.
+    """Build a RADIO registry entry: load its published checkpoint (or ``checkpoint``, a local file or folder in
+    either layout), or random init when not ``pretrained``.
 
     With adaptors requested and a primary source that lacks them (some Hugging Face safetensors), the entry's
     torch.hub file is tried next.
@@ -189,7 +195,7 @@ def build_radio(
     """
     defaults = _registry_defaults(entry, vitdet_window_size)
     if pretrained:
-        sources = [entry.source, *entry.alt_sources]
+        sources = [str(checkpoint)] if checkpoint is not None else [entry.source, *entry.alt_sources]
         for index, source in enumerate(sources):
             try:
                 return load_radio_checkpoint(source, adaptors=adaptors, defaults=defaults)

@@ -1,0 +1,241 @@
+"""The ``vfm`` command line: a thin shim over the library functions.
+
+Commands: ``vfm models`` / ``vfm models show ID``, ``vfm embed``, ``vfm pca``, ``vfm knn``, ``vfm demo``. Task
+commands of the form ``vfm <task> <action> -c spec.yaml key=value`` are added as one typer group per task
+(``app.add_typer(group, name=task)``).
+
+Errors a user can fix (:class:`vfmkit.errors.VfmError`, bad usage) print ``error: <message>`` on one line to
+stderr and exit with code 2, without a traceback. Results go to stdout; progress goes to stderr.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from collections.abc import Sequence
+from enum import Enum
+from pathlib import Path
+
+import typer
+from typer.exceptions import TyperException
+
+from vfmkit.errors import VfmError
+
+app = typer.Typer(
+    name="vfm",
+    help="Vision foundation models: backbones, features, probes.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+models_app = typer.Typer(help="List the backbone registry (`vfm models`) or show one entry (`vfm models show ID`).")
+app.add_typer(models_app, name="models")
+
+MODEL_HELP = "registry id or alias (see `vfm models`), hf-hub:<repo>, or a local checkpoint file/folder"
+RESOLUTION_HELP = "resize every image to N x N (a multiple of the patch size); default: the model's preferred size"
+
+
+class What(str, Enum):
+    """Which features `vfm embed` stores."""
+
+    summary = "summary"
+    spatial = "spatial"
+    both = "both"
+
+
+# --- models -------------------------------------------------------------------------------------------------------
+
+
+def _format_params(params_m: float | None) -> str:
+    if params_m is None:
+        return "-"
+    return f"{params_m:.0f}M" if params_m >= 10 else f"{params_m:.1f}M"
+
+
+def models_table(include_test: bool = False) -> str:
+    """The registry as an aligned text table: id, family, params, resolution, license, source."""
+    from vfmkit.models.registry import list_backbones
+
+    header = ("id", "family", "params", "resolution", "license", "source")
+    rows = [
+        (
+            e.id,
+            e.family,
+            _format_params(e.params_m),
+            f"{e.preferred_resolution} (max {e.max_resolution})",
+            e.license,
+            e.source or "random init (test variant)",
+        )
+        for e in list_backbones(include_test=include_test)
+    ]
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    lines = [
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in [header, *rows]
+    ]
+    return "\n".join(lines)
+
+
+@models_app.callback(invoke_without_command=True)
+def models(
+    ctx: typer.Context, all_: bool = typer.Option(False, "--all", help="include the tiny random-init test variants")
+) -> None:
+    """List the registered backbones."""
+    if ctx.invoked_subcommand is None:
+        typer.echo(models_table(include_test=all_))
+
+
+@models_app.command("show")
+def models_show(model_id: str = typer.Argument(..., help="registry id or alias")) -> None:
+    """Print every field of one registry entry."""
+    from vfmkit.models.registry import resolve_entry
+
+    entry = resolve_entry(model_id)
+    for item in dataclasses.fields(entry):
+        value = getattr(entry, item.name)
+        if isinstance(value, dict):
+            value = json.dumps(value, sort_keys=True) if value else "-"
+        elif isinstance(value, tuple):
+            value = ", ".join(str(v) for v in value) or "-"
+        elif value is None:
+            value = "-"
+        typer.echo(f"{item.name}: {value}")
+
+
+# --- feature extraction -------------------------------------------------------------------------------------------
+
+
+def _print_skipped(skipped: Sequence) -> None:
+    if skipped:
+        typer.echo(f"skipped {len(skipped)} unreadable image(s):")
+        for item in skipped:
+            typer.echo(f"  {item.error}")
+
+
+@app.command()
+def embed(
+    source: str = typer.Argument(..., help="image folder (recursive), glob pattern, or text file of image paths"),
+    model: str = typer.Option(..., "--model", "-m", help=MODEL_HELP),
+    resolution: int | None = typer.Option(None, "--resolution", "-r", help=RESOLUTION_HELP),
+    batch_size: int = typer.Option(32, "--batch-size", "-b", min=1, help="images per forward pass"),
+    out: Path = typer.Option(Path("embeddings.safetensors"), "--out", "-o", help="safetensors file to write"),
+    what: What = typer.Option(What.summary, "--what", help="summary (N,C), spatial (N,D,h,w), or both"),
+    adaptor: list[str] | None = typer.Option(None, "--adaptor", help="also store this adaptor head (repeatable)"),
+) -> None:
+    """Extract features of every image of SOURCE into a safetensors file plus an index of files."""
+    from vfmkit.tasks.embed import embed_source
+
+    result = embed_source(source, model, out, resolution, batch_size, what.value, adaptors=adaptor or ())
+    shapes = ", ".join(f"{key} {tuple(value.shape)}" for key, value in result.embeddings.tensors.items())
+    typer.echo(f"embedded {len(result.embeddings.files)} images at {_size(result.embeddings.resolution)}: {shapes}")
+    typer.echo(f"features: {result.out}")
+    typer.echo(f"index:    {result.index} (rows in this order)")
+    _print_skipped(result.embeddings.skipped)
+
+
+def _size(size: tuple[int, int]) -> str:
+    return f"{size[0]}x{size[1]}"
+
+
+@app.command()
+def pca(
+    source: str = typer.Argument(..., help="image folder (recursive), glob pattern, or text file of image paths"),
+    model: str = typer.Option(..., "--model", "-m", help=MODEL_HELP),
+    out: Path = typer.Option(..., "--out", "-o", help="folder for the PNG pictures"),
+    resolution: int | None = typer.Option(None, "--resolution", "-r", help=RESOLUTION_HELP),
+    batch_size: int = typer.Option(16, "--batch-size", "-b", min=1, help="images per forward pass"),
+) -> None:
+    """Draw the first 3 principal components of the spatial features as RGB, beside each image (PNG)."""
+    from vfmkit.tasks.pca import pca_source
+
+    result = pca_source(source, model, out, resolution, batch_size)
+    typer.echo(f"wrote {len(result.pictures)} PCA picture(s) to {out}")
+    _print_skipped(result.skipped)
+
+
+@app.command()
+def knn(
+    train: Path = typer.Option(..., "--train", help="training images, one sub-folder per class"),
+    val: Path = typer.Option(..., "--val", help="validation images, one sub-folder per class"),
+    model: str = typer.Option(..., "--model", "-m", help=MODEL_HELP),
+    k: int = typer.Option(20, "--k", min=1, help="neighbours per image"),
+    temperature: float = typer.Option(0.07, "--temperature", "-t", min=1e-6, help="vote weight exp(similarity/T)"),
+    resolution: int | None = typer.Option(None, "--resolution", "-r", help=RESOLUTION_HELP),
+    batch_size: int = typer.Option(32, "--batch-size", "-b", min=1, help="images per forward pass"),
+) -> None:
+    """k-NN classification of VAL images by their nearest TRAIN images (cosine, weighted votes); top-1/top-5."""
+    from vfmkit.tasks.knn import knn_evaluate
+
+    result = knn_evaluate(train, val, model, k, temperature, resolution, batch_size)
+    typer.echo(format_knn(result))
+    _print_skipped(result.skipped)
+
+
+def format_knn(result) -> str:
+    """Human-readable k-NN result: the headline and a per-class table."""
+    lines = [
+        f"k-NN (k={result.k}, T={result.temperature:g}): {result.num_train} train / {result.num_val} val images, "
+        f"{len(result.classes)} classes",
+        f"top-1 {result.top1:.2f}%   top-5 {result.top5:.2f}%",
+    ]
+    width = max(len("class"), *(len(name) for name in result.per_class))
+    lines.append(f"  {'class'.ljust(width)}  top-1 correct / images")
+    for name, count in result.per_class.items():
+        lines.append(f"  {name.ljust(width)}  {count.correct} / {count.total}")
+    return "\n".join(lines)
+
+
+@app.command()
+def demo(
+    model: str = typer.Option("test-radio-v2-tiny", "--model", "-m", help=MODEL_HELP),
+    out: Path = typer.Option(Path("vfm-demo"), "--out", "-o", help="output folder"),
+) -> None:
+    """Embed the images shipped with vfmkit, draw PCA pictures and score k-NN: the whole path in seconds."""
+    from vfmkit.tasks.demo import run_demo
+
+    result = run_demo(model, out)
+    typer.echo(f"vfm demo with {result.model}: {result.num_images} images in {result.seconds:.1f} s")
+    typer.echo(f"  features:     {result.features}")
+    typer.echo(f"  index:        {result.index}")
+    typer.echo(f"  PCA pictures: {result.pca_dir}/ ({len(result.pictures)} PNGs)")
+    typer.echo(f"  k-NN:         top-1 {result.knn.top1:.2f}%  top-5 {result.knn.top5:.2f}% -> {result.knn_file}")
+    if result.random_init:
+        typer.echo("  (random-init test model: the k-NN score reflects colour and texture statistics only)")
+
+
+# --- entry point --------------------------------------------------------------------------------------------------
+
+
+def _fail(message: str, code: int = 2) -> None:
+    typer.echo(f"error: {' '.join(message.split())}", err=True)
+    sys.exit(code)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """The ``vfm`` console script: run the CLI, turning user errors into one ``error:`` line and exit code 2."""
+    command = typer.main.get_command(app)
+    try:
+        result = command.main(args=list(argv) if argv is not None else None, prog_name="vfm", standalone_mode=False)
+    except VfmError as exc:
+        _fail(str(exc), exc.exit_code)
+    except TyperException as exc:  # usage errors (typer's click exceptions)
+        _usage_error(exc)
+    except (typer.Abort, KeyboardInterrupt):
+        _fail("interrupted", 130)
+    else:
+        sys.exit(result if isinstance(result, int) else 0)
+
+
+def _usage_error(exc: TyperException) -> None:
+    ctx = getattr(exc, "ctx", None)
+    if type(exc).__name__ == "NoArgsIsHelpError" and ctx is not None:
+        typer.echo(ctx.get_help())
+        sys.exit(0)
+    message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+    hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+    _fail(message + hint, 2)
+
+
+if __name__ == "__main__":
+    main()

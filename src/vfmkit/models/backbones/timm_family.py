@@ -1,0 +1,220 @@
+"""Backbones built by timm: DINOv2, OpenAI / OpenCLIP CLIP image towers, EVA-CLIP and SigLIP2.
+
+The networks are timm's own (``timm.create_model``), never re-implemented here; :class:`TimmBackbone` only adds
+vfmkit's surface: [0, 1] input with the normalisation inside the model, a ``summary`` (timm's pooled pre-logits
+output) and patch ``features`` with the prefix (class / register) tokens removed.
+
+Published weights are the ``timm/<arch>.<tag>`` repos on the Hugging Face Hub. They are read from the local Hugging
+Face cache first (offline-first, through :mod:`vfmkit.weights.sources`; ``HF_HUB_OFFLINE=1`` forbids any download)
+and handed to timm's own pretrained loader, which remaps keys, drops the classifier / CLIP projection and resamples
+position embeddings. timm reads ``.bin``/``.pth`` files with ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+from timm.layers import GluMlp, Mlp, SwiGLU, SwiGLUPacked
+from torch import nn
+
+from vfmkit.errors import ModelNotFoundError, WeightsError
+from vfmkit.models.backbones.base import Backbone, BackboneOutput, Preprocessing, resolve_block_indices
+from vfmkit.models.factory import register_family
+from vfmkit.models.registry import ModelEntry
+from vfmkit.weights.sources import fetch_hub_file, parse_hub
+
+HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+"""Files a timm Hub repo publishes its weights as, in order of preference."""
+
+_MLP_LAYERS: dict[str, type[nn.Module]] = {
+    "mlp": Mlp,
+    "glu": GluMlp,
+    "swiglu": SwiGLU,
+    "swiglu_packed": SwiGLUPacked,
+}
+"""Names usable for ``mlp_layer`` in an entry's ``arch["kwargs"]`` (registry entries stay plain data)."""
+
+
+class TimmBackbone(Backbone):
+    """A timm vision transformer behind the vfmkit backbone surface.
+
+    Args:
+        model: a timm model created with ``num_classes=0`` that implements ``forward_features``, ``forward_head``
+            and ``forward_intermediates`` (VisionTransformer, Eva, NaFlexVit).
+        preprocessing: how to feed it; ``mean``/``std`` become buffers applied in :meth:`normalize`.
+    """
+
+    def __init__(self, model: nn.Module, preprocessing: Preprocessing) -> None:
+        super().__init__()
+        self.model = model
+        self.preprocessing = preprocessing
+        self.embed_dim = int(model.embed_dim)
+        self.summary_dim = int(getattr(model, "head_hidden_size", model.num_features))
+        self.num_blocks = len(model.blocks)
+        self.num_prefix_tokens = int(getattr(model, "num_prefix_tokens", 0))
+        self.register_buffer("mean", torch.tensor(preprocessing.mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(preprocessing.std).view(1, 3, 1, 1), persistent=False)
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) RGB in [0, 1] -> the normalised input the timm model expects (same shape and dtype)."""
+        return (images - self.mean.to(images.dtype)) / self.std.to(images.dtype)
+
+    def forward(self, images: torch.Tensor) -> BackboneOutput:
+        """Summary and patch features.
+
+        Args:
+            images: (B, 3, H, W) float RGB in [0, 1]; H and W multiples of the patch size.
+
+        Returns:
+            summary (B, summary_dim): timm's pre-logits output (class token for DINOv2 / CLIP / EVA, attention-pool
+            output for SigLIP); features (B, h*w, embed_dim): patch tokens after the final norm; grid (h, w).
+        """
+        grid = self.check_input(images)
+        tokens = self.model.forward_features(self.normalize(images))
+        summary = self.model.forward_head(tokens, pre_logits=True)
+        return BackboneOutput(summary=summary, features=tokens[:, self.num_prefix_tokens :], grid=grid)
+
+    def forward_intermediates(self, images: torch.Tensor, indices: int | list[int] = 4) -> list[torch.Tensor]:
+        """Patch tokens after the chosen blocks (before the final norm) as NCHW maps.
+
+        Args:
+            images: (B, 3, H, W) float RGB in [0, 1].
+            indices: an int n for the last n blocks, or a list of block indices (negatives count from the end).
+
+        Returns:
+            One (B, embed_dim, h, w) map per selected block, in block order.
+        """
+        self.check_input(images)
+        blocks = resolve_block_indices(indices, self.num_blocks)
+        return self.model.forward_intermediates(
+            self.normalize(images), indices=blocks, output_fmt="NCHW", intermediates_only=True
+        )
+
+    def no_weight_decay(self) -> set[str]:
+        """timm's no-weight-decay set (position embeddings, class / register tokens), as names in this module."""
+        names = {f"model.{name}" for name in self.model.no_weight_decay()}
+        return names & {name for name, _ in self.named_parameters()}
+
+
+def preprocessing_from_entry(entry: ModelEntry, fixed_resolution: bool = False) -> Preprocessing:
+    """The :class:`Preprocessing` a registry entry describes (square preferred resolution, patch-size step)."""
+    return Preprocessing(
+        mean=entry.mean,
+        std=entry.std,
+        patch_size=entry.patch_size,
+        preferred_resolution=(entry.preferred_resolution, entry.preferred_resolution),
+        max_resolution=entry.max_resolution,
+        resolution_step=entry.patch_size,
+        fixed_resolution=fixed_resolution,
+    )
+
+
+def timm_name_and_kwargs(entry: ModelEntry) -> tuple[str, dict[str, Any]]:
+    """The timm architecture name and ``create_model`` kwargs of a timm-family entry.
+
+    ``entry.arch`` holds ``timm_name`` and optional ``kwargs`` (plain data: ``mlp_layer`` is a name from
+    ``_MLP_LAYERS``, ``act_layer`` a timm activation name). ``dynamic_img_size`` is on unless the arch says
+    otherwise, so any multiple of the patch size works.
+
+    Raises:
+        ModelNotFoundError: timm does not know the architecture.
+    """
+    name = entry.arch["timm_name"]
+    if not timm.is_model(name):
+        raise ModelNotFoundError(f"{entry.id}: timm {timm.__version__} has no architecture {name!r}; upgrade timm")
+    kwargs = dict(entry.arch.get("kwargs", {}))
+    if isinstance(kwargs.get("mlp_layer"), str):
+        kwargs["mlp_layer"] = _MLP_LAYERS[kwargs["mlp_layer"]]
+    if entry.arch.get("dynamic_img_size", True):
+        kwargs.setdefault("dynamic_img_size", True)
+    return name, kwargs
+
+
+def fetch_hub_weights(source: str, model_id: str, filenames: Sequence[str] = HF_WEIGHT_FILES) -> Path:
+    """Path of a weights file from the local Hugging Face cache, downloaded only when online.
+
+    Args:
+        source: ``hf-hub:<org>/<repo>[@revision][/file]``; without ``/file`` each of ``filenames`` is tried in turn.
+        model_id: registry id, for the error message.
+        filenames: candidate file names in the repo, in order of preference.
+
+    Raises:
+        WeightsError: no candidate is cached or downloadable; the message (from :func:`fetch_hub_file`) names the
+            repo and the cache folder and says how to fetch the files.
+    """
+    ref = parse_hub(source)
+    candidates = (ref.filename,) if ref.filename else tuple(filenames)
+    first_error: WeightsError | None = None
+    for name in candidates:
+        try:
+            return fetch_hub_file(ref, name)
+        except WeightsError as err:
+            first_error = first_error or err
+    raise WeightsError(f"weights of {model_id!r}: {first_error}") from None
+
+
+def local_only_weights_error(entry: ModelEntry) -> WeightsError:
+    """The error for an entry whose weights are not on the Hub (e.g. NGC-only) when no local file was given."""
+    where = entry.extra.get("weights", "not published on the Hugging Face Hub")
+    return WeightsError(
+        f"{entry.id!r} has no downloadable weights ({where}); download the checkpoint yourself and pass it as a "
+        f"local file (checkpoint=<path>), or use pretrained=False for a random init."
+    )
+
+
+def create_timm_model(name: str, kwargs: dict[str, Any], weights: Path | None, model_id: str) -> nn.Module:
+    """``timm.create_model(name, num_classes=0, **kwargs)``, loading ``weights`` through timm's pretrained loader.
+
+    Raises:
+        WeightsError: the file is unreadable or its tensors do not fit the architecture.
+    """
+    if weights is None:
+        return timm.create_model(name, pretrained=False, num_classes=0, **kwargs)
+    if not Path(weights).is_file():
+        raise WeightsError(f"checkpoint file {weights} for {model_id!r} does not exist")
+    try:
+        return timm.create_model(
+            name, pretrained=True, pretrained_cfg_overlay={"file": str(weights)}, num_classes=0, **kwargs
+        )
+    except (RuntimeError, KeyError, ValueError, OSError) as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise WeightsError(
+            f"{weights} does not hold weights for {model_id!r} (timm {name}): {first_line[:500]}"
+        ) from exc
+
+
+def build_timm(
+    entry: ModelEntry,
+    pretrained: bool = True,
+    adaptors: Sequence[str] = (),
+    checkpoint: str | Path | None = None,
+) -> TimmBackbone:
+    """Build a timm-family registry entry.
+
+    Args:
+        entry: the registry entry (``arch = {"timm_name": ..., "kwargs": {...}}``).
+        pretrained: load the published weights (from ``entry.source``, or ``checkpoint`` when given).
+        adaptors: must be empty; timm backbones carry no adaptor heads.
+        checkpoint: a local weights file (safetensors or a ``torch.save`` state dict) used instead of the Hub.
+
+    Raises:
+        ModelNotFoundError: adaptors requested, or the timm architecture is unknown.
+        WeightsError: the weights are absent from the cache and cannot be fetched, or do not fit.
+    """
+    if adaptors:
+        raise ModelNotFoundError(f"{entry.id!r} has no adaptor heads (asked for {', '.join(adaptors)})")
+    name, kwargs = timm_name_and_kwargs(entry)
+    weights = Path(checkpoint).expanduser() if checkpoint is not None else None
+    if weights is None and pretrained:
+        if entry.source is None or not entry.source.startswith("hf-hub:"):
+            raise local_only_weights_error(entry)
+        weights = fetch_hub_weights(entry.source, entry.id)
+    model = create_timm_model(name, kwargs, weights, entry.id)
+    return TimmBackbone(model, preprocessing_from_entry(entry)).eval()
+
+
+register_family("timm", build_timm)

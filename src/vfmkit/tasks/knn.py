@@ -1,0 +1,191 @@
+"""k-NN classification over class folders: a quick, training-free probe of embedding quality.
+
+As in the DINO / RADIO evaluations (dinov2 ``eval/knn.py``): summary embeddings are L2-normalised; each validation
+image takes its k most cosine-similar training images; each neighbour votes for its class with weight
+``exp(similarity / T)``; classes are ranked by their summed votes. Defaults k = 20, T = 0.07.
+
+Folder layout: ``root/<class name>/**/<image>``, one sub-folder per class (sorted by name gives the class index).
+Every validation class must also exist under the training root.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from vfmkit.data.images import list_image_files
+from vfmkit.errors import DataError, VfmError
+from vfmkit.models.backbones.base import Backbone
+from vfmkit.tasks.embed import SkippedImage, extract_embeddings, resolve_model
+
+
+@dataclass
+class ClassFolders:
+    """Images of a class-folder dataset: ``files[i]`` belongs to ``classes[labels[i]]``."""
+
+    classes: list[str]
+    files: list[Path]
+    labels: list[int]
+
+
+@dataclass
+class ClassCount:
+    """Per-class validation counts: images, and how many the top-1 prediction got right."""
+
+    total: int = 0
+    correct: int = 0
+
+
+@dataclass
+class KnnResult:
+    """k-NN accuracy on the validation images (percent), per-class counts, and what was skipped."""
+
+    top1: float
+    top5: float
+    k: int
+    temperature: float
+    classes: list[str]
+    num_train: int
+    num_val: int
+    per_class: dict[str, ClassCount] = field(default_factory=dict)
+    skipped: list[SkippedImage] = field(default_factory=list)
+
+
+def list_class_folders(root: str | Path, classes: Sequence[str] | None = None) -> ClassFolders:
+    """List ``root/<class>/**/<image>``.
+
+    Args:
+        root: the dataset folder.
+        classes: the class list to index labels by (e.g. the training classes for a validation root); None: the
+            sorted sub-folder names of ``root``.
+
+    Raises:
+        DataError: ``root`` is not a folder, has no class folders, a class folder holds no images, or a class is not
+            in ``classes``.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"class-folder dataset {root} is not a folder (expected {root}/<class name>/<image files>)")
+    folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not folders:
+        raise DataError(f"no class folders in {root} (expected {root}/<class name>/<image files>)")
+    names = [p.name for p in folders] if classes is None else list(classes)
+    files, labels = [], []
+    for folder in folders:
+        if folder.name not in names:
+            raise DataError(f"class folder {folder} has no counterpart among the training classes ({', '.join(names)})")
+        try:
+            images = list_image_files(folder)
+        except DataError as exc:
+            raise DataError(f"class folder {folder} holds no images") from exc
+        files.extend(images)
+        labels.extend([names.index(folder.name)] * len(images))
+    return ClassFolders(names, files, labels)
+
+
+def knn_scores(
+    train_features: torch.Tensor,
+    train_labels: torch.Tensor,
+    query_features: torch.Tensor,
+    num_classes: int,
+    k: int = 20,
+    temperature: float = 0.07,
+    chunk_size: int = 1024,
+) -> torch.Tensor:
+    """Temperature-weighted k-NN class votes.
+
+    Args:
+        train_features: (N, C) embeddings (normalised here).
+        train_labels: (N,) int64 class indices in [0, num_classes).
+        query_features: (M, C) embeddings (normalised here).
+        num_classes: number of classes.
+        k: neighbours per query (capped at N).
+        temperature: T in ``exp(cosine similarity / T)``.
+        chunk_size: queries per similarity block (bounds memory to chunk_size x N).
+
+    Returns:
+        float32 (M, num_classes) summed votes; higher is more likely.
+    """
+    if k < 1 or temperature <= 0:
+        raise VfmError(f"k-NN needs k >= 1 and temperature > 0, got k={k}, temperature={temperature}")
+    train = F.normalize(train_features.float(), dim=1)
+    query = F.normalize(query_features.float(), dim=1)
+    k = min(k, train.shape[0])
+    scores = []
+    for start in range(0, query.shape[0], chunk_size):
+        similarity = query[start : start + chunk_size] @ train.T
+        top_sim, top_index = similarity.topk(k, dim=1)
+        votes = torch.zeros(top_sim.shape[0], num_classes)
+        votes.scatter_add_(1, train_labels[top_index], (top_sim / temperature).exp())
+        scores.append(votes)
+    return torch.cat(scores)
+
+
+def knn_accuracy(scores: torch.Tensor, labels: torch.Tensor, classes: Sequence[str]) -> tuple[float, float, dict]:
+    """Top-1 / top-5 accuracy (percent) and per-class :class:`ClassCount` from (M, K) scores and (M,) labels."""
+    ranked = scores.argsort(dim=1, descending=True)
+    hits = ranked == labels[:, None]
+    top1 = hits[:, :1].any(dim=1)
+    top5 = hits[:, : min(5, scores.shape[1])].any(dim=1)
+    per_class = {name: ClassCount() for name in classes}
+    for label, correct in zip(labels.tolist(), top1.tolist(), strict=True):
+        per_class[classes[label]].total += 1
+        per_class[classes[label]].correct += int(correct)
+    per_class = {name: count for name, count in per_class.items() if count.total}
+    return 100.0 * top1.float().mean().item(), 100.0 * top5.float().mean().item(), per_class
+
+
+def knn_evaluate(
+    train_dir: str | Path,
+    val_dir: str | Path,
+    model: str | Path | Backbone,
+    k: int = 20,
+    temperature: float = 0.07,
+    resolution: int | None = None,
+    batch_size: int = 32,
+    progress: bool = True,
+) -> KnnResult:
+    """Embed two class-folder datasets and classify the validation images by k-NN over the training images.
+
+    Args:
+        train_dir: ``train_dir/<class>/<images>``.
+        val_dir: ``val_dir/<class>/<images>``; every class must exist in ``train_dir``.
+        model: a registry id, ``hf-hub:`` source or checkpoint path, or a loaded backbone.
+        k: neighbours per validation image.
+        temperature: vote temperature T.
+        resolution: None for the model's preferred resolution, N for N x N.
+        batch_size: images per forward.
+        progress: show progress on stderr.
+
+    Returns:
+        A :class:`KnnResult`; unreadable images are left out of both sets and listed in ``skipped``.
+    """
+    train = list_class_folders(train_dir)
+    val = list_class_folders(val_dir, classes=train.classes)
+    backbone, _ = resolve_model(model)
+    features, labels, skipped = {}, {}, []
+    for name, folders in (("train", train), ("val", val)):
+        embeddings = extract_embeddings(
+            backbone, folders.files, resolution, batch_size, "summary", progress=progress, desc=f"knn {name}"
+        )
+        position = {path: i for i, path in enumerate(folders.files)}
+        features[name] = embeddings.tensors["summary"]
+        labels[name] = torch.tensor([folders.labels[position[path]] for path in embeddings.files], dtype=torch.long)
+        skipped.extend(embeddings.skipped)
+    scores = knn_scores(features["train"], labels["train"], features["val"], len(train.classes), k, temperature)
+    top1, top5, per_class = knn_accuracy(scores, labels["val"], train.classes)
+    return KnnResult(
+        top1=top1,
+        top5=top5,
+        k=min(k, len(labels["train"])),
+        temperature=temperature,
+        classes=train.classes,
+        num_train=len(labels["train"]),
+        num_val=len(labels["val"]),
+        per_class=per_class,
+        skipped=skipped,
+    )
