@@ -20,6 +20,7 @@ from pathlib import Path
 import typer
 from typer.exceptions import TyperException
 
+from vfmkit.cli import tasks
 from vfmkit.errors import VfmError
 
 app = typer.Typer(
@@ -31,6 +32,7 @@ app = typer.Typer(
 )
 models_app = typer.Typer(help="List the backbone registry (`vfm models`) or show one entry (`vfm models show ID`).")
 app.add_typer(models_app, name="models")
+tasks.register(app)
 
 MODEL_HELP = "registry id or alias (see `vfm models`), hf-hub:<repo>, or a local checkpoint file/folder"
 RESOLUTION_HELP = "resize every image to N x N (a multiple of the patch size); default: the model's preferred size"

@@ -1,0 +1,76 @@
+"""``vfm <task> <action> -c spec.yaml key=value ...`` and ``vfm spec init|show``: thin shims over
+:class:`vfmkit.engine.Task` and the spec renderer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+EXTRA = {"allow_extra_args": True, "ignore_unknown_options": True}
+SPEC_HELP = "spec YAML file (`vfm spec init <task>` writes one)"
+
+spec_app = typer.Typer(help="Write a commented starting spec (`init`) or print a resolved spec (`show`).")
+
+
+def _task_group(task: str) -> typer.Typer:
+    group = typer.Typer(help=f"{task}: train, evaluate, predict, export (`-c spec.yaml key=value ...`)")
+
+    def make(action: str):
+        def command(
+            ctx: typer.Context, config: Path | None = typer.Option(None, "--config", "-c", help=SPEC_HELP)
+        ) -> None:
+            from vfmkit.engine.task import Task
+
+            Task(task, config, ctx.args).run(action)
+
+        command.__doc__ = f"{action.capitalize()} ({task}); dotted key=value overrides follow the options."
+        return command
+
+    for action in ("train", "evaluate", "predict", "export"):
+        group.command(action, context_settings=EXTRA)(make(action))
+    return group
+
+
+@spec_app.command("init")
+def spec_init(
+    task: str = typer.Argument(..., help="task name, e.g. classify"),
+    out: Path | None = typer.Option(None, "--out", "-o", help="write here instead of printing"),
+    force: bool = typer.Option(False, "--force", help="overwrite an existing file"),
+) -> None:
+    """Write a commented starting spec with every key, its default and what it means."""
+    from vfmkit.engine.task import spec_class
+    from vfmkit.errors import VfmError
+    from vfmkit.spec.render import render_spec_template
+
+    text = render_spec_template(spec_class(task), task, {"dataset": {"root": "data"}})
+    if out is None:
+        typer.echo(text, nl=False)
+        return
+    if out.exists() and not force:
+        raise VfmError(f"{out} exists; pass --force to overwrite it")
+    out.write_text(text)
+    typer.echo(f"wrote {out}")
+
+
+@spec_app.command("show", context_settings=EXTRA)
+def spec_show(
+    ctx: typer.Context,
+    config: Path | None = typer.Option(None, "--config", "-c", help=SPEC_HELP),
+    task: str | None = typer.Option(None, "--task", "-t", help="task of the spec (default: the one it validates as)"),
+) -> None:
+    """Print the resolved spec: defaults <- file <- key=value overrides, validated, paths made absolute."""
+    from vfmkit.engine.task import Task, infer_task
+    from vfmkit.spec.render import render_resolved
+
+    task = task or infer_task(config, ctx.args)
+    typer.echo(render_resolved(Task(task, config, ctx.args).spec), nl=False)
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``spec`` and one group per task to the ``vfm`` app."""
+    from vfmkit.engine.task import TASKS
+
+    app.add_typer(spec_app, name="spec")
+    for task in TASKS:
+        app.add_typer(_task_group(task), name=task)

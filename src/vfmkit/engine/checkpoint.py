@@ -1,0 +1,72 @@
+"""Checkpoints written atomically (a kill during a save never leaves a corrupt file): ``last.ckpt`` every epoch,
+``best.ckpt`` when the monitored metric improves."""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+from pathlib import Path
+
+import lightning.pytorch as pl
+
+
+class AtomicCheckpoint(pl.Callback):
+    """Save ``<dirpath>/last.ckpt`` at the end of every training epoch and ``best.ckpt`` on improvement.
+
+    Each file is written to a temporary name in the same folder and renamed into place.
+
+    Args:
+        dirpath: checkpoint folder.
+        monitor: metric in ``trainer.callback_metrics`` (e.g. ``val/top1``).
+        mode: ``max`` or ``min``.
+    """
+
+    def __init__(self, dirpath: Path, monitor: str, mode: str = "max"):
+        self.dirpath = Path(dirpath)
+        self.monitor = monitor
+        self.mode = mode
+        self.best: float | None = None
+
+    @property
+    def last_path(self) -> Path:
+        return self.dirpath / "last.ckpt"
+
+    @property
+    def best_path(self) -> Path:
+        return self.dirpath / "best.ckpt"
+
+    def _improved(self, value: float) -> bool:
+        if math.isnan(value):
+            return False
+        if self.best is None:
+            return True
+        return value > self.best if self.mode == "max" else value < self.best
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        metric = trainer.callback_metrics.get(self.monitor)
+        value = float(metric) if metric is not None else float("nan")
+        improved = self._improved(value)
+        if improved:
+            self.best = value
+        self._save(trainer, self.last_path)
+        if improved and trainer.is_global_zero:
+            tmp = self.best_path.with_name(".best.ckpt.tmp")
+            shutil.copyfile(self.last_path, tmp)
+            os.replace(tmp, self.best_path)
+
+    def _save(self, trainer: pl.Trainer, path: Path) -> None:
+        self.dirpath.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        trainer.save_checkpoint(tmp, weights_only=False)
+        if trainer.is_global_zero:
+            os.replace(tmp, path)
+        trainer.strategy.barrier("atomic_checkpoint")
+
+    def state_dict(self) -> dict:
+        return {"best": self.best, "monitor": self.monitor, "mode": self.mode}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.best = state_dict.get("best")

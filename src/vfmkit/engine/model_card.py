@@ -1,0 +1,69 @@
+"""MODEL_CARD.md for a run: backbone and weights provenance, data summary, metrics, spec hash, limits."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from vfmkit import __version__
+from vfmkit.engine.run_dir import atomic_write_text
+from vfmkit.models.registry import find_entry
+
+
+def _backbone_lines(backbone: str, pretrained: bool) -> list[str]:
+    entry = find_entry(backbone)
+    if entry is None:
+        return [f"- backbone: `{backbone}` (a local checkpoint or hub source; license: see its publisher)"]
+    weights = entry.source if pretrained and entry.source else "random initialisation"
+    return [
+        f"- backbone: `{entry.id}` ({entry.description})",
+        f"- weights: {weights}",
+        f"- weights license: {entry.license}",
+        f"- parameters: {entry.params_m} M" if entry.params_m else "- parameters: -",
+    ]
+
+
+def write_model_card(
+    run_dir: Path,
+    task: str,
+    backbone: str,
+    pretrained: bool,
+    data_summary: dict[str, Any],
+    metrics: dict[str, Any],
+    spec_hash: str,
+    notes: list[str] | None = None,
+) -> Path:
+    """Write ``run_dir/MODEL_CARD.md``.
+
+    Args:
+        data_summary: e.g. {"classes": [...], "images per split": {...}}.
+        metrics: the headline metrics (name -> value).
+        notes: intended use / limitations lines.
+    """
+    lines = [
+        f"# Model card: {task} run `{Path(run_dir).name}`",
+        "",
+        f"Trained with vfmkit {__version__} on {time.strftime('%Y-%m-%d')}.",
+        "",
+        "## Backbone",
+        *_backbone_lines(backbone, pretrained),
+        "",
+        "## Data",
+        *(f"- {key}: {value}" for key, value in data_summary.items()),
+        "",
+        "## Metrics",
+        *(f"- {key}: {value}" for key, value in metrics.items()),
+        "",
+        "## Reproducibility",
+        f"- spec hash (sha256 of spec.resolved.yaml): `{spec_hash}`",
+        "- the resolved spec is in `spec.resolved.yaml`, the environment in `env.json`",
+        "",
+        "## Intended use and limits",
+        *(f"- {note}" for note in (notes or [])),
+        "- metrics are measured on the validation data above; performance on other data is not guaranteed",
+        "",
+    ]
+    path = Path(run_dir) / "MODEL_CARD.md"
+    atomic_write_text(path, "\n".join(lines))
+    return path

@@ -1,0 +1,89 @@
+"""Backbone features computed once and cached, so linear-probe epochs run no backbone forward.
+
+The cache key covers the backbone weights (a hash of every tensor), the resolution, the model's preprocessing and
+the identity of each file (path, size, modification time); any change gives a new cache file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch.utils.data import DataLoader
+
+from vfmkit.data.classification import ClassificationSplit
+from vfmkit.data.sampling import ClassificationDataset
+from vfmkit.models.backbones.base import Backbone
+
+logger = logging.getLogger(__name__)
+
+
+def weights_fingerprint(model: torch.nn.Module) -> str:
+    """sha256 over the names, shapes, dtypes and bytes of every tensor of the state dict."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
+        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def cache_key(backbone: Backbone, weights: str, split: ClassificationSplit, resolution: int) -> str:
+    """Hex key of (weights, preprocessing, resolution, files and their labels)."""
+    files = []
+    for path, label in zip(split.files, split.labels.tolist(), strict=True):
+        stat = Path(path).stat()
+        files.append((str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns, label))
+    payload = {
+        "weights": weights,
+        "preprocessing": repr(backbone.preprocessing),
+        "resolution": resolution,
+        "files": files,
+    }
+    return hashlib.sha256(json.dumps(payload).encode()).hexdigest()
+
+
+@torch.inference_mode()
+def extract_summaries(
+    backbone: Backbone, split: ClassificationSplit, resolution: int, batch_size: int, num_workers: int
+) -> torch.Tensor:
+    """(N, C) float32 backbone summaries of the split's images (eval preprocessing), in file order."""
+    dataset = ClassificationDataset(split, resolution, train=False)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    device = next(backbone.parameters()).device
+    backbone.eval()
+    rows = []
+    for images, _, _ in loader:
+        rows.append(backbone(images.to(device)).summary.float().cpu())
+    return torch.cat(rows) if rows else torch.zeros(0, backbone.summary_dim)
+
+
+def cached_summaries(
+    backbone: Backbone,
+    split: ClassificationSplit,
+    resolution: int,
+    cache_dir: Path,
+    batch_size: int = 32,
+    num_workers: int = 0,
+    weights: str | None = None,
+) -> tuple[torch.Tensor, bool]:
+    """The split's summaries from the cache, computing and storing them on a miss.
+
+    Returns:
+        (N, C) float32 summaries and whether they came from the cache.
+    """
+    weights = weights or weights_fingerprint(backbone)
+    key = cache_key(backbone, weights, split, resolution)
+    path = Path(cache_dir) / f"{split.name}-{key[:24]}.safetensors"
+    if path.is_file():
+        logger.info("feature cache hit: %s", path)
+        return load_file(str(path))["summary"], True
+    summaries = extract_summaries(backbone, split, resolution, batch_size, num_workers)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file({"summary": summaries.contiguous()}, str(tmp), metadata={"key": key, "split": split.name})
+    tmp.replace(path)
+    return summaries, False

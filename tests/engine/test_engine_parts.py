@@ -1,0 +1,68 @@
+"""Run folders, atomic checkpoints, metrics CSV, plots and model cards."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from vfmkit.engine.plots import plot_confusion_matrix, plot_curves
+from vfmkit.engine.resume import find_checkpoint, run_dir_of
+from vfmkit.engine.run_dir import atomic_write_text, create_run_dir, environment
+from vfmkit.errors import VfmError
+
+
+def test_run_dirs_are_never_reused(tmp_path):
+    first = create_run_dir(tmp_path, "classify", "exp")
+    second = create_run_dir(tmp_path, "classify", "exp")
+    third = create_run_dir(tmp_path, "classify", "exp")
+    assert [p.name for p in (first, second, third)] == ["exp", "exp2", "exp3"]
+    assert create_run_dir(tmp_path, "classify", "exp", exist_ok=True) == first
+
+
+def test_atomic_write_leaves_the_old_file_on_failure(tmp_path, monkeypatch):
+    path = tmp_path / "file.txt"
+    atomic_write_text(path, "old")
+
+    class Boom(Exception):
+        pass
+
+    def failing_replace(src, dst):
+        raise Boom()
+
+    monkeypatch.setattr("vfmkit.engine.run_dir.os.replace", failing_replace)
+    with pytest.raises(Boom):
+        atomic_write_text(path, "new")
+    assert path.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["file.txt"]  # no temporary left behind
+
+
+def test_environment_records_versions_and_command():
+    env = environment(seed=3)
+    json.dumps(env)
+    assert env["seed"] == 3 and env["versions"]["torch"] and env["command"]
+    assert env["hardware"]["cpu_count"] >= 1
+
+
+def test_find_checkpoint(tmp_path):
+    run = tmp_path / "exp"
+    (run / "checkpoints").mkdir(parents=True)
+    with pytest.raises(VfmError, match="no checkpoints/best.ckpt"):
+        find_checkpoint(run)
+    (run / "checkpoints" / "last.ckpt").write_text("x")
+    assert find_checkpoint(run).name == "last.ckpt"
+    (run / "checkpoints" / "best.ckpt").write_text("x")
+    assert find_checkpoint(run).name == "best.ckpt"
+    assert find_checkpoint(run, prefer="last").name == "last.ckpt"
+    assert run_dir_of(run / "checkpoints" / "best.ckpt") == run
+    with pytest.raises(VfmError, match="checkpoint not found"):
+        find_checkpoint(tmp_path / "nope")
+
+
+def test_plots_are_png(tmp_path):
+    rows = [{"epoch": "0", "train/loss": "1.0", "val/top1": "50"}, {"epoch": "1", "train/loss": "0.5", "val/top1": ""}]
+    written = plot_curves(rows, tmp_path)
+    assert {p.name for p in written} == {"loss.png", "metrics.png"}
+    matrix = plot_confusion_matrix([[3, 1], [0, 4]], ["a", "b"], tmp_path / "cm.png")
+    for path in [*written, matrix]:
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
