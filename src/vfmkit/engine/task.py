@@ -48,6 +48,7 @@ def _segment() -> tuple[type[BaseModel], dict[str, Callable]]:
 
 TASKS: dict[str, Callable[[], tuple[type[BaseModel], dict[str, Callable]]]] = {
     "classify": _classify,
+    "segment": _segment,
 }
 
 

@@ -145,3 +145,11 @@ def test_vitdet_refused_where_the_version_does_not_support_it():
 
     with pytest.raises(WeightsError, match="ViTDet"):
         load_backbone("test-radio-v3-tiny", vitdet_window_size=2)
+
+
+def test_model_built_under_inference_mode_runs():
+    with torch.inference_mode():
+        model = load_backbone("test-radio-v2-tiny")
+        first = model(torch.rand(1, 3, 32, 32))
+        second = model(torch.rand(1, 3, 32, 32))
+    assert first.features.shape == second.features.shape == (1, 4, 64)

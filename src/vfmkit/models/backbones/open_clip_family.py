@@ -85,6 +85,45 @@ class OpenClipVisionBackbone(Backbone):
             pooled = pooled @ self.tower.proj
         return BackboneOutput(summary=pooled, features=tokens, grid=grid)
 
+    @property
+    def num_prefix_tokens(self) -> int:
+        """The class token before the patch tokens."""
+        return 1
+
+    def embed_tokens(self, images: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        """Token-level view, step 1: normalisation, patch embedding, class token, position embedding, ``ln_pre``.
+
+        Args:
+            images: (B, 3, H, W) float RGB in [0, 1].
+
+        Returns:
+            Tokens (B, 1 + h*w, width) entering block 0 and the grid (h, w).
+        """
+        grid = self.check_input(images)
+        return self._embed(self.normalize(images), grid), grid
+
+    def token_blocks(self) -> torch.nn.ModuleList:
+        """Token-level view, step 2: the residual blocks, each mapping (B, 1 + h*w, width) to the same shape.
+
+        Raises:
+            ValueError: the transformer is sequence-first (blocks would expect (L, B, width)).
+        """
+        if not self.tower.transformer.batch_first:
+            raise ValueError("token-level access needs a batch-first open_clip transformer")
+        return self.tower.transformer.resblocks
+
+    def finish_tokens(self, tokens: torch.Tensor, grid: tuple[int, int]) -> BackboneOutput:
+        """Token-level view, step 3: pooling, ``ln_post`` and projection, exactly as :meth:`forward`.
+
+        Args:
+            tokens: (B, 1 + h*w, width) output of the last block.
+            grid: (h, w) from :meth:`embed_tokens`.
+        """
+        pooled, features = self.tower._pool(tokens)
+        if self.tower.proj is not None:
+            pooled = pooled @ self.tower.proj
+        return BackboneOutput(summary=pooled, features=features, grid=grid)
+
     def forward_intermediates(self, images: torch.Tensor, indices: int | list[int] = 4) -> list[torch.Tensor]:
         """Patch tokens after the chosen residual blocks (no final norm) as NCHW maps.
 

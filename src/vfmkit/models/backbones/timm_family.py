@@ -78,6 +78,54 @@ class TimmBackbone(Backbone):
         summary = self.model.forward_head(tokens, pre_logits=True)
         return BackboneOutput(summary=summary, features=tokens[:, self.num_prefix_tokens :], grid=grid)
 
+    def embed_tokens(self, images: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        """Token-level view, step 1: normalisation, patch embedding, position embedding and prefix tokens.
+
+        Args:
+            images: (B, 3, H, W) float RGB in [0, 1].
+
+        Returns:
+            Tokens (B, P + h*w, D) entering block 0 (P = ``num_prefix_tokens``) and the grid (h, w).
+
+        Raises:
+            ValueError: the timm model is not a plain ``VisionTransformer`` (e.g. EVA, whose rotary blocks need
+                per-call position arguments).
+        """
+        grid = self.check_input(images)
+        self._require_plain_vit()
+        model = self.model
+        tokens = model._pos_embed(model.patch_embed(self.normalize(images)))
+        return model.norm_pre(model.patch_drop(tokens)), grid
+
+    def token_blocks(self) -> nn.Sequential:
+        """Token-level view, step 2: the blocks, each mapping (B, P + h*w, D) -> (B, P + h*w, D).
+
+        Raises:
+            ValueError: not a plain ``VisionTransformer`` (see :meth:`embed_tokens`).
+        """
+        self._require_plain_vit()
+        return self.model.blocks
+
+    def finish_tokens(self, tokens: torch.Tensor, grid: tuple[int, int]) -> BackboneOutput:
+        """Token-level view, step 3: final norm, pooled summary and patch features, exactly as :meth:`forward`.
+
+        Args:
+            tokens: (B, P + h*w, D) output of the last block.
+            grid: (h, w) from :meth:`embed_tokens`.
+        """
+        tokens = self.model.norm(tokens)
+        summary = self.model.forward_head(tokens, pre_logits=True)
+        return BackboneOutput(summary=summary, features=tokens[:, self.num_prefix_tokens :], grid=grid)
+
+    def _require_plain_vit(self) -> None:
+        from timm.models.vision_transformer import VisionTransformer
+
+        if not isinstance(self.model, VisionTransformer):
+            raise ValueError(
+                f"token-level access (ViT-Adapter) supports timm VisionTransformer models only, not "
+                f"{type(self.model).__name__} (EVA blocks need rotary position arguments); use the simple pyramid"
+            )
+
     def forward_intermediates(self, images: torch.Tensor, indices: int | list[int] = 4) -> list[torch.Tensor]:
         """Patch tokens after the chosen blocks (before the final norm) as NCHW maps.
 

@@ -1,0 +1,53 @@
+"""Dense-prediction necks: a backbone in, a 4-level feature pyramid (strides 4/8/16/32) and the summary out.
+
+``build_neck("vit_adapter" | "simple_pyramid", backbone, **options)`` returns a module whose
+``forward(images)`` takes float RGB (B, 3, H, W) in [0, 1] and returns a :class:`NeckOutput`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from vfmkit.models.backbones.base import Backbone
+from vfmkit.models.necks.common import NECK_STRIDES, NeckOutput
+from vfmkit.models.necks.msdeform_attn import MSDeformAttn, ms_deform_attn
+from vfmkit.models.necks.simple_pyramid import SimpleFeaturePyramid
+from vfmkit.models.necks.vit_adapter import ViTAdapter
+
+NECKS: dict[str, type[nn.Module]] = {"vit_adapter": ViTAdapter, "simple_pyramid": SimpleFeaturePyramid}
+
+__all__ = [
+    "NECKS",
+    "NECK_STRIDES",
+    "MSDeformAttn",
+    "NeckOutput",
+    "SimpleFeaturePyramid",
+    "ViTAdapter",
+    "build_neck",
+    "ms_deform_attn",
+]
+
+
+def build_neck(kind: str, backbone: Backbone, **options: Any) -> nn.Module:
+    """Build a neck around ``backbone``.
+
+    Args:
+        kind: ``vit_adapter`` (:class:`ViTAdapter`) or ``simple_pyramid`` (:class:`SimpleFeaturePyramid`).
+        backbone: the vfmkit backbone the neck owns (as its ``backbone`` attribute).
+        **options: the neck's keyword arguments (``out_channels``, ``summary_fusion``, ``freeze_backbone``, ``norm``,
+            and the kind's own ones).
+
+    Returns:
+        The neck; ``forward(images (B, 3, H, W) in [0, 1]) -> NeckOutput`` with four maps at strides 4/8/16/32.
+
+    Raises:
+        ValueError: unknown kind, or options / a backbone the neck does not support.
+    """
+    if kind not in NECKS:
+        raise ValueError(f"unknown neck {kind!r}; choose one of {', '.join(NECKS)}")
+    try:
+        return NECKS[kind](backbone, **options)
+    except TypeError as err:
+        raise ValueError(f"bad options for the {kind} neck: {err}") from err

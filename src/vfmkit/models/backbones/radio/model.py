@@ -82,6 +82,40 @@ class RadioBackbone(Backbone):
         tokens, _ = self.model.forward_tokens(self.input_conditioner(images))
         return self._split_outputs(tokens, grid)
 
+    def embed_tokens(self, images: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        """Token-level view, step 1: conditioning, patch embedding, CPE and the prefix tokens.
+
+        Args:
+            images: (B, 3, H, W) float RGB in [0, 1].
+
+        Returns:
+            Tokens (B, P + h*w, D) entering block 0 (P = :attr:`num_prefix_tokens`) and the grid (h, w).
+        """
+        grid = self.check_input(images)
+        return self.model.patch_generator(self.input_conditioner(images)), grid
+
+    def token_blocks(self) -> nn.ModuleList:
+        """Token-level view, step 2: the blocks, each mapping (B, P + h*w, D) -> (B, P + h*w, D).
+
+        Raises:
+            ValueError: in ViTDet mode, where blocks run on windows in window-major order (not a plain sequence).
+        """
+        if self.cfg.vitdet_window_size:
+            raise ValueError(
+                f"RADIO in ViTDet mode (window {self.cfg.vitdet_window_size}) runs its blocks on windows; the plain "
+                f"token-level block sequence is not available (load without vitdet_window_size)"
+            )
+        return self.model.blocks
+
+    def finish_tokens(self, tokens: torch.Tensor, grid: tuple[int, int]) -> BackboneOutput:
+        """Token-level view, step 3: final norm and the summary / features split, exactly as :meth:`forward`.
+
+        Args:
+            tokens: (B, P + h*w, D) output of the last block.
+            grid: (h, w) from :meth:`embed_tokens`.
+        """
+        return self._split_outputs(self.model.norm(tokens), grid)
+
     def _split_outputs(self, tokens: torch.Tensor, grid: tuple[int, int]) -> BackboneOutput:
         cls_tokens = tokens[:, : self.cfg.num_cls_tokens]
         summary = cls_tokens[:, self.summary_idxs].flatten(1)

@@ -83,7 +83,8 @@ class PatchGenerator(nn.Module):
         """Position term for an h x w token grid: (1, h*w, D) in eval, (B, h*w, D) in training."""
         if self.training:
             return self._train_position_embedding(grid, batch)
-        if torch.is_grad_enabled() and self.pos_embed.requires_grad or _is_exporting():
+        uncacheable = self.pos_embed.is_inference()  # built under inference_mode: no version counter to key on
+        if uncacheable or torch.is_grad_enabled() and self.pos_embed.requires_grad or _is_exporting():
             return self._eval_position_embedding(grid)
         key = (grid, self.pos_embed._version, self.pos_embed.device, self.pos_embed.dtype)
         cached = self._eval_pos_cache.get(key)

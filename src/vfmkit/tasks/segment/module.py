@@ -1,0 +1,81 @@
+"""The Lightning module of segmentation training: cross-entropy (ignore index) + optional dice on upsampled logits,
+mIoU / pixel accuracy validation, neck and head at the full lr, a fine-tuned backbone with layer decay."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from vfmkit.spec.segment import SegmentSpec
+from vfmkit.tasks.base_module import TaskModule
+from vfmkit.tasks.dense_metrics import SegmentationMeter
+from vfmkit.tasks.optim import task_optimizers
+from vfmkit.tasks.segment.model import Segmenter, upsample_logits
+
+
+def dice_loss(logits: torch.Tensor, target: torch.Tensor, ignore_index: int) -> torch.Tensor:
+    """1 - mean soft dice over classes present in the batch; logits (B, K, H, W), target (B, H, W)."""
+    valid = (target != ignore_index).unsqueeze(1)
+    probs = logits.softmax(dim=1) * valid
+    onehot = F.one_hot(target.clamp(0, logits.shape[1] - 1), logits.shape[1]).permute(0, 3, 1, 2) * valid
+    inter = (probs * onehot).sum(dim=(0, 2, 3))
+    total = probs.sum(dim=(0, 2, 3)) + onehot.sum(dim=(0, 2, 3))
+    present = onehot.sum(dim=(0, 2, 3)) > 0
+    dice = (2 * inter + 1) / (total + 1)
+    return 1 - dice[present].mean() if present.any() else logits.sum() * 0
+
+
+class SegmentModule(TaskModule):
+    """Trains a :class:`Segmenter`. Batches are ``(images (B, 3, R, R) in [0, 1], masks int64 (B, R, R), indices)``.
+
+    Args:
+        segmenter: the model.
+        spec: the resolved spec (saved in checkpoints as plain data).
+        classes: class names in index order.
+    """
+
+    def __init__(self, segmenter: Segmenter, spec: SegmentSpec, classes: list[str]):
+        super().__init__()
+        self.segmenter = segmenter
+        self.spec = spec
+        self.classes = list(classes)
+        self.ignore_index = spec.dataset.ignore_index
+        self.save_hyperparameters({"spec": spec.model_dump(mode="json"), "classes": self.classes})
+        self.meter = SegmentationMeter(len(classes), self.ignore_index)
+        self.frozen_prefix = "segmenter.neck.backbone." if spec.model.freeze_backbone else None
+
+    def _loss(self, logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+        logits = upsample_logits(logits, masks.shape[-2:])
+        loss = F.cross_entropy(logits, masks, ignore_index=self.ignore_index)
+        if self.spec.model.dice_weight > 0:
+            loss = loss + self.spec.model.dice_weight * dice_loss(logits, masks, self.ignore_index)
+        return loss
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        images, masks, _ = batch
+        loss = self._loss(self.segmenter(images), masks)
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(images))
+        return loss
+
+    def on_validation_epoch_start(self) -> None:
+        self.meter.reset()
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        images, masks, _ = batch
+        logits = self.segmenter(images)
+        self.log("val/loss", self._loss(logits, masks), on_epoch=True, batch_size=len(images), sync_dist=True)
+        self.meter.update(upsample_logits(logits, masks.shape[-2:]), masks)
+
+    def on_validation_epoch_end(self) -> None:
+        if self.trainer.world_size > 1:
+            self.meter.confusion = self.all_gather(self.meter.confusion).sum(0).cpu()
+        metrics = self.meter.compute()
+        self.log("val/miou", 100.0 * metrics["miou"], prog_bar=True)
+        self.log("val/pixel_accuracy", 100.0 * metrics["pixel_accuracy"])
+
+    def configure_optimizers(self):
+        named = self.segmenter.named_parameters()
+        head = [(n, p) for n, p in named if not n.startswith("neck.backbone.")]
+        return task_optimizers(
+            self.spec.train, head, self.segmenter.backbone, self.trainer.estimated_stepping_batches
+        )
