@@ -43,7 +43,8 @@ def spec_init(
     from vfmkit.errors import VfmError
     from vfmkit.spec.render import render_spec_template
 
-    text = render_spec_template(spec_class(task), task, {"dataset": {"root": "data"}})
+    schema = spec_class(task)
+    text = render_spec_template(schema, task, getattr(schema, "example", {}))
     if out is None:
         typer.echo(text, nl=False)
         return

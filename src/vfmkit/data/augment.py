@@ -10,8 +10,10 @@ batches as an uninterrupted one.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sized
 
 import torch
+from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
 from vfmkit.data.preprocess import resize
@@ -78,3 +80,29 @@ class TrainAugment:
             torch.manual_seed(seed)
             out = self._transform(image)
         return out.clamp_(0.0, 1.0).contiguous()
+
+
+class EpochSeededDataset(Dataset):
+    """Base of the datasets whose training augmentation is seeded by ``(seed, epoch, index)``.
+
+    The epoch lives in a shared-memory tensor, so :meth:`set_epoch` (called by
+    :class:`~vfmkit.data.sampling.EpochSeededSampler`) also reaches persistent DataLoader workers. Subclasses call
+    ``super().__init__()`` and keep their samples in ``self.split``.
+    """
+
+    split: Sized
+
+    def __init__(self) -> None:
+        self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
+
+    @property
+    def epoch(self) -> int:
+        """The epoch whose augmentation is served."""
+        return int(self._epoch[0])
+
+    def set_epoch(self, epoch: int) -> None:
+        """Serve the augmentation of ``epoch`` (0-based) from now on, in this process and in every worker."""
+        self._epoch[0] = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.split)

@@ -23,9 +23,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import Dataset
 
-from vfmkit.data.augment import sample_seed
+from vfmkit.data.augment import EpochSeededDataset, sample_seed
 from vfmkit.data.dense_augment import JointAugment, MaskSize, eval_transform
 from vfmkit.data.images import IMAGE_EXTENSIONS, load_image_rgb
 from vfmkit.data.preprocess import pil_to_tensor
@@ -246,7 +245,7 @@ def _triple_counts(split: ChangeSegSplit, index: int) -> tuple[int, int]:
     return int(mask.sum()), int(mask.size)
 
 
-class ChangeSegDataset(Dataset):
+class ChangeSegDataset(EpochSeededDataset):
     """LEVIR-style (A, B, change mask) samples; both images and the mask go through ONE joint transform.
 
     Training: :class:`~vfmkit.data.dense_augment.JointAugment` seeded by ``(seed, epoch, index)`` (same scale,
@@ -279,19 +278,8 @@ class ChangeSegDataset(Dataset):
             raise ValueError("training needs a size (or augment.crop_size)")
         self.split, self.size, self.train, self.seed, self.mask_size = split, size, bool(train), int(seed), mask_size
         self.augment = JointAugment(size or augment.crop_size, augment, ignore_index) if self.train else None
-        self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
+        super().__init__()
 
-    @property
-    def epoch(self) -> int:
-        """The epoch whose augmentation is served."""
-        return int(self._epoch[0])
-
-    def set_epoch(self, epoch: int) -> None:
-        """Serve the augmentation of ``epoch`` (0-based) from now on, in this process and in every worker."""
-        self._epoch[0] = int(epoch)
-
-    def __len__(self) -> int:
-        return len(self.split)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
         """Returns ``(image_a, image_b float32 (3, h, w) in [0, 1], mask int64 (h', w') 0/1 or ignore, index)``.

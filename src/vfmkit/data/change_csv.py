@@ -23,9 +23,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
 
-from vfmkit.data.augment import sample_seed
+from vfmkit.data.augment import EpochSeededDataset, sample_seed
 from vfmkit.data.change import ChangePreflightReport
 from vfmkit.data.dense_augment import JointAugment, as_size
 from vfmkit.data.images import load_image_rgb
@@ -229,7 +228,7 @@ def _check_files(split: ChangeClassifySplit) -> None:
         raise DataError("; ".join(problems[:10]) + more)
 
 
-class ChangeClassifyDataset(Dataset):
+class ChangeClassifyDataset(EpochSeededDataset):
     """Golden-vs-test samples: every image of a sample (all lighting conditions of the test image and of every
     golden) is resized to ``size`` (bilinear antialiased, aspect ratio not kept), then, in training, goes through
     ONE :class:`~vfmkit.data.dense_augment.JointAugment` call seeded by ``(seed, epoch, index)`` so flips, crops and
@@ -255,19 +254,8 @@ class ChangeClassifyDataset(Dataset):
         self.split, self.size, self.train, self.seed = split, as_size(size), bool(train), int(seed)
         augment = (augment or ChangeAugmentSpec()).model_copy(update={"crop_size": None})
         self.augment = JointAugment(self.size, augment) if self.train else None
-        self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
+        super().__init__()
 
-    @property
-    def epoch(self) -> int:
-        """The epoch whose augmentation is served."""
-        return int(self._epoch[0])
-
-    def set_epoch(self, epoch: int) -> None:
-        """Serve the augmentation of ``epoch`` (0-based) from now on, in this process and in every worker."""
-        self._epoch[0] = int(epoch)
-
-    def __len__(self) -> int:
-        return len(self.split)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
         """Returns ``(test, golden, label, index)``.

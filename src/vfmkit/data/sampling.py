@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from vfmkit.data.augment import TrainAugment, sample_seed
+from vfmkit.data.augment import EpochSeededDataset, TrainAugment, sample_seed
 from vfmkit.data.images import load_image_rgb
 from vfmkit.data.preprocess import pil_to_tensor, resize
 from vfmkit.spec.classify import AugmentSpec
@@ -66,7 +66,7 @@ class EpochSeededSampler(Sampler[int]):
         return self.num_samples
 
 
-class ClassificationDataset(Dataset):
+class ClassificationDataset(EpochSeededDataset):
     """Decoded, resized (and in training, augmented) images of a split.
 
     Evaluation items are exactly ``preprocess_images([path], ..., resolution=R)[0]`` (bilinear antialiased resize
@@ -97,19 +97,8 @@ class ClassificationDataset(Dataset):
         self.train = bool(train)
         self.seed = int(seed)
         self.augment = TrainAugment(self.resolution, augment or AugmentSpec()) if self.train else None
-        self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
+        super().__init__()
 
-    @property
-    def epoch(self) -> int:
-        """The epoch whose augmentation is served."""
-        return int(self._epoch[0])
-
-    def set_epoch(self, epoch: int) -> None:
-        """Serve the augmentation of ``epoch`` (0-based) from now on, in this process and in every worker."""
-        self._epoch[0] = int(epoch)
-
-    def __len__(self) -> int:
-        return len(self.split)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, int]:
         """Returns ``(image float32 (3, R, R) in [0, 1], label int64 scalar tensor, index)``.

@@ -18,9 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import Dataset
 
-from vfmkit.data.augment import sample_seed
+from vfmkit.data.augment import EpochSeededDataset, sample_seed
 from vfmkit.data.dense_augment import JointAugment, MaskSize, collate_dense, eval_transform
 from vfmkit.data.images import is_image_file, load_image_rgb
 from vfmkit.data.palette import Palette, colorize, default_colors, overlay
@@ -279,7 +278,7 @@ def _pair_counts(split: SegmentationSplit, index: int, palette: Palette) -> np.n
     return np.append(classes, np.count_nonzero(mask == palette.ignore_index)).astype(np.int64)
 
 
-class SegmentationDataset(Dataset):
+class SegmentationDataset(EpochSeededDataset):
     """Images and class-index masks of a split, augmented jointly in training.
 
     Training items go through :class:`~vfmkit.data.dense_augment.JointAugment` (random scale, crop padded with
@@ -317,19 +316,8 @@ class SegmentationDataset(Dataset):
         self.split, self.palette, self.size = split, palette, size
         self.train, self.seed, self.mask_size = bool(train), int(seed), mask_size
         self.augment = JointAugment(size or augment.crop_size, augment, palette.ignore_index) if self.train else None
-        self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
+        super().__init__()
 
-    @property
-    def epoch(self) -> int:
-        """The epoch whose augmentation is served."""
-        return int(self._epoch[0])
-
-    def set_epoch(self, epoch: int) -> None:
-        """Serve the augmentation of ``epoch`` (0-based) from now on, in this process and in every worker."""
-        self._epoch[0] = int(epoch)
-
-    def __len__(self) -> int:
-        return len(self.split)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, int]:
         """Returns ``(image float32 (3, h, w) in [0, 1], mask int64 (h', w') in 0..K-1 or ignore_index, index)``.

@@ -21,7 +21,7 @@ from vfmkit.data.change_csv import ChangeClassifyDataset
 from vfmkit.data.dense_augment import collate_dense
 from vfmkit.data.sampling import EpochSeededSampler
 from vfmkit.engine.model_card import write_model_card
-from vfmkit.engine.plots import plot_confusion_matrix, plt
+from vfmkit.engine.plots import plot_confusion_matrix
 from vfmkit.engine.resume import find_checkpoint
 from vfmkit.engine.run_dir import atomic_write_text, spec_hash
 from vfmkit.engine.runs import make_loader, prepare_run, resumed_epoch, set_loader_epoch
@@ -176,6 +176,8 @@ def _best_threshold(scores: np.ndarray, labels: np.ndarray) -> dict:
 
 def plot_roc(scores: np.ndarray, labels: np.ndarray, path: Path, title: str = "") -> Path:
     """ROC curve (FAIL = positive, higher score = more likely FAIL) with its AUC, as a PNG."""
+    import matplotlib.pyplot as plt  # the Agg backend is selected by vfmkit.engine.plots
+
     fpr, tpr, _, auc = roc_curve(scores, labels)
     fig, ax = plt.subplots(figsize=(4.5, 4.5))
     ax.plot(fpr, tpr, marker=".", label=f"AUC {auc:.4f}" if np.isfinite(auc) else "AUC undefined")

@@ -15,7 +15,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from vfmkit.errors import VfmError
-from vfmkit.spec.loader import SpecError, load_spec, resolve_paths, validate_spec
+from vfmkit.spec.loader import SpecError, load_spec, parse_overrides, read_yaml, resolve_paths, validate_spec
 
 ACTIONS = ("train", "evaluate", "predict", "export")
 
@@ -46,9 +46,16 @@ def _segment() -> tuple[type[BaseModel], dict[str, Callable]]:
     return SegmentSpec, verbs
 
 
+def _change() -> tuple[type[BaseModel], dict[str, Callable]]:
+    from vfmkit.engine.change_verbs import SPEC_CLASS, VERBS
+
+    return SPEC_CLASS, VERBS
+
+
 TASKS: dict[str, Callable[[], tuple[type[BaseModel], dict[str, Callable]]]] = {
     "classify": _classify,
     "segment": _segment,
+    "change": _change,
 }
 
 
@@ -64,11 +71,17 @@ def spec_class(task: str) -> type[BaseModel]:
 
 
 def infer_task(spec_path: str | Path | None, overrides: Sequence[str] = ()) -> str:
-    """The task whose schema a spec validates against (the spec files carry no task field).
+    """The task of a spec: its ``task`` key (``vfm spec init`` writes it), else the one schema it validates against.
 
     Raises:
         SpecError: it validates as none of the tasks (the error of the first) or as several.
     """
+    declared = parse_overrides(list(overrides)).get("task")
+    if not declared and spec_path:
+        declared = read_yaml(Path(spec_path)).get("task")
+    if declared:
+        spec_class(str(declared))
+        return str(declared)
     errors, matches = [], []
     for task in TASKS:
         try:
@@ -80,7 +93,7 @@ def infer_task(spec_path: str | Path | None, overrides: Sequence[str] = ()) -> s
         return matches[0]
     if not matches:
         raise errors[0]
-    raise SpecError(f"the spec is valid for several tasks ({', '.join(matches)}); name one with --task")
+    raise SpecError(f"the spec is valid for several tasks ({', '.join(matches)}); add task: <name> or use --task")
 
 
 class Task:
@@ -98,7 +111,7 @@ class Task:
         if isinstance(spec, BaseModel):
             spec = spec.model_dump(mode="json")
         if isinstance(spec, dict):
-            from vfmkit.spec.loader import deep_merge, parse_overrides
+            from vfmkit.spec.loader import deep_merge
 
             merged = deep_merge(spec, parse_overrides(list(overrides)))
             self.spec = validate_spec(schema, merged, {})

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field, model_validator
 
@@ -62,6 +62,11 @@ class ClassifyDataSpec(Section):
 
 class ClassifySpec(RunSpec):
     """Spec of ``vfm classify train|evaluate|predict|export``."""
+
+    task: Literal["classify"] = Field("classify", description="the task this spec is for")
+
+    example: ClassVar[dict] = {"dataset": {"root": "data"}}
+    """Values ``vfm spec init`` writes for the required keys."""
 
     model: ClassifyModelSpec = Field(default_factory=ClassifyModelSpec)
     dataset: ClassifyDataSpec

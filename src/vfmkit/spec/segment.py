@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field
 
@@ -36,6 +36,13 @@ class InferenceSpec(Section):
 
 class SegmentSpec(RunSpec):
     """Spec of ``vfm segment train|evaluate|predict|export``."""
+
+    task: Literal["segment"] = Field("segment", description="the task this spec is for")
+
+    example: ClassVar[dict] = {
+        "dataset": {"root": "data", "palette": [{"name": "background", "id": 0}, {"name": "object", "id": 1}]}
+    }
+    """Values ``vfm spec init`` writes for the required keys."""
 
     model: SegmentModelSpec = Field(default_factory=SegmentModelSpec)
     dataset: SegmentDataSpec

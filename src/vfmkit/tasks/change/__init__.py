@@ -1,0 +1,1 @@
+"""Change detection (Visual ChangeNet): Siamese change segmentation and golden-vs-test classification."""
