@@ -66,3 +66,40 @@ def test_plots_are_png(tmp_path):
     matrix = plot_confusion_matrix([[3, 1], [0, 4]], ["a", "b"], tmp_path / "cm.png")
     for path in [*written, matrix]:
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+class _FakeTrainer:
+    """Just what AtomicCheckpoint uses; ``save_checkpoint`` writes part of a file and can die half-way."""
+
+    sanity_checking = False
+    is_global_zero = True
+
+    def __init__(self, metric: float, die: bool):
+        import torch
+
+        self.callback_metrics = {"val/top1": torch.tensor(metric)}
+        self.die = die
+        self.strategy = type("Strategy", (), {"barrier": lambda self, name: None})()
+
+    def save_checkpoint(self, path, weights_only=False):
+        with open(path, "wb") as handle:
+            handle.write(b"partial checkpoint bytes")
+            if self.die:
+                raise KeyboardInterrupt("killed during the save")
+        with open(path, "ab") as handle:
+            handle.write(b" complete")
+
+
+def test_checkpoint_killed_during_save_leaves_the_previous_one(tmp_path):
+    from vfmkit.engine.checkpoint import AtomicCheckpoint
+
+    callback = AtomicCheckpoint(tmp_path, monitor="val/top1", mode="max")
+    callback.on_train_epoch_end(_FakeTrainer(50.0, die=False), None)
+    assert callback.last_path.read_bytes() == b"partial checkpoint bytes complete"
+    assert callback.best_path.read_bytes() == b"partial checkpoint bytes complete"
+    with pytest.raises(KeyboardInterrupt):
+        callback.on_train_epoch_end(_FakeTrainer(60.0, die=True), None)
+    assert callback.last_path.read_bytes() == b"partial checkpoint bytes complete"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.ckpt", "last.ckpt"]
+    callback.on_train_epoch_end(_FakeTrainer(40.0, die=False), None)  # worse: last updated, best kept
+    assert callback.best == 50.0

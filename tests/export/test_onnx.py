@@ -16,7 +16,8 @@ from torch import nn
 import vfmkit.export.onnx as onnx_export
 from vfmkit import __version__, load_backbone, preprocess_images
 from vfmkit.errors import VfmError
-from vfmkit.export.onnx import ExportError, OnnxModel, export_onnx
+from vfmkit.export.onnx import ExportError, export_onnx
+from vfmkit.export.runtime import OnnxModel
 from vfmkit.export.verify import verify_onnx
 
 LABELS = ["circle", "square", "stripes", "noise", "flat"]

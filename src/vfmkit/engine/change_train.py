@@ -24,8 +24,7 @@ from vfmkit.engine.model_card import write_model_card
 from vfmkit.engine.plots import plot_confusion_matrix
 from vfmkit.engine.resume import find_checkpoint
 from vfmkit.engine.run_dir import atomic_write_text, spec_hash
-from vfmkit.engine.runs import make_loader, prepare_run, resumed_epoch, set_loader_epoch
-from vfmkit.engine.trainer import build_trainer
+from vfmkit.engine.runs import fit, make_loader, prepare_run
 from vfmkit.errors import VfmError
 from vfmkit.models.necks.common import resize_to
 from vfmkit.spec.change import ChangeSpec
@@ -89,12 +88,8 @@ def train(spec: ChangeSpec) -> TrainResult:
     pl.seed_everything(spec.train.seed, workers=True, verbose=False)
     module = make_module(_build_model(spec), spec)
     train_loader, val_loader = _loaders(spec, report)
-    if resume_from is not None:  # workers prefetch before Lightning sets the epoch: set it first
-        set_loader_epoch(train_loader, resumed_epoch(resume_from))
     headline = "val/change_f1" if spec.task_type == "segment" else "val/accuracy"
-    monitor, mode = (headline, "max") if val_loader is not None else ("train/loss_epoch", "min")
-    trainer, checkpoints = build_trainer(spec.train, run_dir, monitor, mode)
-    trainer.fit(module, train_loader, val_loader, ckpt_path=resume_from, weights_only=True)
+    checkpoints = fit(spec, run_dir, module, train_loader, val_loader, resume_from, headline)
     val = None
     if val_loader is not None:
         trained = load_trained_change(checkpoints.best_path)

@@ -48,10 +48,14 @@ class AtomicCheckpoint(pl.Callback):
             return
         metric = trainer.callback_metrics.get(self.monitor)
         value = float(metric) if metric is not None else float("nan")
-        improved = self._improved(value)
+        improved, previous = self._improved(value), self.best
         if improved:
-            self.best = value
-        self._save(trainer, self.last_path)
+            self.best = value  # before saving, so the checkpoint records it
+        try:
+            self._save(trainer, self.last_path)
+        except BaseException:
+            self.best = previous
+            raise
         if improved and trainer.is_global_zero:
             tmp = self.best_path.with_name(".best.ckpt.tmp")
             shutil.copyfile(self.last_path, tmp)
@@ -60,9 +64,13 @@ class AtomicCheckpoint(pl.Callback):
     def _save(self, trainer: pl.Trainer, path: Path) -> None:
         self.dirpath.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp")
-        trainer.save_checkpoint(tmp, weights_only=False)
-        if trainer.is_global_zero:
-            os.replace(tmp, path)
+        try:
+            trainer.save_checkpoint(tmp, weights_only=False)
+            if trainer.is_global_zero:
+                os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)  # the previous checkpoint, if any, is untouched
+            raise
         trainer.strategy.barrier("atomic_checkpoint")
 
     def state_dict(self) -> dict:

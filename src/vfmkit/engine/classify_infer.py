@@ -59,7 +59,7 @@ class Predictor:
     @classmethod
     def from_path(cls, path: Path) -> Predictor:
         if path.suffix == ".onnx":
-            from vfmkit.export.onnx import OnnxModel
+            from vfmkit.export.runtime import OnnxModel
 
             model = OnnxModel(path)
             labels = model.metadata.get("labels")

@@ -17,8 +17,7 @@ from vfmkit.engine.model_card import write_model_card
 from vfmkit.engine.plots import plot_confusion_matrix
 from vfmkit.engine.resume import find_checkpoint
 from vfmkit.engine.run_dir import atomic_write_text, spec_hash
-from vfmkit.engine.runs import make_loader, prepare_run, resumed_epoch, set_loader_epoch
-from vfmkit.engine.trainer import build_trainer
+from vfmkit.engine.runs import fit, make_loader, prepare_run
 from vfmkit.errors import VfmError
 from vfmkit.spec.classify import ClassifySpec
 from vfmkit.tasks.classify.checkpoint import build_backbone, load_trained_classifier
@@ -98,12 +97,8 @@ def train(spec: ClassifySpec) -> TrainResult:
         train_loader, val_loader = _feature_loaders(spec, classifier.backbone, train_split, val_split)
     else:
         train_loader, val_loader = _image_loaders(spec, train_split, val_split)
-    if resume_from is not None:  # workers prefetch before Lightning sets the epoch: set it first
-        set_loader_epoch(train_loader, resumed_epoch(resume_from))
     module = ClassifyModule(classifier, spec, report.classes, on_features=on_features)
-    monitor, mode = ("val/top1", "max") if val_loader is not None else ("train/loss_epoch", "min")
-    trainer, checkpoints = build_trainer(spec.train, run_dir, monitor, mode)
-    trainer.fit(module, train_loader, val_loader, ckpt_path=resume_from, weights_only=True)
+    checkpoints = fit(spec, run_dir, module, train_loader, val_loader, resume_from, "val/top1")
     val = _final_evaluation(spec, run_dir, checkpoints.best_path, val_split, report) if val_split else None
     _write_card(spec, run_dir, report, val)
     print(f"done: {run_dir}" + (f"  val top-1 {val['top1']:.2f}%" if val else ""))

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import lightning.pytorch as pl
 from pydantic import BaseModel
 from torch.utils.data import DataLoader
 
+from vfmkit.engine.checkpoint import AtomicCheckpoint
 from vfmkit.engine.resume import check_resume
 from vfmkit.engine.run_dir import create_run_dir, write_environment, write_resolved_spec
+from vfmkit.engine.trainer import build_trainer
 from vfmkit.weights.safe_load import load_pickle_checkpoint
 
 
@@ -45,3 +48,22 @@ def set_loader_epoch(loader: DataLoader, epoch: int) -> None:
     """Set the sampler's epoch before Lightning does: worker prefetching starts before its own ``set_epoch``."""
     if hasattr(loader.sampler, "set_epoch"):
         loader.sampler.set_epoch(epoch)
+
+
+def fit(
+    spec: BaseModel,
+    run_dir: Path,
+    module: pl.LightningModule,
+    train_loader: DataLoader,
+    val_loader: DataLoader | None,
+    resume_from: Path | None,
+    headline: str,
+) -> AtomicCheckpoint:
+    """Fit ``module`` with the spec's trainer; ``headline`` (maximised) picks the best checkpoint when there is
+    validation data, else the training loss (minimised). Returns the checkpoint callback (best/last paths)."""
+    if resume_from is not None:
+        set_loader_epoch(train_loader, resumed_epoch(resume_from))
+    monitor, mode = (headline, "max") if val_loader is not None else ("train/loss_epoch", "min")
+    trainer, checkpoints = build_trainer(spec.train, run_dir, monitor, mode)
+    trainer.fit(module, train_loader, val_loader, ckpt_path=resume_from, weights_only=True)
+    return checkpoints

@@ -18,8 +18,7 @@ from vfmkit.data.segmentation import SegmentationDataset, SegmentationSplit, pre
 from vfmkit.engine.model_card import write_model_card
 from vfmkit.engine.plots import plot_confusion_matrix
 from vfmkit.engine.run_dir import atomic_write_text, spec_hash
-from vfmkit.engine.runs import prepare_run, resumed_epoch, set_loader_epoch
-from vfmkit.engine.trainer import build_trainer
+from vfmkit.engine.runs import fit, prepare_run
 from vfmkit.errors import DataError
 from vfmkit.spec.segment import SegmentSpec
 from vfmkit.tasks.dense_metrics import SegmentationMeter
@@ -64,12 +63,8 @@ def train(spec: SegmentSpec) -> SegmentTrainResult:
     palette, val_split = report.palette, report.split("val")
     segmenter = build_segmenter(spec, palette.num_classes)
     train_loader, val_loader = _loaders(spec, palette, report.split("train"), val_split)
-    if resume_from is not None:
-        set_loader_epoch(train_loader, resumed_epoch(resume_from))
     module = SegmentModule(segmenter, spec, palette.names)
-    monitor, mode = ("val/miou", "max") if val_loader is not None else ("train/loss_epoch", "min")
-    trainer, checkpoints = build_trainer(spec.train, run_dir, monitor, mode)
-    trainer.fit(module, train_loader, val_loader, ckpt_path=resume_from, weights_only=True)
+    checkpoints = fit(spec, run_dir, module, train_loader, val_loader, resume_from, "val/miou")
     val = None
     if val_split is not None and len(val_split):
         trained = load_trained_segmenter(checkpoints.best_path)

@@ -17,7 +17,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from vfmkit.export.onnx import ExportError, OnnxModel, _eval_mode
+from vfmkit.export.onnx import ExportError, _eval_mode
+from vfmkit.export.runtime import OnnxModel
 
 logger = logging.getLogger("vfmkit.export")
 

@@ -14,7 +14,7 @@ from tests.tasks.change.change_data import make_golden_csv, make_levir
 
 from vfmkit.data.change import ChangeSegDataset, load_levir_split
 from vfmkit.engine import Task
-from vfmkit.export.onnx import OnnxModel
+from vfmkit.export.runtime import OnnxModel
 from vfmkit.tasks.change.checkpoint import load_trained_change
 from vfmkit.tasks.change.module import make_module
 

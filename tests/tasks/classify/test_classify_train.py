@@ -94,17 +94,17 @@ def test_resume_continues_exactly(small_shapes, tmp_path, monkeypatch):
             "model.head_dropout=0.2", "train.ema.enabled=true")
     uninterrupted = _task(small_shapes, tmp_path / "a", *args).train()
 
-    import vfmkit.engine.classify_train as classify_train
+    import vfmkit.engine.runs as runs
 
-    original = classify_train.build_trainer
+    original = runs.build_trainer
 
     def crashing(*a, **kw):
         return original(*a, **{**kw, "extra_callbacks": [_CrashAfterFirstEpoch()]})
 
-    monkeypatch.setattr(classify_train, "build_trainer", crashing)
+    monkeypatch.setattr(runs, "build_trainer", crashing)
     with pytest.raises(_Crash):
         _task(small_shapes, tmp_path / "b", *args).train()
-    monkeypatch.setattr(classify_train, "build_trainer", original)
+    monkeypatch.setattr(runs, "build_trainer", original)
     crashed_run = tmp_path / "b" / "classify" / "exp"
     assert load_pickle_checkpoint(crashed_run / "checkpoints" / "last.ckpt")["epoch"] == 0
     resumed = _task(small_shapes, tmp_path / "b", *args, f"train.resume={crashed_run}").train()

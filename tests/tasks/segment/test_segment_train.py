@@ -84,7 +84,7 @@ def test_predict_writes_index_masks_and_overlays(adapter_run, shapes, tmp_path):
 
 
 def test_export_matches_pytorch(adapter_run, shapes, tmp_path):
-    from vfmkit.export.onnx import OnnxModel
+    from vfmkit.export.runtime import OnnxModel
     from vfmkit.tasks.segment.checkpoint import load_trained_segmenter
 
     path = _task(shapes, tmp_path, f"export.checkpoint={adapter_run.run_dir}",
