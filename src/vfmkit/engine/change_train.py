@@ -24,7 +24,7 @@ from vfmkit.engine.model_card import write_model_card
 from vfmkit.engine.plots import plot_confusion_matrix
 from vfmkit.engine.resume import find_checkpoint
 from vfmkit.engine.run_dir import atomic_write_text, spec_hash
-from vfmkit.engine.runs import fit, make_loader, prepare_run
+from vfmkit.engine.runs import copy_trained_weights, fit, make_loader, prepare_run
 from vfmkit.errors import VfmError
 from vfmkit.models.necks.common import resize_to
 from vfmkit.spec.change import ChangeSpec
@@ -75,7 +75,7 @@ def _build_model(spec: ChangeSpec):
         if trained.spec.task_type != spec.task_type or type(trained.model) is not type(model):
             raise VfmError(f"train.init_from {spec.train.init_from}: a {trained.spec.task_type} "
                            f"{type(trained.model).__name__}, this run trains a {type(model).__name__}")
-        model.load_state_dict(trained.model.state_dict())
+        copy_trained_weights(model, trained.model, spec.train.init_from)
     return model
 
 

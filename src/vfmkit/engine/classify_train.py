@@ -17,7 +17,7 @@ from vfmkit.engine.model_card import write_model_card
 from vfmkit.engine.plots import plot_confusion_matrix
 from vfmkit.engine.resume import find_checkpoint
 from vfmkit.engine.run_dir import atomic_write_text, spec_hash
-from vfmkit.engine.runs import fit, make_loader, prepare_run
+from vfmkit.engine.runs import copy_trained_weights, fit, make_loader, prepare_run
 from vfmkit.errors import VfmError
 from vfmkit.spec.classify import ClassifySpec
 from vfmkit.tasks.classify.checkpoint import build_backbone, load_trained_classifier
@@ -79,7 +79,7 @@ def _build_classifier(spec: ClassifySpec, num_classes: int) -> Classifier:
         if trained.classifier.head[2].out_features != num_classes:
             raise VfmError(f"train.init_from {spec.train.init_from}: it has {len(trained.classes)} classes, "
                            f"this dataset {num_classes}")
-        classifier.load_state_dict(trained.classifier.state_dict())
+        copy_trained_weights(classifier, trained.classifier, spec.train.init_from)
     return classifier
 
 

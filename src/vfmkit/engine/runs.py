@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import lightning.pytorch as pl
+import torch
 from pydantic import BaseModel
 from torch.utils.data import DataLoader
 
@@ -12,6 +13,7 @@ from vfmkit.engine.checkpoint import AtomicCheckpoint
 from vfmkit.engine.resume import check_resume
 from vfmkit.engine.run_dir import create_run_dir, write_environment, write_resolved_spec
 from vfmkit.engine.trainer import build_trainer
+from vfmkit.errors import VfmError
 from vfmkit.weights.safe_load import load_pickle_checkpoint
 
 
@@ -67,3 +69,16 @@ def fit(
     trainer, checkpoints = build_trainer(spec.train, run_dir, monitor, mode)
     trainer.fit(module, train_loader, val_loader, ckpt_path=resume_from, weights_only=True)
     return checkpoints
+
+
+def copy_trained_weights(model: torch.nn.Module, trained: torch.nn.Module, source: Path) -> None:
+    """``train.init_from``: start from a trained model's weights (same architecture), with a new schedule.
+
+    Raises:
+        VfmError: the checkpoint's model does not fit this spec's model.
+    """
+    try:
+        model.load_state_dict(trained.state_dict())
+    except RuntimeError as err:
+        detail = str(err).splitlines()[0][:300]
+        raise VfmError(f"train.init_from {source}: its model does not match this spec's model ({detail})") from None

@@ -17,8 +17,9 @@ from vfmkit.data.sampling import EpochSeededSampler
 from vfmkit.data.segmentation import SegmentationDataset, SegmentationSplit, preflight_segmentation
 from vfmkit.engine.model_card import write_model_card
 from vfmkit.engine.plots import plot_confusion_matrix
+from vfmkit.engine.resume import find_checkpoint
 from vfmkit.engine.run_dir import atomic_write_text, spec_hash
-from vfmkit.engine.runs import fit, prepare_run
+from vfmkit.engine.runs import copy_trained_weights, fit, prepare_run
 from vfmkit.errors import DataError
 from vfmkit.spec.segment import SegmentSpec
 from vfmkit.tasks.dense_metrics import SegmentationMeter
@@ -62,6 +63,9 @@ def train(spec: SegmentSpec) -> SegmentTrainResult:
     pl.seed_everything(spec.train.seed, workers=True, verbose=False)
     palette, val_split = report.palette, report.split("val")
     segmenter = build_segmenter(spec, palette.num_classes)
+    if spec.train.init_from is not None:
+        trained = load_trained_segmenter(find_checkpoint(spec.train.init_from))
+        copy_trained_weights(segmenter, trained.segmenter, spec.train.init_from)
     train_loader, val_loader = _loaders(spec, palette, report.split("train"), val_split)
     module = SegmentModule(segmenter, spec, palette.names)
     checkpoints = fit(spec, run_dir, module, train_loader, val_loader, resume_from, "val/miou")

@@ -113,3 +113,15 @@ def test_unknown_mask_value_is_a_one_line_error(shapes, tmp_path):
     assert result.returncode == 2
     assert "001.png" in result.stderr and "7" in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "runs").exists()  # nothing written before the data is known to be good
+
+
+def test_init_from_starts_from_trained_weights(adapter_run, shapes, tmp_path):
+    from vfmkit.weights.safe_load import load_pickle_checkpoint
+
+    result = _task(shapes, tmp_path, "model.neck=vit_adapter", "model.freeze_backbone=true", "train.epochs=1",
+                   "train.optimizer.lr=1e-12", f"train.init_from={adapter_run.run_dir}").train()
+    start = load_pickle_checkpoint(adapter_run.best_checkpoint)["state_dict"]
+    end = load_pickle_checkpoint(result.last_checkpoint)["state_dict"]
+    key = "segmenter.head.classifier.weight"
+    torch.testing.assert_close(end[key], start[key], rtol=0, atol=1e-6)
+    assert abs(result.val["miou"] - adapter_run.val["miou"]) < 0.05

@@ -26,7 +26,10 @@ class TrainedSegmenter:
 def build_segmenter(spec: SegmentSpec, num_classes: int, pretrained: bool | None = None) -> Segmenter:
     """Backbone (pretrained as the spec says unless overridden) + neck + head."""
     pretrained = spec.model.pretrained if pretrained is None else pretrained
-    return Segmenter(load_backbone(spec.model.backbone, pretrained=pretrained), num_classes, spec.model)
+    backbone = load_backbone(spec.model.backbone, pretrained=pretrained)
+    if spec.train.activation_checkpointing and hasattr(backbone, "set_grad_checkpointing"):
+        backbone.set_grad_checkpointing(True)
+    return Segmenter(backbone, num_classes, spec.model)
 
 
 def load_trained_segmenter(path: str | Path) -> TrainedSegmenter:
