@@ -151,3 +151,25 @@ def test_demo_assets_from_a_zipped_package(monkeypatch, tmp_path: Path) -> None:
     assert sorted(p.relative_to(copied).as_posix() for p in copied.rglob("*.png")) == sorted(
         p.relative_to(shipped).as_posix() for p in shipped.rglob("*.png")
     )
+
+
+def test_worker_errors_keep_only_the_original_line():
+    from torch.utils.data import DataLoader, Dataset
+
+    from vfmkit.cli.main import user_message
+    from vfmkit.errors import DataError
+
+    class Broken(Dataset):
+        def __len__(self):
+            return 2
+
+        def __getitem__(self, index):
+            raise DataError("bad.png: not an image (expected PNG)")
+
+    try:
+        list(DataLoader(Broken(), num_workers=1))
+    except DataError as err:
+        assert "Traceback" in str(err)
+        assert user_message(err) == "bad.png: not an image (expected PNG)"
+    else:
+        raise AssertionError("the loader did not raise")

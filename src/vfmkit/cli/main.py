@@ -209,6 +209,16 @@ def demo(
 # --- entry point --------------------------------------------------------------------------------------------------
 
 
+def user_message(exc: BaseException) -> str:
+    """The one-line message of a user error; errors re-raised from DataLoader workers carry the worker's traceback
+    in their text, of which only the original error's own line is kept."""
+    text = str(exc)
+    if "Original Traceback" in text:
+        last = text.strip().splitlines()[-1]
+        text = last.split(": ", 1)[1] if last.startswith(f"{type(exc).__module__}.") else last
+    return text
+
+
 def _fail(message: str, code: int = 2) -> None:
     typer.echo(f"error: {' '.join(message.split())}", err=True)
     sys.exit(code)
@@ -220,7 +230,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         result = command.main(args=list(argv) if argv is not None else None, prog_name="vfm", standalone_mode=False)
     except VfmError as exc:
-        _fail(str(exc), exc.exit_code)
+        _fail(user_message(exc), exc.exit_code)
     except TyperException as exc:  # usage errors (typer's click exceptions)
         _usage_error(exc)
     except (typer.Abort, KeyboardInterrupt):

@@ -83,10 +83,11 @@ def train(spec: ChangeSpec) -> TrainResult:
     """Train a change model as the spec says; everything goes into a run folder (see README)."""
     report = preflight_change(spec.dataset, ("train", "val"))
     print(report.format())
-    run_dir, resume_from = prepare_run(spec, "change")
-    print(f"run folder: {run_dir}")
     pl.seed_everything(spec.train.seed, workers=True, verbose=False)
     module = make_module(_build_model(spec), spec)
+    # the run folder is created once the model is built: a bad backbone or checkpoint leaves nothing behind
+    run_dir, resume_from = prepare_run(spec, "change")
+    print(f"run folder: {run_dir}")
     train_loader, val_loader = _loaders(spec, report)
     headline = "val/change_f1" if spec.task_type == "segment" else "val/accuracy"
     checkpoints = fit(spec, run_dir, module, train_loader, val_loader, resume_from, headline)

@@ -87,11 +87,12 @@ def train(spec: ClassifySpec) -> TrainResult:
     """Train a classifier as the spec says; everything goes into a run folder (see README)."""
     report = preflight(spec.dataset, ("train", "val"))
     print(report.format())
-    run_dir, resume_from = prepare_run(spec, "classify")
-    print(f"run folder: {run_dir}")
     pl.seed_everything(spec.train.seed, workers=True, verbose=False)
     train_split, val_split = report.split("train"), report.split("val")
     classifier = _build_classifier(spec, len(report.classes))
+    # the run folder is created once the model is built: a bad backbone or checkpoint leaves nothing behind
+    run_dir, resume_from = prepare_run(spec, "classify")
+    print(f"run folder: {run_dir}")
     on_features = spec.model.mode == "linear_probe"
     if on_features:
         train_loader, val_loader = _feature_loaders(spec, classifier.backbone, train_split, val_split)

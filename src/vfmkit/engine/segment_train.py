@@ -58,14 +58,15 @@ def train(spec: SegmentSpec) -> SegmentTrainResult:
     if report.split("train") is None:
         raise DataError(f"dataset.root {spec.dataset.root}: no training split ({spec.dataset.images_dir}/"
                         f"{spec.dataset.train_split})")
-    run_dir, resume_from = prepare_run(spec, "segment")
-    print(f"run folder: {run_dir}")
     pl.seed_everything(spec.train.seed, workers=True, verbose=False)
     palette, val_split = report.palette, report.split("val")
     segmenter = build_segmenter(spec, palette.num_classes)
     if spec.train.init_from is not None:
         trained = load_trained_segmenter(find_checkpoint(spec.train.init_from))
         copy_trained_weights(segmenter, trained.segmenter, spec.train.init_from)
+    # the run folder is created once the model is built: a bad backbone or checkpoint leaves nothing behind
+    run_dir, resume_from = prepare_run(spec, "segment")
+    print(f"run folder: {run_dir}")
     train_loader, val_loader = _loaders(spec, palette, report.split("train"), val_split)
     module = SegmentModule(segmenter, spec, palette.names)
     checkpoints = fit(spec, run_dir, module, train_loader, val_loader, resume_from, "val/miou")

@@ -39,7 +39,7 @@ def build_trainer(
     """
     checkpoint = AtomicCheckpoint(Path(run_dir) / "checkpoints", monitor=monitor, mode=mode)
     callbacks: list[pl.Callback] = [checkpoint, MetricsCsv(run_dir)]
-    interactive = sys.stderr.isatty()
+    interactive = sys.stdout.isatty()  # progress bars in a terminal, plain periodic lines in logs
     if not interactive:
         callbacks.append(PlainProgress())
     if spec.ema.enabled:

@@ -129,3 +129,11 @@ def test_resume_refuses_a_changed_spec_and_points_to_init_from(small_shapes, tmp
     start, end = _final_weights(first.run_dir), _final_weights(again.run_dir)
     key = "classifier.head.2.weight"
     torch.testing.assert_close(end[key], start[key], rtol=0, atol=1e-6)  # started from the trained weights
+
+
+def test_a_bad_backbone_leaves_no_run_folder(small_shapes, tmp_path):
+    from vfmkit.errors import ModelNotFoundError
+
+    with pytest.raises(ModelNotFoundError, match="c-radio-v9"):
+        _task(small_shapes, tmp_path, "model.backbone=c-radio-v9-b").train()
+    assert not (tmp_path / "classify").exists()
