@@ -199,3 +199,27 @@ def test_adaptors_fall_back_to_the_torchhub_file(tmp_path, monkeypatch):
 def test_registry_checkpoint_option_overrides_the_source():
     model = load_backbone("c-radio-v4-h", checkpoint=radio_fixtures() / "radio-tiny-v4" / "checkpoint.pth.tar")
     assert model.cfg.num_cls_tokens == 3 and model.embed_dim == 192
+
+
+def test_dinov2_student_layout_round_trip(tmp_path):
+    """RADIOv2.5-g style checkpoints: ViT under ``base_model.inner.``, SwiGLU ``w12``/``w3``, embedder bias, final
+    norm, one cls token; saved from the tiny variant in that layout and loaded back to the same outputs."""
+    source = load_backbone("test-radio-v2.5g-tiny")
+    state = {}
+    for key, value in source.state_dict().items():
+        if key.startswith("model."):
+            key = "base_model.inner." + key.removeprefix("model.")
+            key = key.replace(".mlp.fc1.", ".mlp.w12.").replace(".mlp.fc2.", ".mlp.w3.")
+        state[key] = value.half()  # published *_half files
+    args = argparse.Namespace(
+        model="dinov2_student_tiny", model_kwargs={"num_heads": 2}, cls_token_per_teacher=False,
+        cpe_num_registers=4, teachers=[{"name": "clip"}, {"name": "siglip"}, {"name": "dino_v2"}], model_norm=True,
+    )
+    torch.save({"args": args, "state_dict": state}, tmp_path / "radio_v2.5-g.pth.tar")
+    loaded = load_backbone(tmp_path / "radio_v2.5-g.pth.tar")
+    assert loaded.cfg.ffn == "swiglu" and loaded.cfg.patch_size == 14 and loaded.cfg.num_cls_tokens == 1
+    assert loaded.cfg.embedder_bias and loaded.cfg.model_norm and loaded.summary_dim == 64
+    images = torch.rand(2, 3, 56, 84)
+    reference = source.half().float()  # the same rounding as the half checkpoint
+    with torch.inference_mode():
+        torch.testing.assert_close(loaded(images).features, reference(images).features, atol=1e-5, rtol=0)

@@ -151,15 +151,19 @@ def _register_test_variants() -> None:
         "v2": dict(depth=2, **_V2_TOKENS, adaptors=[siglip], teachers=("clip", "siglip", "dino_v2", "sam")),
         "v3": dict(depth=2, **_V2_TOKENS, init_values=1e-5, supports_vitdet=False),
         "v4": dict(depth=3, **_V4_TOKENS, mlp_ratio=4304 / 1152),
+        # RADIOv2.5-g style: DINOv2 student (patch 14, SwiGLU, LayerScale, embedder bias, final norm, 1 cls token)
+        "v2.5g": dict(depth=2, patch_size=14, cpe_max_size=224, max_resolution=224, init_values=1e-5, ffn="swiglu",
+                      model_norm=True, embedder_bias=True, num_cls_tokens=1, num_registers=4, summary_idxs=(0,)),
     }
     for version, arch in variants.items():
         arch = {**common, **arch}
+        patch = arch.get("patch_size", 16)
         register(
             ModelEntry(
                 id=f"test-radio-{version}-tiny", family="radio", arch=arch,
-                description=f"tiny random-init C-RADIO{version}-style model for tests and the demo",
-                license="Apache-2.0 (random weights)", params_m=None, patch_size=16, preferred_resolution=64,
-                max_resolution=256, mean=OPENAI_CLIP_MEAN, std=OPENAI_CLIP_STD,
+                description=f"tiny random-init RADIO{version}-style model for tests and the demo",
+                license="Apache-2.0 (random weights)", params_m=None, patch_size=patch, preferred_resolution=4 * patch,
+                max_resolution=arch["max_resolution"], mean=OPENAI_CLIP_MEAN, std=OPENAI_CLIP_STD,
                 summary_dim=64 * len(arch["summary_idxs"]), feature_dim=64,
                 adaptors=tuple(a["name"] for a in arch.get("adaptors", [])), test_only=True,
             )
