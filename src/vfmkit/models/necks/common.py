@@ -98,3 +98,16 @@ def is_frozen(module: nn.Module) -> bool:
     """True when ``module`` has parameters and none of them requires grad."""
     params = list(module.parameters())
     return bool(params) and not any(p.requires_grad for p in params)
+
+
+class BackboneNeck(nn.Module):
+    """Base of the necks that own a ``backbone``: a frozen backbone stays in eval mode while the neck trains
+    (no position-embedding jitter, dropout or norm-statistics updates in weights that never change)."""
+
+    backbone: nn.Module
+
+    def train(self, mode: bool = True) -> BackboneNeck:
+        super().train(mode)
+        if is_frozen(self.backbone):
+            self.backbone.eval()
+        return self

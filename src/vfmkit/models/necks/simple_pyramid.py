@@ -17,10 +17,10 @@ from torch import nn
 
 from vfmkit.models.backbones.base import Backbone, BackboneOutput, resolve_block_indices, tokens_to_nchw
 from vfmkit.models.necks.common import (
+    BackboneNeck,
     NeckOutput,
     SummaryFusion,
     freeze,
-    is_frozen,
     level_sizes,
     make_norm2d,
     resize_to,
@@ -77,7 +77,7 @@ def _scale_stage(dim: int, stride: int, norm: str) -> tuple[nn.Module, int]:
     return nn.MaxPool2d(kernel_size=2, stride=2, ceil_mode=True), dim
 
 
-class SimpleFeaturePyramid(nn.Module):
+class SimpleFeaturePyramid(BackboneNeck):
     """ViTDet simple feature pyramid neck.
 
     Args:
@@ -117,12 +117,6 @@ class SimpleFeaturePyramid(nn.Module):
         if freeze_backbone:
             freeze(backbone)
 
-    def train(self, mode: bool = True) -> SimpleFeaturePyramid:
-        """Like ``nn.Module.train``, but a frozen backbone stays in eval mode."""
-        super().train(mode)
-        if is_frozen(self.backbone):
-            self.backbone.eval()
-        return self
 
     def forward(self, images: torch.Tensor) -> NeckOutput:
         """Pyramid and summary of one backbone pass.

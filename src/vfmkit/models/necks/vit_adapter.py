@@ -26,7 +26,14 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from vfmkit.models.backbones.base import Backbone, tokens_to_nchw
-from vfmkit.models.necks.common import NeckOutput, SummaryFusion, freeze, is_frozen, make_norm2d, resize_to
+from vfmkit.models.necks.common import (
+    BackboneNeck,
+    NeckOutput,
+    SummaryFusion,
+    freeze,
+    make_norm2d,
+    resize_to,
+)
 from vfmkit.models.necks.msdeform_attn import MSDeformAttn
 
 LayerNorm6 = partial(nn.LayerNorm, eps=1e-6)
@@ -228,7 +235,7 @@ def require_token_api(backbone: Backbone) -> None:
     backbone.token_blocks()  # raises ValueError with the reason for unsupported models
 
 
-class ViTAdapter(nn.Module):
+class ViTAdapter(BackboneNeck):
     """ViT-Adapter neck: backbone + SPM + interaction blocks -> 4-level pyramid at strides 4/8/16/32.
 
     Args:
@@ -301,12 +308,6 @@ class ViTAdapter(nn.Module):
                 module._reset_parameters()
         nn.init.normal_(self.level_embed)
 
-    def train(self, mode: bool = True) -> ViTAdapter:
-        """Like ``nn.Module.train``, but a frozen backbone stays in eval mode (no CPE jitter, dropout, BN updates)."""
-        super().train(mode)
-        if is_frozen(self.backbone):
-            self.backbone.eval()
-        return self
 
     def forward(self, images: torch.Tensor) -> NeckOutput:
         """Pyramid and summary of one backbone pass.
