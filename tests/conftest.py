@@ -11,7 +11,8 @@ import torch
 REPO_ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = Path(os.environ.get("VFMKIT_FIXTURES", REPO_ROOT.parent / "shared" / "fixtures"))
 
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# VFM_TEST_THREADS=1 avoids oversubscription when several test runs share the cores
+torch.set_num_threads(int(os.environ.get("VFM_TEST_THREADS", min(2, os.cpu_count() or 1))))
 
 
 @pytest.fixture(autouse=True)

@@ -137,7 +137,7 @@ def test_demo_end_to_end(capsys, tmp_path: Path) -> None:
 def test_demo_assets_from_a_zipped_package(monkeypatch, tmp_path: Path) -> None:
     import zipfile
 
-    from vfmkit.tasks import demo as demo_module
+    from vfmkit.features import demo as demo_module
 
     archive = tmp_path / "vfmkit.zip"
     shipped = Path(str(resources.files("vfmkit") / "assets" / "demo"))

@@ -126,7 +126,7 @@ def embed(
     adaptor: list[str] | None = typer.Option(None, "--adaptor", help="also store this adaptor head (repeatable)"),
 ) -> None:
     """Extract features of every image of SOURCE into a safetensors file plus an index of files."""
-    from vfmkit.tasks.embed import embed_source
+    from vfmkit.features.embed import embed_source
 
     result = embed_source(source, model, out, resolution, batch_size, what.value, adaptors=adaptor or ())
     shapes = ", ".join(f"{key} {tuple(value.shape)}" for key, value in result.embeddings.tensors.items())
@@ -149,7 +149,7 @@ def pca(
     batch_size: int = typer.Option(16, "--batch-size", "-b", min=1, help="images per forward pass"),
 ) -> None:
     """Draw the first 3 principal components of the spatial features as RGB, beside each image (PNG)."""
-    from vfmkit.tasks.pca import pca_source
+    from vfmkit.features.pca import pca_source
 
     result = pca_source(source, model, out, resolution, batch_size)
     typer.echo(f"wrote {len(result.pictures)} PCA picture(s) to {out}")
@@ -167,7 +167,7 @@ def knn(
     batch_size: int = typer.Option(32, "--batch-size", "-b", min=1, help="images per forward pass"),
 ) -> None:
     """k-NN classification of VAL images by their nearest TRAIN images (cosine, weighted votes); top-1/top-5."""
-    from vfmkit.tasks.knn import knn_evaluate
+    from vfmkit.features.knn import knn_evaluate
 
     result = knn_evaluate(train, val, model, k, temperature, resolution, batch_size)
     typer.echo(format_knn(result))
@@ -194,7 +194,7 @@ def demo(
     out: Path = typer.Option(Path("vfm-demo"), "--out", "-o", help="output folder"),
 ) -> None:
     """Embed the images shipped with vfmkit, draw PCA pictures and score k-NN: the whole path in seconds."""
-    from vfmkit.tasks.demo import run_demo
+    from vfmkit.features.demo import run_demo
 
     result = run_demo(model, out)
     typer.echo(f"vfm demo with {result.model}: {result.num_images} images in {result.seconds:.1f} s")

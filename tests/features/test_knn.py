@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from vfmkit.errors import DataError, VfmError
-from vfmkit.tasks.knn import knn_accuracy, knn_evaluate, knn_scores, list_class_folders
+from vfmkit.features.knn import knn_accuracy, knn_evaluate, knn_scores, list_class_folders
 
 
 def test_votes_are_temperature_weighted_cosine_similarities() -> None:

@@ -9,8 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
+from vfmkit.features.pca import GAP_PX, pca_colors, pca_source, picture_names, side_by_side
 from vfmkit.models.factory import load_backbone
-from vfmkit.tasks.pca import GAP_PX, pca_colors, pca_source, picture_names, side_by_side
 
 
 def test_first_component_separates_two_clusters() -> None:

@@ -21,11 +21,11 @@ import torch
 
 from vfmkit.data.images import list_image_files
 from vfmkit.errors import DataError
+from vfmkit.features.embed import extract_embeddings, resolve_model, save_embeddings
+from vfmkit.features.knn import KnnResult, knn_evaluate
+from vfmkit.features.pca import pca_source
 from vfmkit.models.backbones.base import Backbone
 from vfmkit.models.registry import find_entry
-from vfmkit.tasks.embed import extract_embeddings, resolve_model, save_embeddings
-from vfmkit.tasks.knn import KnnResult, knn_evaluate
-from vfmkit.tasks.pca import pca_source
 
 if TYPE_CHECKING:  # importlib.resources.abc is 3.11+
     from importlib.resources.abc import Traversable

@@ -15,8 +15,8 @@ from safetensors.torch import load_file
 from vfmkit._version import __version__
 from vfmkit.data.preprocess import preprocess_images
 from vfmkit.errors import DataError, VfmError
+from vfmkit.features.embed import embed_source, extract_embeddings, index_path_for
 from vfmkit.models.factory import load_backbone
-from vfmkit.tasks.embed import embed_source, extract_embeddings, index_path_for
 
 MODEL = "test-radio-v2-tiny"
 

@@ -19,8 +19,8 @@ import torch.nn.functional as F
 
 from vfmkit.data.images import list_image_files
 from vfmkit.errors import DataError, VfmError
+from vfmkit.features.embed import SkippedImage, extract_embeddings, resolve_model
 from vfmkit.models.backbones.base import Backbone
-from vfmkit.tasks.embed import SkippedImage, extract_embeddings, resolve_model
 
 
 @dataclass

@@ -22,8 +22,8 @@ from PIL import Image
 from vfmkit.data.images import list_image_files
 from vfmkit.data.preprocess import preprocess_image
 from vfmkit.errors import DataError
+from vfmkit.features.embed import SkippedImage, extract_embeddings, resolve_model
 from vfmkit.models.backbones.base import Backbone
-from vfmkit.tasks.embed import SkippedImage, extract_embeddings, resolve_model
 
 GAP_PX = 4
 """White gap between the image and its colour map."""

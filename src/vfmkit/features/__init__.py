@@ -1,0 +1,1 @@
+"""Feature extraction that trains nothing: embeddings, PCA pictures, k-NN probes and the demo."""
