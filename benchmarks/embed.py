@@ -177,24 +177,32 @@ def main() -> None:
         print(json.dumps(_worker(args)))
         return
     print(f"torch {torch.__version__}, {args.device}, {args.dtype}, threads {args.threads}, compile {args.compile}")
-    print("| res | batch | RADIO img/s | timm ViT-B img/s | RADIO / timm | timm ViT-B + 7 reg img/s | RADIO / timm+reg "
-          "| RADIO peak +MiB | timm peak +MiB |")
+    print(
+        "| res | batch | RADIO img/s | timm ViT-B img/s | RADIO / timm | timm ViT-B + 7 reg img/s | RADIO / timm+reg "
+        "| RADIO peak +MiB | timm peak +MiB |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     for res in args.resolutions:
         for batch in args.batches:
             speed = spawn("throughput", res, batch, args)
             mem = {name: spawn(name, res, batch, args)["peak_mib"] for name in ("radio", "timm")}
             radio, plain, regs = speed["radio"], speed["timm"], speed["timm8"]
-            print(f"| {res} | {batch} | {radio:.2f} | {plain:.2f} | {radio / plain:.3f} | {regs:.2f} "
-                  f"| {radio / regs:.3f} | {mem['radio']:.0f} | {mem['timm']:.0f} |")
+            print(
+                f"| {res} | {batch} | {radio:.2f} | {plain:.2f} | {radio / plain:.3f} | {regs:.2f} "
+                f"| {radio / regs:.3f} | {mem['radio']:.0f} | {mem['timm']:.0f} |"
+            )
         decode = spawn("decode", res, 16, args)["img_s"]
-        print(f"| {res} | decode + preprocess | {decode:.1f} | | {decode / speed['radio']:.1f}x RADIO at batch {batch} "
-              "| | | | |")
+        print(
+            f"| {res} | decode + preprocess | {decode:.1f} | | {decode / speed['radio']:.1f}x RADIO at batch {batch} "
+            "| | | | |"
+        )
     if not args.skip_2048:
         big = spawn("radio", 2048, 1, args)
-        print(f"\nRADIO ViT-B forward at 2048x2048 (16,384 tokens), batch 1: peak +{big['peak_mib']:.0f} MiB above the "
-              f"loaded model, {big['seconds']:.1f} s; one materialised fp32 attention matrix per head would need "
-              f"{NAIVE_ATTENTION_GIB:.1f} GiB")
+        print(
+            f"\nRADIO ViT-B forward at 2048x2048 (16,384 tokens), batch 1: peak +{big['peak_mib']:.0f} MiB above the "
+            f"loaded model, {big['seconds']:.1f} s; one materialised fp32 attention matrix per head would need "
+            f"{NAIVE_ATTENTION_GIB:.1f} GiB"
+        )
 
 
 if __name__ == "__main__":

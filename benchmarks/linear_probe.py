@@ -31,8 +31,15 @@ from vfmkit.tasks.classify.module import ClassifyModule  # noqa: E402
 
 
 def _fit(module: ClassifyModule, train: DataLoader, val: DataLoader, epochs: int) -> float:
-    trainer = pl.Trainer(max_epochs=epochs, accelerator="cpu", logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)
+    trainer = pl.Trainer(
+        max_epochs=epochs,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )
     start = time.perf_counter()
     trainer.fit(module, train, val)
     return time.perf_counter() - start
@@ -40,11 +47,14 @@ def _fit(module: ClassifyModule, train: DataLoader, val: DataLoader, epochs: int
 
 def run(args: argparse.Namespace, root: Path) -> dict[str, float]:
     make_shapes_dataset(root / "data", {"train": args.images, "val": args.images // 2}, size=args.resolution)
-    spec = ClassifySpec.model_validate({
-        "dataset": {"root": str(root / "data")}, "results_dir": str(root / "runs"),
-        "model": {"backbone": args.backbone, "pretrained": False, "resolution": args.resolution},
-        "train": {"epochs": args.epochs, "batch_size": args.batch_size, "num_workers": 0},
-    })
+    spec = ClassifySpec.model_validate(
+        {
+            "dataset": {"root": str(root / "data")},
+            "results_dir": str(root / "runs"),
+            "model": {"backbone": args.backbone, "pretrained": False, "resolution": args.resolution},
+            "train": {"epochs": args.epochs, "batch_size": args.batch_size, "num_workers": 0},
+        }
+    )
     report = preflight(spec.dataset)
     train, val = report.split("train"), report.split("val")
     pl.seed_everything(0, verbose=False)
@@ -69,8 +79,12 @@ def run(args: argparse.Namespace, root: Path) -> dict[str, float]:
         DataLoader(ClassificationDataset(val, res), batch),
         args.epochs,
     )
-    return {"extraction": extraction, "cached_fit": cached_fit, "cached": extraction + cached_fit,
-            "recompute": recompute}
+    return {
+        "extraction": extraction,
+        "cached_fit": cached_fit,
+        "cached": extraction + cached_fit,
+        "recompute": recompute,
+    }
 
 
 def main() -> None:
@@ -84,8 +98,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         times = run(args, Path(tmp))
     n = args.images * 4
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}; {args.backbone} (random init) at "
-          f"{args.resolution}px, {n} train + {n // 2} val images, {args.epochs} epochs")
+    print(
+        f"torch {torch.__version__}, threads {torch.get_num_threads()}; {args.backbone} (random init) at "
+        f"{args.resolution}px, {n} train + {n // 2} val images, {args.epochs} epochs"
+    )
     print("| run | seconds |")
     print("|---|---|")
     print(f"| cached: feature extraction (once) | {times['extraction']:.1f} |")

@@ -59,8 +59,10 @@ def main() -> None:
             model.backbone(images)
         backbone = time.perf_counter() - backbone_start
     params = sum(p.numel() for p in model.parameters()) / 1e6
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}; {args.backbone} (random init) + "
-          f"{args.neck} + SegFormer head, {params:.1f}M parameters, {args.resolution}px, batch {args.batch}")
+    print(
+        f"torch {torch.__version__}, threads {torch.get_num_threads()}; {args.backbone} (random init) + "
+        f"{args.neck} + SegFormer head, {params:.1f}M parameters, {args.resolution}px, batch {args.batch}"
+    )
     print("| measurement | value |")
     print("|---|---|")
     print(f"| images/s (whole model) | {args.batch * args.rounds / total:.3f} |")

@@ -70,8 +70,11 @@ def make_segmentation_dataset(
             for kind in rng.permutation([1, 2])[: rng.integers(1, 3)]:
                 s = int(rng.integers(size // 6, size // 3))
                 cx, cy = (int(v) for v in rng.integers(s, size - s, 2))
-                shape = ((xx - cx) ** 2 + (yy - cy) ** 2 <= s * s) if kind == 1 else (
-                    (abs(xx - cx) <= s) & (abs(yy - cy) <= s))
+                shape = (
+                    ((xx - cx) ** 2 + (yy - cy) ** 2 <= s * s)
+                    if kind == 1
+                    else ((abs(xx - cx) <= s) & (abs(yy - cy) <= s))
+                )
                 colour = [230, 60, 60] if kind == 1 else [60, 200, 230]
                 image[shape] = np.array(colour) + rng.normal(0, 10, 3)
                 mask[shape] = kind

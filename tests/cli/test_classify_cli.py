@@ -15,7 +15,10 @@ from tests.synthetic import make_shapes_dataset
 
 def vfm(*args, cwd):
     result = subprocess.run(
-        [sys.executable, "-m", "vfmkit.cli.main", *map(str, args)], cwd=cwd, capture_output=True, text=True,
+        [sys.executable, "-m", "vfmkit.cli.main", *map(str, args)],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
         timeout=300,
     )
     return result
@@ -44,8 +47,15 @@ def test_classify_end_to_end(project):
     metrics = json.loads((run / "evaluate" / "val" / "metrics.json").read_text())
     assert metrics["images"] == 16 and len(metrics["confusion_matrix"]) == 4
 
-    predict = vfm("classify", "predict", *common, f"predict.checkpoint={run}", "predict.source=data/val",
-                  "predict.out=preds.csv", cwd=project)
+    predict = vfm(
+        "classify",
+        "predict",
+        *common,
+        f"predict.checkpoint={run}",
+        "predict.source=data/val",
+        "predict.out=preds.csv",
+        cwd=project,
+    )
     assert predict.returncode == 0, predict.stderr
     torch_rows = list(csv.DictReader((project / "preds.csv").open()))
     assert len(torch_rows) == 16 and set(torch_rows[0]) >= {"path", "label_1", "score_1", "label_4", "score_4"}
@@ -56,8 +66,15 @@ def test_classify_end_to_end(project):
     onnx_file = run / "export" / "model.onnx"
     assert onnx_file.is_file()
 
-    onnx_predict = vfm("classify", "predict", *common, f"predict.checkpoint={onnx_file}", "predict.source=data/val",
-                       "predict.out=preds_onnx.csv", cwd=project)
+    onnx_predict = vfm(
+        "classify",
+        "predict",
+        *common,
+        f"predict.checkpoint={onnx_file}",
+        "predict.source=data/val",
+        "predict.out=preds_onnx.csv",
+        cwd=project,
+    )
     assert onnx_predict.returncode == 0, onnx_predict.stderr
     onnx_rows = list(csv.DictReader((project / "preds_onnx.csv").open()))
     assert [r["label_1"] for r in onnx_rows] == [r["label_1"] for r in torch_rows]

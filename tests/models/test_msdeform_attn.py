@@ -106,7 +106,8 @@ def test_box_reference_points_and_padding_mask() -> None:
 def test_reference_parameter_names_and_init() -> None:
     attn = MSDeformAttn(d_model=16, n_levels=3, n_heads=4, n_points=2, ratio=0.5)
     assert sorted(attn.state_dict()) == sorted(
-        f"{layer}.{kind}" for layer in ("sampling_offsets", "attention_weights", "value_proj", "output_proj")
+        f"{layer}.{kind}"
+        for layer in ("sampling_offsets", "attention_weights", "value_proj", "output_proj")
         for kind in ("weight", "bias")
     )
     assert attn.value_proj.out_features == 8 and attn.output_proj.in_features == 8

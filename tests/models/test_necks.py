@@ -18,8 +18,14 @@ from vfmkit.models.necks import NeckOutput, build_neck
 from vfmkit.models.necks.simple_pyramid import backbone_pass
 
 TINY = [
-    "test-radio-v2-tiny", "test-radio-v3-tiny", "test-radio-v4-tiny", "test-dinov2-tiny", "test-clip-tiny",
-    "test-siglip-tiny", "test-openclip-tiny", "test-nvclip-tiny",
+    "test-radio-v2-tiny",
+    "test-radio-v3-tiny",
+    "test-radio-v4-tiny",
+    "test-dinov2-tiny",
+    "test-clip-tiny",
+    "test-siglip-tiny",
+    "test-openclip-tiny",
+    "test-nvclip-tiny",
 ]
 KINDS = ["vit_adapter", "simple_pyramid"]
 
@@ -27,10 +33,26 @@ KINDS = ["vit_adapter", "simple_pyramid"]
 def _patch14_dinov2() -> TimmBackbone:
     """A tiny DINOv2-style timm ViT with patch 14 and 4 registers."""
     torch.manual_seed(0)
-    model = timm.create_model("vit_small_patch14_reg4_dinov2", pretrained=False, num_classes=0, img_size=56,
-                              patch_size=14, embed_dim=64, depth=2, num_heads=2, mlp_ratio=2.0, dynamic_img_size=True)
-    prep = Preprocessing(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), patch_size=14,
-                         preferred_resolution=(56, 56), max_resolution=224, resolution_step=14)
+    model = timm.create_model(
+        "vit_small_patch14_reg4_dinov2",
+        pretrained=False,
+        num_classes=0,
+        img_size=56,
+        patch_size=14,
+        embed_dim=64,
+        depth=2,
+        num_heads=2,
+        mlp_ratio=2.0,
+        dynamic_img_size=True,
+    )
+    prep = Preprocessing(
+        mean=(0.485, 0.456, 0.406),
+        std=(0.229, 0.224, 0.225),
+        patch_size=14,
+        preferred_resolution=(56, 56),
+        max_resolution=224,
+        resolution_step=14,
+    )
     return TimmBackbone(model, prep).eval()
 
 
@@ -101,8 +123,9 @@ def test_adapter_carries_prefix_tokens_and_adds_stage_features() -> None:
         block.ls2.gamma.data.fill_(1.0)
     stages = [[0, 0], [1, 1], [2, 2]]
     with_vit = build_neck("vit_adapter", backbone, conv_inplane=16, init_values=0.0, interaction_indexes=stages).eval()
-    without = build_neck("vit_adapter", backbone, conv_inplane=16, init_values=0.0, interaction_indexes=stages,
-                         add_vit_features=False).eval()
+    without = build_neck(
+        "vit_adapter", backbone, conv_inplane=16, init_values=0.0, interaction_indexes=stages, add_vit_features=False
+    ).eval()
     without.load_state_dict(with_vit.state_dict())
     images = torch.rand(1, 3, 64, 64)
     with torch.no_grad():
@@ -125,8 +148,13 @@ def test_frozen_backbone_trains_neck_only(backbones, kind: str) -> None:
     named = {n: p for n, p in neck.named_parameters() if not n.startswith("backbone.")}
     assert named and all(p.grad is not None for p in named.values())
     if kind == "vit_adapter":  # the first injector reaches the outputs only through the frozen blocks
-        for key in ("interactions.0.injector.gamma", "interactions.0.injector.attn.sampling_offsets.weight",
-                    "interactions.0.injector.attn.value_proj.weight", "spm.stem.0.weight", "level_embed"):
+        for key in (
+            "interactions.0.injector.gamma",
+            "interactions.0.injector.attn.sampling_offsets.weight",
+            "interactions.0.injector.attn.value_proj.weight",
+            "spm.stem.0.weight",
+            "level_embed",
+        ):
             assert named[key].grad.abs().sum() > 0, key
 
 
@@ -182,10 +210,24 @@ def test_refusals(backbones) -> None:
 
 
 def test_eva_refused_by_adapter_but_pyramid_works() -> None:
-    model = timm.create_model("eva02_tiny_patch14_224", pretrained=False, num_classes=0, img_size=56, depth=2,
-                              embed_dim=64, num_heads=2, dynamic_img_size=True)
-    prep = Preprocessing(mean=(0.5,) * 3, std=(0.5,) * 3, patch_size=14, preferred_resolution=(56, 56),
-                         max_resolution=224, resolution_step=14)
+    model = timm.create_model(
+        "eva02_tiny_patch14_224",
+        pretrained=False,
+        num_classes=0,
+        img_size=56,
+        depth=2,
+        embed_dim=64,
+        num_heads=2,
+        dynamic_img_size=True,
+    )
+    prep = Preprocessing(
+        mean=(0.5,) * 3,
+        std=(0.5,) * 3,
+        patch_size=14,
+        preferred_resolution=(56, 56),
+        max_resolution=224,
+        resolution_step=14,
+    )
     eva = TimmBackbone(model, prep).eval()
     with pytest.raises(ValueError, match="Eva"):
         build_neck("vit_adapter", eva)
@@ -213,8 +255,15 @@ def test_adapter_onnx_export_parity(tmp_path) -> None:
         torch.nn.init.constant_(interaction.injector.gamma, 0.5)
     images = torch.rand(1, 3, 64, 96)
     path = tmp_path / "adapter.onnx"
-    torch.onnx.export(model, (images,), str(path), dynamo=True, opset_version=17, input_names=["images"],
-                      output_names=["p4", "p8", "p16", "p32", "summary"])
+    torch.onnx.export(
+        model,
+        (images,),
+        str(path),
+        dynamo=True,
+        opset_version=17,
+        input_names=["images"],
+        output_names=["p4", "p8", "p16", "p32", "summary"],
+    )
     graph = onnx.load(str(path)).graph
     assert {node.domain for node in graph.node} <= {"", "ai.onnx"}
     assert "GridSample" in {node.op_type for node in graph.node}

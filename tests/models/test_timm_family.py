@@ -121,9 +121,7 @@ def test_loads_from_offline_hub_cache(tmp_path, monkeypatch) -> None:
     reference = load_backbone("test-clip-tiny", pretrained=False)
     _fake_hub_cache(tmp_path / "hub", "vfmkit-test/tiny-clip", reference.model.state_dict())
     _private_offline_cache(monkeypatch, tmp_path / "hub")
-    entry = dataclasses.replace(
-        resolve_entry("test-clip-tiny"), source="hf-hub:vfmkit-test/tiny-clip", test_only=False
-    )
+    entry = dataclasses.replace(resolve_entry("test-clip-tiny"), source="hf-hub:vfmkit-test/tiny-clip", test_only=False)
     loaded = build_from_entry(entry, pretrained=True)
     images = torch.rand(1, 3, 64, 64)
     with torch.no_grad():

@@ -83,7 +83,10 @@ def test_required_dataset_fields():
 
 def test_override_values_are_yaml_typed():
     assert parse_overrides(["a.b=3", "a.c=true", "d=[1, 2]", "e=x y", "f="]) == {
-        "a": {"b": 3, "c": True}, "d": [1, 2], "e": "x y", "f": None,
+        "a": {"b": 3, "c": True},
+        "d": [1, 2],
+        "e": "x y",
+        "f": None,
     }
 
 

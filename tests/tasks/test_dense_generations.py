@@ -35,11 +35,18 @@ def test_segmenter_trains_on_every_generation(backbone, neck):
 
 @pytest.mark.parametrize("backbone", GENERATIONS)
 def test_change_segmenter_runs_on_every_generation(backbone, tmp_path):
-    spec = ChangeSpec.model_validate({
-        "dataset": {"root": str(tmp_path), "format": "levir"},
-        "model": {"backbone": backbone, "neck": "vit_adapter", "neck_channels": 32, "decoder_channels": 32,
-                  "resolution": _size(backbone, stride=32)},
-    })
+    spec = ChangeSpec.model_validate(
+        {
+            "dataset": {"root": str(tmp_path), "format": "levir"},
+            "model": {
+                "backbone": backbone,
+                "neck": "vit_adapter",
+                "neck_channels": 32,
+                "decoder_channels": 32,
+                "resolution": _size(backbone, stride=32),
+            },
+        }
+    )
     model = build_change_model(spec).eval()
     size = _size(backbone, stride=32)
     with torch.no_grad():

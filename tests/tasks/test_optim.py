@@ -28,7 +28,11 @@ def test_layer_ids(name, expected):
 def test_groups_decay_and_layer_scales():
     backbone = load_backbone("test-radio-v2-tiny")
     groups = param_groups(
-        backbone.named_parameters(), lr=1.0, weight_decay=0.05, layer_decay=0.5, num_blocks=backbone.num_blocks,
+        backbone.named_parameters(),
+        lr=1.0,
+        weight_decay=0.05,
+        layer_decay=0.5,
+        num_blocks=backbone.num_blocks,
         no_weight_decay=backbone.no_weight_decay(),
     )
     by_name = {name: g for g in groups for name in g["names"]}
@@ -69,8 +73,10 @@ def test_step_and_linear_schedules():
 
 def test_scheduler_drives_every_group():
     model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 2))
-    groups = [{"params": list(model[0].parameters()), "lr": 0.5, "names": []},
-              {"params": list(model[1].parameters()), "lr": 1.0, "names": []}]
+    groups = [
+        {"params": list(model[0].parameters()), "lr": 0.5, "names": []},
+        {"params": list(model[1].parameters()), "lr": 1.0, "names": []},
+    ]
     optimizer = build_optimizer(groups, OptimizerSpec(type="sgd", lr=1.0))
     scheduler = build_scheduler(optimizer, SchedulerSpec(type="linear", warmup_epochs=0, min_lr_ratio=0.0), 5, 2)
     for _ in range(5):

@@ -280,7 +280,6 @@ class ChangeSegDataset(EpochSeededDataset):
         self.augment = JointAugment(size or augment.crop_size, augment, ignore_index) if self.train else None
         super().__init__()
 
-
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
         """Returns ``(image_a, image_b float32 (3, h, w) in [0, 1], mask int64 (h', w') 0/1 or ignore, index)``.
 

@@ -256,7 +256,6 @@ class ChangeClassifyDataset(EpochSeededDataset):
         self.augment = JointAugment(self.size, augment) if self.train else None
         super().__init__()
 
-
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
         """Returns ``(test, golden, label, index)``.
 

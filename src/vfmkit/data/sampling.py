@@ -99,7 +99,6 @@ class ClassificationDataset(EpochSeededDataset):
         self.augment = TrainAugment(self.resolution, augment or AugmentSpec()) if self.train else None
         super().__init__()
 
-
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, int]:
         """Returns ``(image float32 (3, R, R) in [0, 1], label int64 scalar tensor, index)``.
 

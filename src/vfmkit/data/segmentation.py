@@ -318,7 +318,6 @@ class SegmentationDataset(EpochSeededDataset):
         self.augment = JointAugment(size or augment.crop_size, augment, palette.ignore_index) if self.train else None
         super().__init__()
 
-
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, int]:
         """Returns ``(image float32 (3, h, w) in [0, 1], mask int64 (h', w') in 0..K-1 or ignore_index, index)``.
 

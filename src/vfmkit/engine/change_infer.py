@@ -72,8 +72,9 @@ def evaluate(spec: ChangeSpec) -> dict:
 
 def _check_variant(spec: ChangeSpec, trained: TrainedChange) -> None:
     if spec.task_type != trained.spec.task_type:
-        raise VfmError(f"{trained.checkpoint} is a {trained.spec.task_type} model but this spec's task_type is "
-                       f"{spec.task_type!r}")
+        raise VfmError(
+            f"{trained.checkpoint} is a {trained.spec.task_type} model but this spec's task_type is {spec.task_type!r}"
+        )
 
 
 def _data_spec(spec: ChangeSpec, trained: TrainedChange, **update) -> ChangeDataSpec:
@@ -98,8 +99,10 @@ def _source_pairs(spec: ChangeSpec) -> list[tuple[str, Path, Path]]:
     folders = [source / spec.dataset.a_dir, source / spec.dataset.b_dir]
     missing = [str(f) for f in folders if not f.is_dir()]
     if missing:
-        raise DataError(f"predict.source {source}: no {' or '.join(missing)} (expected <source>/"
-                        f"{spec.dataset.a_dir}/ and <source>/{spec.dataset.b_dir}/ with pairs of the same names)")
+        raise DataError(
+            f"predict.source {source}: no {' or '.join(missing)} (expected <source>/"
+            f"{spec.dataset.a_dir}/ and <source>/{spec.dataset.b_dir}/ with pairs of the same names)"
+        )
     index_a, index_b = index_by_stem(folders[0]), index_by_stem(folders[1])
     only = sorted(set(index_a) ^ set(index_b))
     if only:
@@ -150,8 +153,16 @@ def _predict_csv(spec: ChangeSpec, trained: TrainedChange, out_dir: Path) -> Pat
         for score, label, index in zip(scores.tolist(), labels.tolist(), indices.tolist(), strict=True):
             files = split.test_files(index)[0], split.files(str(split.goldens[index]), str(split.objects[index]))[0]
             decision = "FAIL" if score > trained.threshold else "PASS"
-            rows.append([str(files[0]), str(files[1]), str(split.objects[index]), f"{score:.6f}", decision,
-                         "FAIL" if label else "PASS"])
+            rows.append(
+                [
+                    str(files[0]),
+                    str(files[1]),
+                    str(split.objects[index]),
+                    f"{score:.6f}",
+                    decision,
+                    "FAIL" if label else "PASS",
+                ]
+            )
     out = out_dir / "predictions.csv"
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
@@ -169,8 +180,9 @@ def _verification_inputs(spec: ChangeSpec, trained: TrainedChange, resolution: i
     try:
         report = preflight_change(_data_spec(spec, trained), ("val", "train"))
     except DataError as err:
-        raise VfmError(f"export verification needs real samples from the dataset: {err}; "
-                       "fix dataset.* or set export.verify=false") from None
+        raise VfmError(
+            f"export verification needs real samples from the dataset: {err}; fix dataset.* or set export.verify=false"
+        ) from None
     for name in ("val", "train"):
         split = report.split(name)
         if split is not None and len(split):
@@ -201,8 +213,10 @@ def export(spec: ChangeSpec) -> Path:
     if spec.export.verify:
         real = _verification_inputs(spec, trained, resolution)
         result = verify_onnx(out, module, real, tolerance=spec.export.tolerance)
-        print(f"onnxruntime vs PyTorch on {len(real[0])} real samples: max abs diff {result.max_abs_diff:.3g} "
-              f"(tolerance {spec.export.tolerance:g})")
+        print(
+            f"onnxruntime vs PyTorch on {len(real[0])} real samples: max abs diff {result.max_abs_diff:.3g} "
+            f"(tolerance {spec.export.tolerance:g})"
+        )
     return out
 
 
@@ -220,19 +234,36 @@ def export_metadata(trained: TrainedChange, resolution: int) -> dict[str, str]:
     """What a consumer of the .onnx file needs: variant, inputs/outputs, threshold, preprocessing, provenance."""
     spec = trained.spec
     prep = trained.model.neck.backbone.preprocessing
-    meta = {"task": "change", "variant": spec.task_type, "resolution": str(resolution),
-            "mean": json.dumps(list(prep.mean)), "std": json.dumps(list(prep.std)), "backbone": spec.model.backbone}
+    meta = {
+        "task": "change",
+        "variant": spec.task_type,
+        "resolution": str(resolution),
+        "mean": json.dumps(list(prep.mean)),
+        "std": json.dumps(list(prep.std)),
+        "backbone": spec.model.backbone,
+    }
     if spec.task_type == "segment":
-        meta["input"] = (f"image_a, image_b: float32 (batch, 3, {resolution}, {resolution}) RGB in [0, 1] (bilinear, "
-                         "antialiased resize); mean/std are applied inside the model")
+        meta["input"] = (
+            f"image_a, image_b: float32 (batch, 3, {resolution}, {resolution}) RGB in [0, 1] (bilinear, "
+            "antialiased resize); mean/std are applied inside the model"
+        )
         meta["outputs"] = "change_logits: float32 (batch, 2, H, W) at the input resolution; argmax 1 = changed"
         meta["labels"] = json.dumps(["unchanged", "changed"])
         return meta
     lights = spec.dataset.light_conditions
-    meta["input"] = (f"image, golden: float32 (batch, {3 * len(lights)}, {resolution}, {resolution}) RGB in [0, 1], "
-                     f"lighting conditions {lights} concatenated along channels; golden (batch, N, ...) when N > 1")
-    meta["outputs"] = ("score: float32 (batch,), FAIL probability" if spec.model.difference == "learnable"
-                       else "score: float32 (batch,), embedding distance") + "; FAIL when score > threshold"
-    meta.update(threshold=str(trained.threshold), difference=spec.model.difference,
-                light_conditions=json.dumps(lights), num_golden=str(spec.dataset.num_golden))
+    meta["input"] = (
+        f"image, golden: float32 (batch, {3 * len(lights)}, {resolution}, {resolution}) RGB in [0, 1], "
+        f"lighting conditions {lights} concatenated along channels; golden (batch, N, ...) when N > 1"
+    )
+    meta["outputs"] = (
+        "score: float32 (batch,), FAIL probability"
+        if spec.model.difference == "learnable"
+        else "score: float32 (batch,), embedding distance"
+    ) + "; FAIL when score > threshold"
+    meta.update(
+        threshold=str(trained.threshold),
+        difference=spec.model.difference,
+        light_conditions=json.dumps(lights),
+        num_golden=str(spec.dataset.num_golden),
+    )
     return meta

@@ -52,8 +52,15 @@ def make_dataset(spec: ChangeSpec, split, train: bool, resolution: int | None = 
     res = resolution or spec.model.resolution
     augment, seed = spec.dataset.augment, spec.train.seed
     if spec.task_type == "segment":
-        return ChangeSegDataset(split, res, train=train, augment=augment, seed=seed,
-                                ignore_index=spec.dataset.ignore_index, mask_size="full" if full_masks else "resized")
+        return ChangeSegDataset(
+            split,
+            res,
+            train=train,
+            augment=augment,
+            seed=seed,
+            ignore_index=spec.dataset.ignore_index,
+            mask_size="full" if full_masks else "resized",
+        )
     return ChangeClassifyDataset(split, res, train=train, augment=augment, seed=seed)
 
 
@@ -73,8 +80,10 @@ def _build_model(spec: ChangeSpec):
     if spec.train.init_from is not None:
         trained = load_trained_change(find_checkpoint(spec.train.init_from))
         if trained.spec.task_type != spec.task_type or type(trained.model) is not type(model):
-            raise VfmError(f"train.init_from {spec.train.init_from}: a {trained.spec.task_type} "
-                           f"{type(trained.model).__name__}, this run trains a {type(model).__name__}")
+            raise VfmError(
+                f"train.init_from {spec.train.init_from}: a {trained.spec.task_type} "
+                f"{type(trained.model).__name__}, this run trains a {type(model).__name__}"
+            )
         copy_trained_weights(model, trained.model, spec.train.init_from)
     return model
 
@@ -95,8 +104,12 @@ def train(spec: ChangeSpec) -> TrainResult:
     if val_loader is not None:
         trained = load_trained_change(checkpoints.best_path)
         metrics = evaluate_split(trained, report.split("val"), spec.evaluate.batch_size)
-        val = write_change_metrics(run_dir / "evaluate" / "val", metrics, spec.task_type,
-                                   f"val, best checkpoint ({checkpoints.best_path.name})")
+        val = write_change_metrics(
+            run_dir / "evaluate" / "val",
+            metrics,
+            spec.task_type,
+            f"val, best checkpoint ({checkpoints.best_path.name})",
+        )
     _write_card(spec, run_dir, report, val)
     print(f"done: {run_dir}  " + summary_line(spec.task_type, val) if val else f"done: {run_dir}")
     return TrainResult(run_dir, checkpoints.best_path, checkpoints.last_path, val)
@@ -194,15 +207,23 @@ def _write_card(spec: ChangeSpec, run_dir: Path, report: ChangePreflightReport, 
     keys = SEGMENT_HEADLINE if spec.task_type == "segment" else CLASSIFY_HEADLINE
     metrics = {k: val.get(k) for k in keys} if val else {"validation": "none (no val split)"}
     m = spec.model
-    data = {"variant": spec.task_type, "samples per split": counts, "neck": m.neck,
-            "backbone frozen": m.freeze_backbone}
+    data = {
+        "variant": spec.task_type,
+        "samples per split": counts,
+        "neck": m.neck,
+        "backbone frozen": m.freeze_backbone,
+    }
     if spec.task_type == "segment":
-        use = (f"binary change segmentation of co-registered image pairs, inputs resized to {m.resolution}x"
-               f"{m.resolution}; output change logits (B, 2, H, W) at the input resolution")
+        use = (
+            f"binary change segmentation of co-registered image pairs, inputs resized to {m.resolution}x"
+            f"{m.resolution}; output change logits (B, 2, H, W) at the input resolution"
+        )
     else:
         data["difference"] = m.difference
         data["threshold"] = spec.threshold
-        use = (f"golden-vs-test PASS/FAIL inspection ({m.difference} difference, "
-               f"{len(spec.dataset.light_conditions)} lighting condition(s), {spec.dataset.num_golden} golden(s)), "
-               f"inputs resized to {m.resolution}x{m.resolution}; FAIL when the score > {spec.threshold:g}")
+        use = (
+            f"golden-vs-test PASS/FAIL inspection ({m.difference} difference, "
+            f"{len(spec.dataset.light_conditions)} lighting condition(s), {spec.dataset.num_golden} golden(s)), "
+            f"inputs resized to {m.resolution}x{m.resolution}; FAIL when the score > {spec.threshold:g}"
+        )
     write_model_card(run_dir, "change", m.backbone, m.pretrained, data, metrics, spec_hash(spec), [use])

@@ -47,8 +47,9 @@ def verification_images(spec: ClassifySpec, trained: TrainedClassifier, resoluti
                 step = max(1, len(dataset) // count)
                 return torch.stack([dataset[i][0] for i in range(0, len(dataset), step)][:count])
     except DataError as err:
-        raise VfmError(f"export verification needs real images from the dataset: {err}; "
-                       "fix dataset.* or set export.verify=false") from None
+        raise VfmError(
+            f"export verification needs real images from the dataset: {err}; fix dataset.* or set export.verify=false"
+        ) from None
     raise VfmError("export verification found no images in the val or train split; set export.verify=false to skip")
 
 
@@ -65,13 +66,24 @@ def export(spec: ClassifySpec) -> Path:
     module = ExportableClassifier(trained.classifier).eval()
     out = spec.export.out or run_dir_of(checkpoint) / "export" / "model.onnx"
     example = torch.rand(2, 3, resolution, resolution)
-    export_onnx(module, (example,), out, INPUT_NAMES, OUTPUT_NAMES, export_metadata(trained, resolution),
-                opset=spec.export.opset)
-    print(f"exported {out} (opset {spec.export.opset}, input 'image' (batch, 3, {resolution}, {resolution}) in [0, 1], "
-          "outputs 'logits', 'probs')")
+    export_onnx(
+        module,
+        (example,),
+        out,
+        INPUT_NAMES,
+        OUTPUT_NAMES,
+        export_metadata(trained, resolution),
+        opset=spec.export.opset,
+    )
+    print(
+        f"exported {out} (opset {spec.export.opset}, input 'image' (batch, 3, {resolution}, {resolution}) in [0, 1], "
+        "outputs 'logits', 'probs')"
+    )
     if spec.export.verify:
         images = verification_images(spec, trained, resolution)
         result = verify_onnx(out, module, (images,), tolerance=spec.export.tolerance)
-        print(f"onnxruntime vs PyTorch on {len(images)} real images: max abs diff {result.max_abs_diff:.3g} "
-              f"(tolerance {spec.export.tolerance:g})")
+        print(
+            f"onnxruntime vs PyTorch on {len(images)} real images: max abs diff {result.max_abs_diff:.3g} "
+            f"(tolerance {spec.export.tolerance:g})"
+        )
     return out

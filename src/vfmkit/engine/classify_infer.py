@@ -85,8 +85,10 @@ def predict(spec: ClassifySpec) -> Path:
     Unreadable images are reported and left out of the CSV.
     """
     if spec.predict.checkpoint is None or spec.predict.source is None:
-        raise VfmError("predict.checkpoint (run folder, .ckpt or .onnx) and predict.source (folder, glob or list) "
-                       "are both required")
+        raise VfmError(
+            "predict.checkpoint (run folder, .ckpt or .onnx) and predict.source (folder, glob or list) "
+            "are both required"
+        )
     predictor = Predictor.from_path(Path(spec.predict.checkpoint))
     files = list_image_files(spec.predict.source)
     k = min(spec.top_k, len(predictor.classes))

@@ -77,8 +77,10 @@ def _build_classifier(spec: ClassifySpec, num_classes: int) -> Classifier:
     if spec.train.init_from is not None:
         trained = load_trained_classifier(find_checkpoint(spec.train.init_from))
         if trained.classifier.head[2].out_features != num_classes:
-            raise VfmError(f"train.init_from {spec.train.init_from}: it has {len(trained.classes)} classes, "
-                           f"this dataset {num_classes}")
+            raise VfmError(
+                f"train.init_from {spec.train.init_from}: it has {len(trained.classes)} classes, "
+                f"this dataset {num_classes}"
+            )
         copy_trained_weights(classifier, trained.classifier, spec.train.init_from)
     return classifier
 
@@ -107,8 +109,9 @@ def train(spec: ClassifySpec) -> TrainResult:
 
 
 @torch.inference_mode()
-def evaluate_split(classifier: Classifier, split: ClassificationSplit, resolution: int, batch_size: int,
-                   k: int, workers: int = 0) -> ClassificationMetrics:
+def evaluate_split(
+    classifier: Classifier, split: ClassificationSplit, resolution: int, batch_size: int, k: int, workers: int = 0
+) -> ClassificationMetrics:
     """Metrics of the full classifier (backbone + head) on a split's images."""
     accumulator = MetricAccumulator(len(classifier.head[2].weight), k)
     loader = make_loader(ClassificationDataset(split, resolution), batch_size, workers)
@@ -136,9 +139,15 @@ def _write_card(spec: ClassifySpec, run_dir: Path, report: PreflightReport, val:
     counts = {name: len(split) for name, split in report.splits.items() if split is not None}
     metrics = {k: v for k, v in (val or {}).items() if k.startswith("top") or k in ("images", "loss")}
     write_model_card(
-        run_dir, "classify", spec.model.backbone, spec.model.pretrained,
+        run_dir,
+        "classify",
+        spec.model.backbone,
+        spec.model.pretrained,
         {"classes": ", ".join(report.classes), "images per split": counts, "mode": spec.model.mode},
-        metrics or {"validation": "none (no val split)"}, spec_hash(spec),
-        [f"image classification into the {len(report.classes)} classes above, inputs resized to "
-         f"{spec.model.resolution}x{spec.model.resolution}"],
+        metrics or {"validation": "none (no val split)"},
+        spec_hash(spec),
+        [
+            f"image classification into the {len(report.classes)} classes above, inputs resized to "
+            f"{spec.model.resolution}x{spec.model.resolution}"
+        ],
     )

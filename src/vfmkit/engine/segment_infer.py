@@ -58,8 +58,9 @@ def predict(spec: SegmentSpec) -> Path:
         except DataError as err:
             skipped.append(str(err))
             continue
-        logits = predict_logits(trained.segmenter, pil_to_tensor(image).unsqueeze(0), trained.spec.model.resolution,
-                                spec.inference)
+        logits = predict_logits(
+            trained.segmenter, pil_to_tensor(image).unsqueeze(0), trained.spec.model.resolution, spec.inference
+        )
         mask = logits[0].argmax(dim=0).numpy().astype(np.uint8)
         Image.fromarray(mask, mode="L").save(out / "masks" / f"{path.stem}.png")
         overlay(image, mask, trained.palette).save(out / "overlays" / f"{path.stem}.png")
@@ -82,21 +83,34 @@ def export(spec: SegmentSpec) -> Path:
     out = spec.export.out or run_dir_of(checkpoint) / "export" / "model.onnx"
     prep = trained.segmenter.backbone.preprocessing
     metadata = {
-        "task": "segment", "labels": json.dumps(trained.classes), "resolution": str(resolution),
+        "task": "segment",
+        "labels": json.dumps(trained.classes),
+        "resolution": str(resolution),
         "input": f"image: float32 (batch, 3, {resolution}, {resolution}) RGB in [0, 1] (bilinear resize); "
-                 "mean/std inside", "outputs": "logits: float32 (batch, num_classes, H, W) at the input size",
-        "mean": json.dumps(list(prep.mean)), "std": json.dumps(list(prep.std)),
+        "mean/std inside",
+        "outputs": "logits: float32 (batch, num_classes, H, W) at the input size",
+        "mean": json.dumps(list(prep.mean)),
+        "std": json.dumps(list(prep.std)),
         "palette": json.dumps(trained.palette.colors.tolist()),
         "backbone": trained.spec.model.backbone,
     }
-    export_onnx(module, (torch.rand(2, 3, resolution, resolution),), out, ["image"], ["logits"], metadata,
-                opset=spec.export.opset)
+    export_onnx(
+        module,
+        (torch.rand(2, 3, resolution, resolution),),
+        out,
+        ["image"],
+        ["logits"],
+        metadata,
+        opset=spec.export.opset,
+    )
     print(f"exported {out} (input 'image' (batch, 3, {resolution}, {resolution}) in [0, 1], output 'logits')")
     if spec.export.verify:
         images = _verification_images(spec, trained, resolution)
         result = verify_onnx(out, module, (images,), tolerance=spec.export.tolerance)
-        print(f"onnxruntime vs PyTorch on {len(images)} real images: max abs diff {result.max_abs_diff:.3g} "
-              f"(tolerance {spec.export.tolerance:g})")
+        print(
+            f"onnxruntime vs PyTorch on {len(images)} real images: max abs diff {result.max_abs_diff:.3g} "
+            f"(tolerance {spec.export.tolerance:g})"
+        )
     return out
 
 

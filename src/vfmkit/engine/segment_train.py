@@ -56,8 +56,10 @@ def train(spec: SegmentSpec) -> SegmentTrainResult:
     report = preflight_segmentation(spec.dataset, ("train", "val"))
     print(report.format())
     if report.split("train") is None:
-        raise DataError(f"dataset.root {spec.dataset.root}: no training split ({spec.dataset.images_dir}/"
-                        f"{spec.dataset.train_split})")
+        raise DataError(
+            f"dataset.root {spec.dataset.root}: no training split ({spec.dataset.images_dir}/"
+            f"{spec.dataset.train_split})"
+        )
     pl.seed_everything(spec.train.seed, workers=True, verbose=False)
     palette, val_split = report.palette, report.split("val")
     segmenter = build_segmenter(spec, palette.num_classes)
@@ -94,8 +96,9 @@ def evaluate_segmenter(
         meter.update(logits, mask.unsqueeze(0))
     metrics = meter.as_dict(palette.names)
     atomic_write_text(out_dir / "metrics.json", json.dumps(metrics, indent=2))
-    plot_confusion_matrix(np.asarray(metrics["confusion"]), palette.names, out_dir / "confusion_matrix.png",
-                          f"{split.name}: pixels")
+    plot_confusion_matrix(
+        np.asarray(metrics["confusion"]), palette.names, out_dir / "confusion_matrix.png", f"{split.name}: pixels"
+    )
     _print_metrics(split.name, metrics, palette.names)
     return metrics
 
@@ -117,10 +120,20 @@ def _write_card(spec: SegmentSpec, run_dir: Path, report, val: dict | None) -> N
     images = {name: len(split) for name, split in report.splits.items() if split is not None}
     metrics = {"mIoU (%)": _percent(val["miou"]), "pixel accuracy (%)": _percent(val["pixel_accuracy"])} if val else {}
     write_model_card(
-        run_dir, "segment", spec.model.backbone, spec.model.pretrained,
-        {"classes": ", ".join(report.palette.names), "images per split": images,
-         "neck": spec.model.neck, "backbone frozen": spec.model.freeze_backbone},
-        metrics or {"validation": "none (no val split)"}, spec_hash(spec),
-        [f"semantic segmentation into the {report.palette.num_classes} classes above; trained on "
-         f"{spec.model.resolution}px crops, inference mode '{spec.inference.mode}'"],
+        run_dir,
+        "segment",
+        spec.model.backbone,
+        spec.model.pretrained,
+        {
+            "classes": ", ".join(report.palette.names),
+            "images per split": images,
+            "neck": spec.model.neck,
+            "backbone frozen": spec.model.freeze_backbone,
+        },
+        metrics or {"validation": "none (no val split)"},
+        spec_hash(spec),
+        [
+            f"semantic segmentation into the {report.palette.num_classes} classes above; trained on "
+            f"{spec.model.resolution}px crops, inference mode '{spec.inference.mode}'"
+        ],
     )

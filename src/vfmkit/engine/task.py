@@ -1,9 +1,9 @@
 """The Python face of ``vfm <task> <action>``: the same verbs, driven by a spec file, a dict or overrides.
 
-    from vfmkit.engine import Task
-    task = Task("classify", "spec.yaml", ["train.epochs=3"])
-    result = task.train()
-    task.evaluate(); task.predict(); task.export()
+from vfmkit.engine import Task
+task = Task("classify", "spec.yaml", ["train.epochs=3"])
+result = task.train()
+task.evaluate(); task.predict(); task.export()
 """
 
 from __future__ import annotations

@@ -120,9 +120,7 @@ def _format_error(error: dict[str, Any], model: type[BaseModel], origin: dict[st
     return f"{source}: '{dotted}': {error['msg']} (got {error.get('input')!r})"
 
 
-def validate_spec(
-    model: type[BaseModel], data: dict[str, Any], origin: dict[str, str]
-) -> BaseModel:
+def validate_spec(model: type[BaseModel], data: dict[str, Any], origin: dict[str, str]) -> BaseModel:
     """Validate merged data against the schema; the first error becomes a :class:`SpecError`."""
     try:
         return model.model_validate(data)

@@ -27,7 +27,7 @@ def _brute_force_min(cost: torch.Tensor) -> float:
 
 def test_identity_on_a_perfect_cost() -> None:
     cost = 1.0 - torch.eye(5)
-    (pred, target), = hungarian_match([cost])
+    ((pred, target),) = hungarian_match([cost])
     assert pred.tolist() == target.tolist() == list(range(5))
 
 
@@ -35,7 +35,7 @@ def test_optimal_against_brute_force() -> None:
     generator = torch.Generator().manual_seed(0)
     for q, t in [(4, 4), (6, 3), (5, 1)]:
         cost = torch.rand(q, t, generator=generator)
-        (pred, target), = hungarian_match([cost])
+        ((pred, target),) = hungarian_match([cost])
         assert len(pred) == min(q, t)
         assert len(set(pred.tolist())) == len(pred) and len(set(target.tolist())) == len(target)
         assert assignment_cost(cost, pred, target) == pytest.approx(_brute_force_min(cost), abs=1e-6)
@@ -45,8 +45,8 @@ def test_permutation_equivariant() -> None:
     generator = torch.Generator().manual_seed(1)
     cost = torch.rand(7, 4, generator=generator)
     order = torch.randperm(7, generator=generator)
-    (pred, target), = hungarian_match([cost])
-    (pred_p, target_p), = hungarian_match([cost[order]])
+    ((pred, target),) = hungarian_match([cost])
+    ((pred_p, target_p),) = hungarian_match([cost[order]])
     original = {int(p): int(t) for p, t in zip(pred, target, strict=True)}
     permuted = {int(order[p]): int(t) for p, t in zip(pred_p, target_p, strict=True)}
     assert original == permuted

@@ -172,9 +172,14 @@ def _use_cache(monkeypatch, cache) -> None:
 
 def test_registry_id_loads_its_published_source(tmp_path, monkeypatch):
     fixture = radio_fixtures() / "radio-tiny-v3"
-    _fake_hub_repo(tmp_path, "nvidia/C-RADIOv3-B", {
-        "config.json": fixture / "config.json", "model.safetensors": fixture / "model.safetensors",
-    })
+    _fake_hub_repo(
+        tmp_path,
+        "nvidia/C-RADIOv3-B",
+        {
+            "config.json": fixture / "config.json",
+            "model.safetensors": fixture / "model.safetensors",
+        },
+    )
     _use_cache(monkeypatch, tmp_path)
     model = load_backbone("c_radio_v3_vit_base_patch16_reg4_dinov2")  # a TAO alias of c-radio-v3-b
     reference = load_backbone(fixture)
@@ -185,10 +190,15 @@ def test_registry_id_loads_its_published_source(tmp_path, monkeypatch):
 def test_adaptors_fall_back_to_the_torchhub_file(tmp_path, monkeypatch):
     fixture = radio_fixtures() / "radio-tiny-v2"
     without_adaptors = {k: v for k, v in load_file(str(fixture / "model.safetensors")).items() if "adaptors" not in k}
-    _fake_hub_repo(tmp_path, "nvidia/C-RADIOv2-g", {
-        "config.json": fixture / "config.json", "model.safetensors": without_adaptors,
-        "c-radio_v2-g_half.pth.tar": fixture / "checkpoint.pth.tar",
-    })
+    _fake_hub_repo(
+        tmp_path,
+        "nvidia/C-RADIOv2-g",
+        {
+            "config.json": fixture / "config.json",
+            "model.safetensors": without_adaptors,
+            "c-radio_v2-g_half.pth.tar": fixture / "checkpoint.pth.tar",
+        },
+    )
     _use_cache(monkeypatch, tmp_path)
     assert not load_backbone("c-radio-v2-g").adaptor_names
     model = load_backbone("c-radio-v2-g", adaptors=["siglip"])
@@ -212,8 +222,12 @@ def test_dinov2_student_layout_round_trip(tmp_path):
             key = key.replace(".mlp.fc1.", ".mlp.w12.").replace(".mlp.fc2.", ".mlp.w3.")
         state[key] = value.half()  # published *_half files
     args = argparse.Namespace(
-        model="dinov2_student_tiny", model_kwargs={"num_heads": 2}, cls_token_per_teacher=False,
-        cpe_num_registers=4, teachers=[{"name": "clip"}, {"name": "siglip"}, {"name": "dino_v2"}], model_norm=True,
+        model="dinov2_student_tiny",
+        model_kwargs={"num_heads": 2},
+        cls_token_per_teacher=False,
+        cpe_num_registers=4,
+        teachers=[{"name": "clip"}, {"name": "siglip"}, {"name": "dino_v2"}],
+        model_norm=True,
     )
     torch.save({"args": args, "state_dict": state}, tmp_path / "radio_v2.5-g.pth.tar")
     loaded = load_backbone(tmp_path / "radio_v2.5-g.pth.tar")

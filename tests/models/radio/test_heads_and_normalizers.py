@@ -29,11 +29,13 @@ def test_feature_normalizers_whiten_spatial_and_intermediate_features(tmp_path):
     mean, tx = torch.randn(dim), torch.randn(dim, dim) / dim**0.5
     payload["state_dict"].update({"_feature_normalizer.mean": mean, "_feature_normalizer.tx": tx})
     means, rotation, alphas = torch.randn(3, dim), torch.randn(3, dim, dim) / dim**0.5, torch.tensor([1.0, 2.0, 0.5])
-    payload["state_dict"].update({
-        "_intermediate_feature_normalizer.means": means,
-        "_intermediate_feature_normalizer.rotation": rotation,
-        "_intermediate_feature_normalizer.alphas": alphas,
-    })
+    payload["state_dict"].update(
+        {
+            "_intermediate_feature_normalizer.means": means,
+            "_intermediate_feature_normalizer.rotation": rotation,
+            "_intermediate_feature_normalizer.alphas": alphas,
+        }
+    )
     model = load_backbone(_save(tmp_path, payload))
     plain = load_backbone(radio_fixtures() / "radio-tiny-v4")
     images = torch.rand(2, 3, 48, 64)
@@ -50,14 +52,23 @@ def test_feature_normalizers_whiten_spatial_and_intermediate_features(tmp_path):
 
 def _v1_head(prefix: str, dims: tuple[int, int, int], inner: int) -> dict[str, torch.Tensor]:
     d_in, hidden, out = dims
-    sd = {f"{prefix}fc1.weight": torch.randn(hidden, d_in) * 0.1, f"{prefix}fc1.bias": torch.randn(hidden),
-          f"{prefix}norm.weight": torch.rand(hidden) + 0.5, f"{prefix}norm.bias": torch.randn(hidden),
-          f"{prefix}fc2.weight": torch.randn(out, hidden) * 0.1, f"{prefix}fc2.bias": torch.randn(out)}
+    sd = {
+        f"{prefix}fc1.weight": torch.randn(hidden, d_in) * 0.1,
+        f"{prefix}fc1.bias": torch.randn(hidden),
+        f"{prefix}norm.weight": torch.rand(hidden) + 0.5,
+        f"{prefix}norm.bias": torch.randn(hidden),
+        f"{prefix}fc2.weight": torch.randn(out, hidden) * 0.1,
+        f"{prefix}fc2.bias": torch.randn(out),
+    }
     for k in range(inner):
-        sd.update({f"{prefix}inner.{3 * k}.weight": torch.randn(hidden, hidden) * 0.1,
-                   f"{prefix}inner.{3 * k}.bias": torch.randn(hidden),
-                   f"{prefix}inner.{3 * k + 1}.weight": torch.rand(hidden) + 0.5,
-                   f"{prefix}inner.{3 * k + 1}.bias": torch.randn(hidden)})
+        sd.update(
+            {
+                f"{prefix}inner.{3 * k}.weight": torch.randn(hidden, hidden) * 0.1,
+                f"{prefix}inner.{3 * k}.bias": torch.randn(hidden),
+                f"{prefix}inner.{3 * k + 1}.weight": torch.rand(hidden) + 0.5,
+                f"{prefix}inner.{3 * k + 1}.bias": torch.randn(hidden),
+            }
+        )
     return sd
 
 

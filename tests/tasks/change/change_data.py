@@ -96,8 +96,9 @@ def _test_view(golden: np.ndarray, rng: np.random.Generator, defect: bool) -> np
     return np.asarray(image, dtype=np.float64)
 
 
-def make_golden_csv(root: Path, counts: dict[str, int] | None = None, size: int = 64, seed: int = 0,
-                    goldens_per_folder: int = 1) -> Path:
+def make_golden_csv(
+    root: Path, counts: dict[str, int] | None = None, size: int = 64, seed: int = 0, goldens_per_folder: int = 1
+) -> Path:
     """``root/{golden,test}/<split>/`` images and ``root/<split>.csv``; half the samples are FAIL.
 
     With ``goldens_per_folder`` > 1 the objects of a split are grouped into golden folders of that many objects
@@ -116,9 +117,11 @@ def make_golden_csv(root: Path, counts: dict[str, int] | None = None, size: int 
             test = _test_view(golden, rng, defect)
             for light, gain in (("_L0", 1.0), ("_L1", 0.6)):
                 Image.fromarray(np.clip(golden * gain, 0, 255).astype(np.uint8)).save(
-                    root / golden_dir / f"{obj}{light}.png")
+                    root / golden_dir / f"{obj}{light}.png"
+                )
                 Image.fromarray(np.clip(test * gain, 0, 255).astype(np.uint8)).save(
-                    root / "test" / split / f"{obj}{light}.png")
+                    root / "test" / split / f"{obj}{light}.png"
+                )
             rows.append(f"test/{split},{golden_dir},{'FAIL' if defect else 'PASS'},{obj}")
         (root / f"{split}.csv").write_text("\n".join(rows) + "\n")
     return root

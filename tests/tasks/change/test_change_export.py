@@ -18,9 +18,16 @@ from vfmkit.export.runtime import OnnxModel
 from vfmkit.tasks.change.checkpoint import load_trained_change
 from vfmkit.tasks.change.module import make_module
 
-TINY = ["model.backbone=test-radio-v2-tiny", "model.pretrained=false", "model.resolution=64",
-        "model.neck_channels=32", "model.decoder_channels=32", "train.num_workers=0", "train.batch_size=8",
-        "train.epochs=1"]
+TINY = [
+    "model.backbone=test-radio-v2-tiny",
+    "model.pretrained=false",
+    "model.resolution=64",
+    "model.neck_channels=32",
+    "model.decoder_channels=32",
+    "train.num_workers=0",
+    "train.batch_size=8",
+    "train.epochs=1",
+]
 
 
 @pytest.fixture(scope="module")
@@ -33,8 +40,13 @@ def segment_run(tmp_path_factory):
 
 
 def _golden_args(root, *extra):
-    return ["dataset.format=csv", f"dataset.train_csv={root / 'train.csv'}", f"dataset.val_csv={root / 'val.csv'}",
-            "dataset.light_conditions=[_L0,_L1]", *extra]
+    return [
+        "dataset.format=csv",
+        f"dataset.train_csv={root / 'train.csv'}",
+        f"dataset.val_csv={root / 'val.csv'}",
+        "dataset.light_conditions=[_L0,_L1]",
+        *extra,
+    ]
 
 
 @pytest.fixture(scope="module", params=["learnable-multi-golden", "euclidean"])
@@ -42,8 +54,9 @@ def classify_run(request, tmp_path_factory):
     root = make_golden_csv(tmp_path_factory.mktemp("golden"), {"train": 8, "val": 8}, goldens_per_folder=4)
     extra = ["dataset.num_golden=2"] if request.param.startswith("learnable") else ["model.difference=euclidean"]
     results = tmp_path_factory.mktemp("runs")
-    result = Task("change", None, [*_golden_args(root, *extra), f"results_dir={results}", *TINY,
-                                   "model.neck=simple_pyramid"]).train()
+    result = Task(
+        "change", None, [*_golden_args(root, *extra), f"results_dir={results}", *TINY, "model.neck=simple_pyramid"]
+    ).train()
     return root, extra, result
 
 
@@ -88,8 +101,11 @@ def test_segment_evaluate_and_predict(segment_run, tmp_path):
     assert 0.0 <= metrics["overall_accuracy"] <= 1.0
     saved = json.loads((result.run_dir / "evaluate" / "val" / "metrics.json").read_text())
     assert saved["confusion"] == metrics["confusion"] and sum(map(sum, saved["confusion"])) == 4 * 64 * 64
-    out = Task("change", None, [f"dataset.root={root}", f"predict.checkpoint={result.run_dir}",
-                                f"predict.out={tmp_path / 'pred'}"]).predict()
+    out = Task(
+        "change",
+        None,
+        [f"dataset.root={root}", f"predict.checkpoint={result.run_dir}", f"predict.out={tmp_path / 'pred'}"],
+    ).predict()
     masks = sorted((out / "masks").glob("*.png"))
     overlays = sorted((out / "overlays").glob("*.png"))
     assert len(masks) == len(overlays) == 12  # every pair under A/ and B/
@@ -100,8 +116,16 @@ def test_segment_evaluate_and_predict(segment_run, tmp_path):
 
 def test_classify_predict_writes_csv(classify_run, tmp_path):
     root, extra, result = classify_run
-    out = Task("change", None, [*_golden_args(root, *extra), f"predict.checkpoint={result.run_dir}",
-                                f"predict.source={root / 'val.csv'}", f"predict.out={tmp_path}"]).predict()
+    out = Task(
+        "change",
+        None,
+        [
+            *_golden_args(root, *extra),
+            f"predict.checkpoint={result.run_dir}",
+            f"predict.source={root / 'val.csv'}",
+            f"predict.out={tmp_path}",
+        ],
+    ).predict()
     rows = list(csv.DictReader(out.open()))
     assert len(rows) == 8
     assert {r["decision"] for r in rows} <= {"PASS", "FAIL"} and {r["label"] for r in rows} == {"PASS", "FAIL"}

@@ -26,20 +26,41 @@ def small_shapes(tmp_path_factory):
 
 
 def _task(root, results, *overrides):
-    base = [f"dataset.root={root}", f"results_dir={results}", "model.backbone=test-radio-v2-tiny",
-            "model.resolution=64", "train.num_workers=0", "train.batch_size=32"]
+    base = [
+        f"dataset.root={root}",
+        f"results_dir={results}",
+        "model.backbone=test-radio-v2-tiny",
+        "model.resolution=64",
+        "train.num_workers=0",
+        "train.batch_size=32",
+    ]
     return Task("classify", None, [*base, *overrides])
 
 
 def test_finetune_reaches_90_percent(shapes, tmp_path):
-    task = _task(shapes, tmp_path, "model.mode=finetune", "train.epochs=6", "train.optimizer.lr=0.003",
-                 "train.optimizer.backbone_lr_scale=1.0")
+    task = _task(
+        shapes,
+        tmp_path,
+        "model.mode=finetune",
+        "train.epochs=6",
+        "train.optimizer.lr=0.003",
+        "train.optimizer.backbone_lr_scale=1.0",
+    )
     result = task.train()
     assert result.val["top1"] >= 90.0, result.val
     run = result.run_dir
-    for name in ("spec.resolved.yaml", "env.json", "metrics.csv", "MODEL_CARD.md", "plots/loss.png",
-                 "plots/metrics.png", "checkpoints/best.ckpt", "checkpoints/last.ckpt",
-                 "evaluate/val/metrics.json", "evaluate/val/confusion_matrix.png"):
+    for name in (
+        "spec.resolved.yaml",
+        "env.json",
+        "metrics.csv",
+        "MODEL_CARD.md",
+        "plots/loss.png",
+        "plots/metrics.png",
+        "checkpoints/best.ckpt",
+        "checkpoints/last.ckpt",
+        "evaluate/val/metrics.json",
+        "evaluate/val/confusion_matrix.png",
+    ):
         assert (run / name).is_file(), name
     rows = list(csv.DictReader((run / "metrics.csv").open()))
     assert [int(r["epoch"]) for r in rows] == list(range(6))
@@ -90,8 +111,14 @@ def _final_weights(run_dir):
 
 
 def test_resume_continues_exactly(small_shapes, tmp_path, monkeypatch):
-    args = ("model.mode=finetune", "train.epochs=3", "train.batch_size=8", "model.resolution=32",
-            "model.head_dropout=0.2", "train.ema.enabled=true")
+    args = (
+        "model.mode=finetune",
+        "train.epochs=3",
+        "train.batch_size=8",
+        "model.resolution=32",
+        "model.head_dropout=0.2",
+        "train.ema.enabled=true",
+    )
     uninterrupted = _task(small_shapes, tmp_path / "a", *args).train()
 
     import vfmkit.engine.runs as runs
@@ -121,10 +148,25 @@ def test_resume_refuses_a_changed_spec_and_points_to_init_from(small_shapes, tmp
     args = ("model.mode=finetune", "train.epochs=1", "train.batch_size=8", "model.resolution=32")
     first = _task(small_shapes, tmp_path, *args).train()
     with pytest.raises(VfmError, match=r"train.epochs: 1 -> 3.*train.init_from="):
-        _task(small_shapes, tmp_path, "model.mode=finetune", "train.epochs=3", "train.batch_size=8",
-              "model.resolution=32", f"train.resume={first.run_dir}").train()
-    again = _task(small_shapes, tmp_path, "model.mode=finetune", "train.epochs=1", "train.batch_size=8",
-                  "model.resolution=32", "train.optimizer.lr=1e-12", f"train.init_from={first.run_dir}").train()
+        _task(
+            small_shapes,
+            tmp_path,
+            "model.mode=finetune",
+            "train.epochs=3",
+            "train.batch_size=8",
+            "model.resolution=32",
+            f"train.resume={first.run_dir}",
+        ).train()
+    again = _task(
+        small_shapes,
+        tmp_path,
+        "model.mode=finetune",
+        "train.epochs=1",
+        "train.batch_size=8",
+        "model.resolution=32",
+        "train.optimizer.lr=1e-12",
+        f"train.init_from={first.run_dir}",
+    ).train()
     assert again.run_dir != first.run_dir
     start, end = _final_weights(first.run_dir), _final_weights(again.run_dir)
     key = "classifier.head.2.weight"

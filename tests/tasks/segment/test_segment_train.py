@@ -27,33 +27,59 @@ def shapes(tmp_path_factory):
 
 
 def _task(root, results, *overrides):
-    base = [f"dataset.root={root}", f"dataset.palette={PALETTE}", f"results_dir={results}",
-            "model.backbone=test-radio-v2-tiny", "model.resolution=64", "model.neck_channels=64",
-            "model.decoder_channels=64", "train.batch_size=8", "train.num_workers=0", "train.optimizer.lr=0.002",
-            "dataset.augment.scale_range=[0.75, 1.5]"]
+    base = [
+        f"dataset.root={root}",
+        f"dataset.palette={PALETTE}",
+        f"results_dir={results}",
+        "model.backbone=test-radio-v2-tiny",
+        "model.resolution=64",
+        "model.neck_channels=64",
+        "model.decoder_channels=64",
+        "train.batch_size=8",
+        "train.num_workers=0",
+        "train.optimizer.lr=0.002",
+        "dataset.augment.scale_range=[0.75, 1.5]",
+    ]
     return Task("segment", None, [*base, *overrides])
 
 
 @pytest.fixture(scope="module")
 def adapter_run(shapes, tmp_path_factory):
     """The common case: frozen backbone, trainable ViT-Adapter + SegFormer head."""
-    return _task(shapes, tmp_path_factory.mktemp("runs"), "model.neck=vit_adapter", "model.freeze_backbone=true",
-                 "train.epochs=4").train()
+    return _task(
+        shapes,
+        tmp_path_factory.mktemp("runs"),
+        "model.neck=vit_adapter",
+        "model.freeze_backbone=true",
+        "train.epochs=4",
+    ).train()
 
 
 def test_vit_adapter_on_a_frozen_backbone_learns(adapter_run):
     assert adapter_run.val["miou"] >= 0.7, adapter_run.val
     run = adapter_run.run_dir
-    for name in ("metrics.csv", "plots/loss.png", "MODEL_CARD.md", "checkpoints/best.ckpt",
-                 "evaluate/val/metrics.json", "evaluate/val/confusion_matrix.png"):
+    for name in (
+        "metrics.csv",
+        "plots/loss.png",
+        "MODEL_CARD.md",
+        "checkpoints/best.ckpt",
+        "evaluate/val/metrics.json",
+        "evaluate/val/confusion_matrix.png",
+    ):
         assert (run / name).is_file(), name
     metrics = json.loads((run / "evaluate" / "val" / "metrics.json").read_text())
     assert set(metrics) >= {"miou", "iou", "precision", "recall", "f1", "pixel_accuracy", "class_names"}
 
 
 def test_simple_pyramid_fine_tuning_learns(shapes, tmp_path):
-    result = _task(shapes, tmp_path, "model.neck=simple_pyramid", "model.freeze_backbone=false",
-                   "train.optimizer.backbone_lr_scale=1.0", "train.epochs=4").train()
+    result = _task(
+        shapes,
+        tmp_path,
+        "model.neck=simple_pyramid",
+        "model.freeze_backbone=false",
+        "train.optimizer.backbone_lr_scale=1.0",
+        "train.epochs=4",
+    ).train()
     assert result.val["miou"] >= 0.7, result.val
 
 
@@ -73,8 +99,13 @@ def test_sliding_window_inference_on_larger_images(adapter_run, tmp_path):
 
 
 def test_predict_writes_index_masks_and_overlays(adapter_run, shapes, tmp_path):
-    out = _task(shapes, tmp_path, f"predict.checkpoint={adapter_run.run_dir}",
-                f"predict.source={shapes / 'images' / 'val'}", f"predict.out={tmp_path / 'pred'}").predict()
+    out = _task(
+        shapes,
+        tmp_path,
+        f"predict.checkpoint={adapter_run.run_dir}",
+        f"predict.source={shapes / 'images' / 'val'}",
+        f"predict.out={tmp_path / 'pred'}",
+    ).predict()
     masks = sorted((out / "masks").glob("*.png"))
     assert len(masks) == 8 and len(list((out / "overlays").glob("*.png"))) == 16
     predicted = np.asarray(Image.open(masks[0]))
@@ -87,8 +118,9 @@ def test_export_matches_pytorch(adapter_run, shapes, tmp_path):
     from vfmkit.export.runtime import OnnxModel
     from vfmkit.tasks.segment.checkpoint import load_trained_segmenter
 
-    path = _task(shapes, tmp_path, f"export.checkpoint={adapter_run.run_dir}",
-                 f"export.out={tmp_path / 'seg.onnx'}").export()
+    path = _task(
+        shapes, tmp_path, f"export.checkpoint={adapter_run.run_dir}", f"export.out={tmp_path / 'seg.onnx'}"
+    ).export()
     model = OnnxModel(path)
     assert model.input_names == ["image"] and model.output_names == ["logits"]
     assert model.metadata["labels"] == ["background", "circle", "square"]
@@ -106,9 +138,20 @@ def test_unknown_mask_value_is_a_one_line_error(shapes, tmp_path):
     mask[0, 0] = 7
     Image.fromarray(mask, mode="L").save(bad / "masks" / "train" / "001.png")
     result = subprocess.run(
-        [sys.executable, "-m", "vfmkit.cli.main", "segment", "train", f"dataset.root={bad}",
-         f"dataset.palette={PALETTE}", f"results_dir={tmp_path / 'runs'}", "model.backbone=test-radio-v2-tiny"],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "vfmkit.cli.main",
+            "segment",
+            "train",
+            f"dataset.root={bad}",
+            f"dataset.palette={PALETTE}",
+            f"results_dir={tmp_path / 'runs'}",
+            "model.backbone=test-radio-v2-tiny",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 2
     assert "001.png" in result.stderr and "7" in result.stderr and "Traceback" not in result.stderr
@@ -118,8 +161,15 @@ def test_unknown_mask_value_is_a_one_line_error(shapes, tmp_path):
 def test_init_from_starts_from_trained_weights(adapter_run, shapes, tmp_path):
     from vfmkit.weights.safe_load import load_pickle_checkpoint
 
-    result = _task(shapes, tmp_path, "model.neck=vit_adapter", "model.freeze_backbone=true", "train.epochs=1",
-                   "train.optimizer.lr=1e-12", f"train.init_from={adapter_run.run_dir}").train()
+    result = _task(
+        shapes,
+        tmp_path,
+        "model.neck=vit_adapter",
+        "model.freeze_backbone=true",
+        "train.epochs=1",
+        "train.optimizer.lr=1e-12",
+        f"train.init_from={adapter_run.run_dir}",
+    ).train()
     start = load_pickle_checkpoint(adapter_run.best_checkpoint)["state_dict"]
     end = load_pickle_checkpoint(result.last_checkpoint)["state_dict"]
     key = "segmenter.head.classifier.weight"

@@ -191,8 +191,15 @@ class LearnableChangeClassifier(nn.Module):
         golden_reduce: ``min`` or ``mean`` over goldens (multi-golden).
     """
 
-    def __init__(self, neck: nn.Module, embed_dim: int = 128, lights: int = 1, levels: int = 4, hidden: int = 64,
-                 golden_reduce: str = "min"):
+    def __init__(
+        self,
+        neck: nn.Module,
+        embed_dim: int = 128,
+        lights: int = 1,
+        levels: int = 4,
+        hidden: int = 64,
+        golden_reduce: str = "min",
+    ):
         super().__init__()
         self.neck, self.lights, self.golden_reduce = neck, lights, golden_reduce
         self.pyramid = DifferencePyramid(neck.out_channels, embed_dim, levels)
@@ -239,7 +246,10 @@ class EuclideanChangeClassifier(nn.Module):
         width = (summary_dim + 8 * neck.out_channels) * lights
         self.norm = nn.BatchNorm1d(width)
         self.mlp = nn.Sequential(
-            nn.Linear(width, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, hidden), nn.ReLU(inplace=True),
+            nn.Linear(width, hidden),
+            nn.ReLU(inplace=True),
+            nn.Linear(hidden, hidden),
+            nn.ReLU(inplace=True),
             nn.Linear(hidden, embedding_dim),
         )
 

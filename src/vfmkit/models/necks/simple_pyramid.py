@@ -67,7 +67,9 @@ def _scale_stage(dim: int, stride: int, norm: str) -> tuple[nn.Module, int]:
     """The resampling from stride 16 to ``stride`` and its output channels."""
     if stride == 4:
         return nn.Sequential(
-            nn.ConvTranspose2d(dim, dim // 2, 2, 2), make_norm2d(norm, dim // 2), nn.GELU(),
+            nn.ConvTranspose2d(dim, dim // 2, 2, 2),
+            make_norm2d(norm, dim // 2),
+            nn.GELU(),
             nn.ConvTranspose2d(dim // 2, dim // 4, 2, 2),
         ), dim // 4
     if stride == 8:
@@ -91,8 +93,15 @@ class SimpleFeaturePyramid(BackboneNeck):
         freeze_backbone: no gradients into the backbone; it then stays in eval mode when the neck trains.
     """
 
-    def __init__(self, backbone: Backbone, out_channels: int = 256, indices: Sequence[int] | None = None,
-                 norm: str = "ln", summary_fusion: bool = False, freeze_backbone: bool = False):
+    def __init__(
+        self,
+        backbone: Backbone,
+        out_channels: int = 256,
+        indices: Sequence[int] | None = None,
+        norm: str = "ln",
+        summary_fusion: bool = False,
+        freeze_backbone: bool = False,
+    ):
         super().__init__()
         dim = backbone.embed_dim
         if dim % 4:
@@ -108,15 +117,17 @@ class SimpleFeaturePyramid(BackboneNeck):
         for stride in (4, 8, 16, 32):
             scale, channels = _scale_stage(dim, stride, norm)
             self.scales.append(scale)
-            self.convs.append(nn.Sequential(
-                nn.Conv2d(channels, self.out_channels, 1, bias=False), make_norm2d(norm, self.out_channels),
-                nn.Conv2d(self.out_channels, self.out_channels, 3, padding=1, bias=False),
-                make_norm2d(norm, self.out_channels),
-            ))
+            self.convs.append(
+                nn.Sequential(
+                    nn.Conv2d(channels, self.out_channels, 1, bias=False),
+                    make_norm2d(norm, self.out_channels),
+                    nn.Conv2d(self.out_channels, self.out_channels, 3, padding=1, bias=False),
+                    make_norm2d(norm, self.out_channels),
+                )
+            )
         self.summary_fusion = SummaryFusion(backbone.summary_dim, [self.out_channels] * 4) if summary_fusion else None
         if freeze_backbone:
             freeze(backbone)
-
 
     def forward(self, images: torch.Tensor) -> NeckOutput:
         """Pyramid and summary of one backbone pass.
@@ -137,8 +148,7 @@ class SimpleFeaturePyramid(BackboneNeck):
         sizes = level_sizes(*images.shape[-2:])
         base = resize_to(base, sizes[2])  # stride p -> stride 16 (patch 14, 8, ...)
         features = [
-            resize_to(conv(scale(base)), size)
-            for scale, conv, size in zip(self.scales, self.convs, sizes, strict=True)
+            resize_to(conv(scale(base)), size) for scale, conv, size in zip(self.scales, self.convs, sizes, strict=True)
         ]
         if self.summary_fusion is not None:
             features = self.summary_fusion(features, final.summary)

@@ -142,8 +142,17 @@ class Injector(nn.Module):
 class Extractor(nn.Module):
     """SPM features (query) attend to the ViT patch tokens (one level), then an optional ConvFFN."""
 
-    def __init__(self, dim: int, num_heads: int, n_points: int, deform_ratio: float, with_cffn: bool,
-                 cffn_ratio: float, drop: float = 0.0, drop_path: float = 0.0):
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        n_points: int,
+        deform_ratio: float,
+        with_cffn: bool,
+        cffn_ratio: float,
+        drop: float = 0.0,
+        drop_path: float = 0.0,
+    ):
         super().__init__()
         self.query_norm = LayerNorm6(dim)
         self.feat_norm = LayerNorm6(dim)
@@ -165,8 +174,18 @@ class Extractor(nn.Module):
 class InteractionBlock(nn.Module):
     """One injector, (the caller's ViT blocks), one extractor and optionally two extra extractors."""
 
-    def __init__(self, dim: int, num_heads: int, n_points: int, deform_ratio: float, init_values: float,
-                 with_cffn: bool, cffn_ratio: float, drop_path: float, extra_extractor: bool):
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        n_points: int,
+        deform_ratio: float,
+        init_values: float,
+        with_cffn: bool,
+        cffn_ratio: float,
+        drop_path: float,
+        extra_extractor: bool,
+    ):
         super().__init__()
         self.injector = Injector(dim, num_heads, n_points, 3, deform_ratio, init_values)
         make = partial(Extractor, dim, num_heads, n_points, deform_ratio, with_cffn, cffn_ratio, drop_path=drop_path)
@@ -261,12 +280,25 @@ class ViTAdapter(BackboneNeck):
         ValueError: RADIO in ViTDet mode, a backbone without a plain token-level block sequence, or bad indexes.
     """
 
-    def __init__(self, backbone: Backbone, out_channels: int | None = None,
-                 interaction_indexes: Sequence[Sequence[int]] | None = None, conv_inplane: int = 64,
-                 n_points: int = 4, deform_num_heads: int | None = None, deform_ratio: float = 0.5,
-                 init_values: float = 1e-6, with_cffn: bool = True, cffn_ratio: float = 0.25, drop_path: float = 0.0,
-                 add_vit_features: bool = True, use_extra_extractor: bool = True, norm: str = "bn",
-                 summary_fusion: bool = False, freeze_backbone: bool = False):
+    def __init__(
+        self,
+        backbone: Backbone,
+        out_channels: int | None = None,
+        interaction_indexes: Sequence[Sequence[int]] | None = None,
+        conv_inplane: int = 64,
+        n_points: int = 4,
+        deform_num_heads: int | None = None,
+        deform_ratio: float = 0.5,
+        init_values: float = 1e-6,
+        with_cffn: bool = True,
+        cffn_ratio: float = 0.25,
+        drop_path: float = 0.0,
+        add_vit_features: bool = True,
+        use_extra_extractor: bool = True,
+        norm: str = "bn",
+        summary_fusion: bool = False,
+        freeze_backbone: bool = False,
+    ):
         super().__init__()
         require_token_api(backbone)
         dim = backbone.embed_dim
@@ -281,11 +313,22 @@ class ViTAdapter(BackboneNeck):
         self.level_embed = nn.Parameter(torch.zeros(3, dim))
         self.spm = SpatialPriorModule(conv_inplane, dim, norm)
         last = len(self.interaction_indexes) - 1
-        self.interactions = nn.Sequential(*[
-            InteractionBlock(dim, heads, n_points, deform_ratio, init_values, with_cffn, cffn_ratio, drop_path,
-                             extra_extractor=use_extra_extractor and i == last)
-            for i in range(last + 1)
-        ])
+        self.interactions = nn.Sequential(
+            *[
+                InteractionBlock(
+                    dim,
+                    heads,
+                    n_points,
+                    deform_ratio,
+                    init_values,
+                    with_cffn,
+                    cffn_ratio,
+                    drop_path,
+                    extra_extractor=use_extra_extractor and i == last,
+                )
+                for i in range(last + 1)
+            ]
+        )
         self.up = nn.ConvTranspose2d(dim, dim, 2, 2)
         for i in range(1, 5):
             self.add_module(f"norm{i}", make_norm2d(norm, dim))
@@ -307,7 +350,6 @@ class ViTAdapter(BackboneNeck):
             if isinstance(module, MSDeformAttn):
                 module._reset_parameters()
         nn.init.normal_(self.level_embed)
-
 
     def forward(self, images: torch.Tensor) -> NeckOutput:
         """Pyramid and summary of one backbone pass.

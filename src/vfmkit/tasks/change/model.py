@@ -26,8 +26,11 @@ def build_change_model(spec: ChangeSpec, pretrained: bool | None = None) -> Chan
     """
     m = spec.model
     backbone = load_backbone(m.backbone, pretrained=m.pretrained if pretrained is None else pretrained)
-    options = {"out_channels": m.neck_channels, "summary_fusion": m.summary_fusion,
-               "freeze_backbone": m.freeze_backbone}
+    options = {
+        "out_channels": m.neck_channels,
+        "summary_fusion": m.summary_fusion,
+        "freeze_backbone": m.freeze_backbone,
+    }
     if m.neck == "simple_pyramid":
         options["norm"] = "bn"
     neck = build_neck(m.neck, backbone, **options)
@@ -38,8 +41,9 @@ def build_change_model(spec: ChangeSpec, pretrained: bool | None = None) -> Chan
     lights = len(spec.dataset.light_conditions)
     if m.difference == "euclidean":
         return EuclideanChangeClassifier(neck, lights, m.embedding_dim)
-    return LearnableChangeClassifier(neck, m.decoder_channels, lights, m.learnable_levels, m.classifier_hidden,
-                                     m.golden_reduce)
+    return LearnableChangeClassifier(
+        neck, m.decoder_channels, lights, m.learnable_levels, m.classifier_hidden, m.golden_reduce
+    )
 
 
 def class_names(spec: ChangeSpec) -> tuple[str, str]:

@@ -39,8 +39,7 @@ class _ChangeModule(TaskModule):
 
     def configure_optimizers(self):
         head = [(n, p) for n, p in self.model.named_parameters() if not n.startswith(BACKBONE_PREFIX)]
-        return task_optimizers(self.spec.train, head, self.model.neck.backbone,
-                               self.trainer.estimated_stepping_batches)
+        return task_optimizers(self.spec.train, head, self.model.neck.backbone, self.trainer.estimated_stepping_batches)
 
     def _log_metrics(self, metrics: dict, keys: tuple[str, ...], monitor: str) -> None:
         """Log rates in percent, like every task's epoch metrics (the AUC stays in [0, 1])."""

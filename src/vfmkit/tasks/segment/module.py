@@ -76,6 +76,4 @@ class SegmentModule(TaskModule):
     def configure_optimizers(self):
         named = self.segmenter.named_parameters()
         head = [(n, p) for n, p in named if not n.startswith("neck.backbone.")]
-        return task_optimizers(
-            self.spec.train, head, self.segmenter.backbone, self.trainer.estimated_stepping_batches
-        )
+        return task_optimizers(self.spec.train, head, self.segmenter.backbone, self.trainer.estimated_stepping_batches)

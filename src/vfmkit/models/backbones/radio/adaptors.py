@@ -25,8 +25,15 @@ class MLP2(nn.Module):
     With ``upsample_factor`` u > 1 the output has ``u * u * out_dim`` channels per token (see :func:`depth_to_space`).
     """
 
-    def __init__(self, in_dim: int, hidden_dim: int, out_dim: int, num_inner: int = 0, pre_norm: bool = False,
-                 upsample_factor: int = 1):
+    def __init__(
+        self,
+        in_dim: int,
+        hidden_dim: int,
+        out_dim: int,
+        num_inner: int = 0,
+        pre_norm: bool = False,
+        upsample_factor: int = 1,
+    ):
         super().__init__()
         self.pre_norm = nn.Sequential(nn.LayerNorm(in_dim), nn.GELU()) if pre_norm else nn.Identity()
         self.upsample_factor = upsample_factor

@@ -176,8 +176,12 @@ def _apply_spectral(
 ) -> torch.Tensor:
     if not any(k.startswith("parts.") for k in extras):
         return _spectral_scale(weight, extras, spectral)
-    num_parts = 3 if layer.endswith("qkv") else 2 if layer.endswith("w12") else 1 + max(
-        int(k.split(".")[1]) for k in extras if k.startswith("parts.")
+    num_parts = (
+        3
+        if layer.endswith("qkv")
+        else 2
+        if layer.endswith("w12")
+        else 1 + max(int(k.split(".")[1]) for k in extras if k.startswith("parts."))
     )
     chunks = list(weight.chunk(num_parts, dim=0))
     for i, chunk in enumerate(chunks):

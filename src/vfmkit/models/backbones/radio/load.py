@@ -55,9 +55,7 @@ def read_radio_checkpoint(source: str | Path) -> RadioCheckpoint:
     return read_torchhub_layout(path, source)
 
 
-def model_state_dict(
-    ckpt: RadioCheckpoint, cfg: RadioConfig, report: LoadReport
-) -> dict[str, torch.Tensor]:
+def model_state_dict(ckpt: RadioCheckpoint, cfg: RadioConfig, report: LoadReport) -> dict[str, torch.Tensor]:
     """The checkpoint's tensors under :class:`RadioBackbone` key names; skipped keys go to ``report.ignored``."""
     wanted = {a.name for a in cfg.adaptors}
     heads = {}

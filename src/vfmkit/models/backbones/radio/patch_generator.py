@@ -124,9 +124,7 @@ class PatchGenerator(nn.Module):
         sample_x = (offset_x + xs * scale_x) * 2 - 1
         sample_y = (offset_y + ys * scale_y) * 2 - 1
         coords = torch.stack(torch.broadcast_tensors(sample_x, sample_y), dim=-1)  # (B, h, w, 2) as (x, y)
-        pos = F.grid_sample(
-            self._grid_image().expand(batch, -1, -1, -1), coords, mode="bilinear", align_corners=True
-        )
+        pos = F.grid_sample(self._grid_image().expand(batch, -1, -1, -1), coords, mode="bilinear", align_corners=True)
         pos = pos.to(self.pos_embed.dtype).flatten(2).transpose(1, 2)
         if self.pos_dropout > 0:
             keep = (torch.rand(batch, 1, 1, device=device) >= self.pos_dropout).to(pos.dtype)

@@ -34,7 +34,6 @@ _V2_TOKENS = dict(num_cls_tokens=4, num_registers=4, summary_idxs=(0, 1, 2))
 _V4_TOKENS = dict(num_cls_tokens=3, num_registers=7, summary_idxs=(0, 1))
 
 
-
 def _params_m(arch: dict[str, Any]) -> float:
     """Backbone parameters in millions, counted on a meta-device instance (no memory, no init)."""
     with torch.device("meta"):
@@ -84,29 +83,48 @@ def _register_c_radio_v2() -> None:
     for size, width in (("B", "base"), ("L", "large"), ("H", "huge")):
         s = size.lower()
         _entry(
-            f"c-radio-v2-{s}", size, f"C-RADIOv2 ViT-{size}/16 (plain ViT blocks, 4 cls + 4 registers)",
-            f"hf-hub:nvidia/C-RADIOv2-{size}", adaptors=("clip", "siglip", "dino_v2", "sam"),
-            aliases=(f"c_radio_v2_vit_{width}_patch16", f"c_radio_v2_vit_{width}_patch16_224", f"radio_v2-{s}",
-                     f"c-radio_v2-{s}"),
+            f"c-radio-v2-{s}",
+            size,
+            f"C-RADIOv2 ViT-{size}/16 (plain ViT blocks, 4 cls + 4 registers)",
+            f"hf-hub:nvidia/C-RADIOv2-{size}",
+            adaptors=("clip", "siglip", "dino_v2", "sam"),
+            aliases=(
+                f"c_radio_v2_vit_{width}_patch16",
+                f"c_radio_v2_vit_{width}_patch16_224",
+                f"radio_v2-{s}",
+                f"c-radio_v2-{s}",
+            ),
         )
     _entry(
-        "c-radio-v2-g", "g", "C-RADIOv2 ViT-g/16 (ViTDet mode with 8 global blocks available)",
-        "hf-hub:nvidia/C-RADIOv2-g", alt=("hf-hub:nvidia/C-RADIOv2-g/c-radio_v2-g_half.pth.tar",),
-        aliases=("c-radio_v2-g", "c_radio_v2_vit_giant_patch16"), preferred=768, arch=dict(vitdet_num_global=8),
+        "c-radio-v2-g",
+        "g",
+        "C-RADIOv2 ViT-g/16 (ViTDet mode with 8 global blocks available)",
+        "hf-hub:nvidia/C-RADIOv2-g",
+        alt=("hf-hub:nvidia/C-RADIOv2-g/c-radio_v2-g_half.pth.tar",),
+        aliases=("c-radio_v2-g", "c_radio_v2_vit_giant_patch16"),
+        preferred=768,
+        arch=dict(vitdet_num_global=8),
     )
 
 
 def _register_c_radio_v3() -> None:
-    files = {"b": "c-radio_v3-b_half.pth.tar", "l": "c-radio-v3_l_half.pth.tar", "h": "c-radio_v3-h_half.pth.tar",
-             "g": "c-radio_v3-g_half.pth.tar"}
+    files = {
+        "b": "c-radio_v3-b_half.pth.tar",
+        "l": "c-radio-v3_l_half.pth.tar",
+        "h": "c-radio_v3-h_half.pth.tar",
+        "g": "c-radio_v3-g_half.pth.tar",
+    }
     widths = {"b": "base", "l": "large", "h": "huge", "g": "giant"}
     for s, file in files.items():
         size = s.upper() if s != "g" else "g"
         siglip = "siglip2-g" if s in ("h", "g") else "siglip2"
         tao = (f"c_radio_v3_vit_{widths[s]}_patch16_reg4_dinov2",) if s != "g" else ()
         _entry(
-            f"c-radio-v3-{s}", size, f"C-RADIOv3 ViT-{size}/16 (DINOv2-style blocks with LayerScale; no ViTDet)",
-            f"hf-hub:nvidia/C-RADIOv3-{size}", alt=(f"hf-hub:nvidia/C-RADIOv3-{size}/{file}",),
+            f"c-radio-v3-{s}",
+            size,
+            f"C-RADIOv3 ViT-{size}/16 (DINOv2-style blocks with LayerScale; no ViTDet)",
+            f"hf-hub:nvidia/C-RADIOv3-{size}",
+            alt=(f"hf-hub:nvidia/C-RADIOv3-{size}/{file}",),
             adaptors=("clip", siglip, "dino_v2", "sam"),
             aliases=(f"c-radio_v3-{s}", f"radio_v3-{s}", f"c_radio_v3_{s}", *tao),
             arch=dict(init_values=1e-5, supports_vitdet=False),
@@ -117,9 +135,14 @@ def _register_c_radio_v4() -> None:
     variants = (("H", "h", "c_radio_v4_vit_huge_patch16"), ("SO400M", "so400m", "c_radio_v4_vit_so400m_patch16"))
     for size, s, tao in variants:
         _entry(
-            f"c-radio-v4-{s}", size, f"C-RADIOv4 ViT-{size}/16 (3 cls + 7 registers; teachers SigLIP2-g, DINOv3, SAM3)",
-            f"hf-hub:nvidia/C-RADIOv4-{size}", alt=(f"hf-hub:nvidia/C-RADIOv4-{size}/c-radio_v4-{s}_half.pth.tar",),
-            tokens=_V4_TOKENS, adaptors=("siglip2-g", "dino_v3", "sam3"), aliases=(f"c-radio_v4-{s}", tao),
+            f"c-radio-v4-{s}",
+            size,
+            f"C-RADIOv4 ViT-{size}/16 (3 cls + 7 registers; teachers SigLIP2-g, DINOv3, SAM3)",
+            f"hf-hub:nvidia/C-RADIOv4-{size}",
+            alt=(f"hf-hub:nvidia/C-RADIOv4-{size}/c-radio_v4-{s}_half.pth.tar",),
+            tokens=_V4_TOKENS,
+            adaptors=("siglip2-g", "dino_v3", "sam3"),
+            aliases=(f"c-radio_v4-{s}", tao),
         )
 
 
@@ -128,18 +151,37 @@ def _register_radio_v25() -> None:
     for s, file in files.items():
         size = s.upper()
         _entry(
-            f"radio-v2.5-{s}", size, f"RADIOv2.5 ViT-{size}/16 (ViTDet mode available, 4 global blocks)",
-            f"hf-hub:nvidia/RADIO/{file}", license_=NC_LICENSE, preferred=768,
-            adaptors=("clip", "siglip", "dino_v2", "sam"), aliases=(f"radio_v2.5-{s}", f"radio-v2.5-{s}_half"),
+            f"radio-v2.5-{s}",
+            size,
+            f"RADIOv2.5 ViT-{size}/16 (ViTDet mode available, 4 global blocks)",
+            f"hf-hub:nvidia/RADIO/{file}",
+            license_=NC_LICENSE,
+            preferred=768,
+            adaptors=("clip", "siglip", "dino_v2", "sam"),
+            aliases=(f"radio_v2.5-{s}", f"radio-v2.5-{s}_half"),
         )
     _entry(
-        "radio-v2.5-g", "g",
+        "radio-v2.5-g",
+        "g",
         "RADIOv2.5 DINOv2-g/14 student (SwiGLU, LayerScale, final norm; layout read from the reference, unverified)",
-        "hf-hub:nvidia/RADIO/radio_v2.5-g.pth.tar", license_=NC_LICENSE, preferred=896,
+        "hf-hub:nvidia/RADIO/radio_v2.5-g.pth.tar",
+        license_=NC_LICENSE,
+        preferred=896,
         aliases=("radio_v2.5-g", "radio-g"),
-        arch=dict(patch_size=14, max_resolution=1792, cpe_max_size=1792, init_values=1e-5, ffn="swiglu",
-                  mlp_ratio=8192 / 1536, model_norm=True, embedder_bias=True, num_cls_tokens=1, num_registers=4,
-                  summary_idxs=(0,), vitdet_num_global=8),
+        arch=dict(
+            patch_size=14,
+            max_resolution=1792,
+            cpe_max_size=1792,
+            init_values=1e-5,
+            ffn="swiglu",
+            mlp_ratio=8192 / 1536,
+            model_norm=True,
+            embedder_bias=True,
+            num_cls_tokens=1,
+            num_registers=4,
+            summary_idxs=(0,),
+            vitdet_num_global=8,
+        ),
     )
 
 
@@ -152,20 +194,40 @@ def _register_test_variants() -> None:
         "v3": dict(depth=2, **_V2_TOKENS, init_values=1e-5, supports_vitdet=False),
         "v4": dict(depth=3, **_V4_TOKENS, mlp_ratio=4304 / 1152),
         # RADIOv2.5-g style: DINOv2 student (patch 14, SwiGLU, LayerScale, embedder bias, final norm, 1 cls token)
-        "v2.5g": dict(depth=2, patch_size=14, cpe_max_size=224, max_resolution=224, init_values=1e-5, ffn="swiglu",
-                      model_norm=True, embedder_bias=True, num_cls_tokens=1, num_registers=4, summary_idxs=(0,)),
+        "v2.5g": dict(
+            depth=2,
+            patch_size=14,
+            cpe_max_size=224,
+            max_resolution=224,
+            init_values=1e-5,
+            ffn="swiglu",
+            model_norm=True,
+            embedder_bias=True,
+            num_cls_tokens=1,
+            num_registers=4,
+            summary_idxs=(0,),
+        ),
     }
     for version, arch in variants.items():
         arch = {**common, **arch}
         patch = arch.get("patch_size", 16)
         register(
             ModelEntry(
-                id=f"test-radio-{version}-tiny", family="radio", arch=arch,
+                id=f"test-radio-{version}-tiny",
+                family="radio",
+                arch=arch,
                 description=f"tiny random-init RADIO{version}-style model for tests and the demo",
-                license="Apache-2.0 (random weights)", params_m=None, patch_size=patch, preferred_resolution=4 * patch,
-                max_resolution=arch["max_resolution"], mean=OPENAI_CLIP_MEAN, std=OPENAI_CLIP_STD,
-                summary_dim=64 * len(arch["summary_idxs"]), feature_dim=64,
-                adaptors=tuple(a["name"] for a in arch.get("adaptors", [])), test_only=True,
+                license="Apache-2.0 (random weights)",
+                params_m=None,
+                patch_size=patch,
+                preferred_resolution=4 * patch,
+                max_resolution=arch["max_resolution"],
+                mean=OPENAI_CLIP_MEAN,
+                std=OPENAI_CLIP_STD,
+                summary_dim=64 * len(arch["summary_idxs"]),
+                feature_dim=64,
+                adaptors=tuple(a["name"] for a in arch.get("adaptors", [])),
+                test_only=True,
             )
         )
 
@@ -175,8 +237,11 @@ def _registry_defaults(entry: ModelEntry, vitdet_window_size: int | None) -> dic
     arch = entry.arch
     if vitdet_window_size and not arch.get("supports_vitdet", True):
         raise WeightsError(f"{entry.id} does not support ViTDet windowed attention (the reference refuses it too)")
-    defaults = dict(preferred_resolution=entry.preferred_resolution, max_resolution=entry.max_resolution,
-                    vitdet_window_size=vitdet_window_size)
+    defaults = dict(
+        preferred_resolution=entry.preferred_resolution,
+        max_resolution=entry.max_resolution,
+        vitdet_window_size=vitdet_window_size,
+    )
     defaults.update({k: arch[k] for k in ("supports_vitdet", "vitdet_num_global") if k in arch})
     return defaults
 
