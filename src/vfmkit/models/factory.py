@@ -4,7 +4,9 @@
 - a registry id or alias (``c-radio-v3-b``, ``c_radio_v3_vit_base_patch16_reg4_dinov2``): built by its family
   builder and loaded from its published source (``pretrained=False`` gives random init);
 - ``hf-hub:<org>/<repo>[@revision][/file]``: a RADIO checkpoint on the Hugging Face Hub (through the local cache);
-- a local folder (Hugging Face layout: ``config.json`` + ``model.safetensors``, or one ``*.pth.tar``) or file.
+- a local folder (Hugging Face layout: ``config.json`` + ``model.safetensors``, or one ``*.pth.tar``) or file;
+- an adapted-backbone folder (``vfmkit_backbone.json`` + weights: a distilled student with its teacher heads, see
+  ``vfmkit.models.backbones.adapted``).
 """
 
 from __future__ import annotations
@@ -80,7 +82,11 @@ def load_backbone(
     """
     adaptors = tuple(adaptors or ())
     name = str(name_or_path)
-    if name.startswith("hf-hub:") or Path(name).expanduser().exists():
+    if not name.startswith("hf-hub:") and _is_adapted_folder(name):
+        from vfmkit.models.backbones.adapted import load_adapted_backbone
+
+        model = load_adapted_backbone(name, adaptors=adaptors, vitdet_window_size=vitdet_window_size)
+    elif name.startswith("hf-hub:") or Path(name).expanduser().exists():
         from vfmkit.models.backbones.radio.load import load_radio_checkpoint
 
         model = load_radio_checkpoint(name, adaptors=adaptors, defaults={"vitdet_window_size": vitdet_window_size})
@@ -93,3 +99,9 @@ def load_backbone(
         raise AssertionError("unreachable")
     model.model_id = name
     return model.eval()
+
+
+def _is_adapted_folder(name: str) -> bool:
+    from vfmkit.models.backbones.adapted import is_adapted_backbone_folder
+
+    return is_adapted_backbone_folder(name)
