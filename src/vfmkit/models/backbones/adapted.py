@@ -66,7 +66,8 @@ class AdaptedBackbone(Backbone):
         self.backbone = backbone
         self.num_heads = num_heads
         self.adaptors = nn.ModuleDict()
-        self.embed_dim, self.summary_dim, self.num_blocks = backbone.embed_dim, backbone.summary_dim, backbone.num_blocks
+        self.embed_dim, self.summary_dim = backbone.embed_dim, backbone.summary_dim
+        self.num_blocks = backbone.num_blocks
         self.add_adaptors(configs)
 
     def add_adaptors(self, configs: Sequence[AdaptorConfig]) -> None:
@@ -243,7 +244,8 @@ def save_adapted_backbone(
     }
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in student_state_dict(backbone).items()}
     tensors.update({k: v.detach().cpu().contiguous().clone() for k, v in head_state_dict(backbone).items()})
-    _atomic_write(folder / "model.safetensors", lambda tmp: save_file(tensors, str(tmp), metadata={"format": FORMAT_NAME}))
+    metadata = {"format": FORMAT_NAME}
+    _atomic_write(folder / "model.safetensors", lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
     _atomic_write(folder / MANIFEST_NAME, lambda tmp: tmp.write_text(json.dumps(manifest, indent=2)))
     return folder / MANIFEST_NAME
 

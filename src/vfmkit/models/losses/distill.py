@@ -131,7 +131,8 @@ class TeacherLoss(nn.Module):
         if mode not in MODES:
             raise ValueError(f"unknown distillation mode {mode!r} (expected one of {', '.join(MODES)})")
         if summary_loss_type not in SUMMARY_LOSSES:
-            raise ValueError(f"unknown summary loss {summary_loss_type!r} (expected one of {', '.join(SUMMARY_LOSSES)})")
+            expected = ", ".join(SUMMARY_LOSSES)
+            raise ValueError(f"unknown summary loss {summary_loss_type!r} (expected one of {expected})")
         self.mode = mode
         self.uses_summary = mode in ("summary", "combo")
         self.uses_features = mode in ("spatial", "combo")
@@ -194,5 +195,6 @@ def match_token_grids(
 def _resize_tokens(tokens: torch.Tensor, grid: tuple[int, int], size: tuple[int, int]) -> torch.Tensor:
     if tuple(grid) == tuple(size):
         return tokens
-    resized = F.interpolate(tokens_to_nchw(tokens, grid), size=size, mode="bilinear", align_corners=False, antialias=True)
+    spatial = tokens_to_nchw(tokens, grid)
+    resized = F.interpolate(spatial, size=size, mode="bilinear", align_corners=False, antialias=True)
     return resized.flatten(2).transpose(1, 2)

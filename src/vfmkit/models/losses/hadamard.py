@@ -22,7 +22,7 @@ orthogonal matrix and logs that it did.
 from __future__ import annotations
 
 import logging
-from functools import lru_cache
+from functools import cache
 
 import torch
 
@@ -45,7 +45,7 @@ def _is_prime(n: int) -> bool:
     return True
 
 
-@lru_cache(maxsize=None)
+@cache
 def hadamard_plan(n: int) -> Plan | None:
     """How to build a Hadamard matrix of order ``n`` (None when no construction here reaches it)."""
     if n in (1, 2):

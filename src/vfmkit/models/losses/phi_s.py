@@ -84,7 +84,9 @@ class FeatureStandardizer(nn.Module):
             ValueError: ``linear.out_features`` is not C.
         """
         if linear.out_features != self.dim:
-            raise ValueError(f"cannot fold a {self.dim}-d standardisation into a Linear with {linear.out_features} outputs")
+            raise ValueError(
+                f"cannot fold a {self.dim}-d standardisation into a Linear with {linear.out_features} outputs"
+            )
         inv = self.inverse_matrix()
         weight = inv @ linear.weight.detach().double()
         bias = linear.bias.detach().double() if linear.bias is not None else torch.zeros(self.dim, dtype=torch.float64)
@@ -180,7 +182,7 @@ class RunningStandardizer(FeatureStandardizer):
         self.projection.copy_(self.alpha * self._rotation(cov))
 
     def inverse_matrix(self) -> torch.Tensor:
-        """``A^-1 = A^T / alpha^2``: the projection is ``alpha`` times an orthogonal matrix (PHI-S: ``alpha^-1 U H^T``)."""
+        """``A^-1 = A^T / alpha^2`` (the projection is alpha times an orthogonal matrix; PHI-S: ``alpha^-1 U H^T``)."""
         return self.projection.T / self.alpha**2
 
     def _rotation(self, cov: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
