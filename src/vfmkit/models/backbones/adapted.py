@@ -167,6 +167,28 @@ def attach_adaptors(backbone: Backbone, configs: Sequence[AdaptorConfig], num_he
     return backbone
 
 
+def set_summary_slots(backbone: Backbone, slots: Sequence[int]) -> None:
+    """Make a RADIO student's ``summary`` the concatenation of cls ``slots`` (e.g. those its teachers' summaries are
+    distilled into); ``summary_dim`` follows. Other backbones have one summary and are left alone.
+
+    Raises:
+        VfmError: a slot the student does not have.
+    """
+    plain = plain_backbone(backbone)
+    if not isinstance(plain, RadioBackbone) or not slots:
+        return
+    slots = tuple(int(s) for s in slots)
+    if not all(0 <= s < plain.cfg.num_cls_tokens for s in slots):
+        raise VfmError(
+            f"summary slots {slots} are not all cls slots of this RADIO student (0..{plain.cfg.num_cls_tokens - 1})"
+        )
+    plain.cfg = plain.cfg.with_overrides(summary_idxs=slots)
+    plain.summary_idxs = torch.tensor(slots, dtype=torch.int64, device=plain.summary_idxs.device)
+    plain.summary_dim = plain.cfg.summary_dim
+    if backbone is not plain:
+        backbone.summary_dim = plain.summary_dim
+
+
 def head_state_dict(backbone: Backbone) -> dict[str, torch.Tensor]:
     """``adaptors.<name>.*`` tensors of the attached heads."""
     return {f"{ADAPTOR_PREFIX}{key}": value for key, value in backbone.adaptors.state_dict().items()}

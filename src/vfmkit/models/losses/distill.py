@@ -185,8 +185,8 @@ def match_token_grids(
         a: (B, ha*wa, C) raster-order tokens on ``grid_a``; b: (B, hb*wb, C) on ``grid_b``.
 
     Returns:
-        ``a'`` and ``b'`` as (B, h*w, C) on ``(h, w) = (min(ha, hb), min(wa, wb))`` (bilinear with antialiasing when
-        shrinking; an unchanged grid is returned as is), and that grid.
+        ``a'`` and ``b'`` as (B, h*w, C) on ``(h, w) = (min(ha, hb), min(wa, wb))`` (area averaging: each coarse token
+        is the mean of the fine tokens it covers; an unchanged grid is returned as is), and that grid.
     """
     grid = (min(grid_a[0], grid_b[0]), min(grid_a[1], grid_b[1]))
     return _resize_tokens(a, grid_a, grid), _resize_tokens(b, grid_b, grid), grid
@@ -195,6 +195,4 @@ def match_token_grids(
 def _resize_tokens(tokens: torch.Tensor, grid: tuple[int, int], size: tuple[int, int]) -> torch.Tensor:
     if tuple(grid) == tuple(size):
         return tokens
-    spatial = tokens_to_nchw(tokens, grid)
-    resized = F.interpolate(spatial, size=size, mode="bilinear", align_corners=False, antialias=True)
-    return resized.flatten(2).transpose(1, 2)
+    return F.adaptive_avg_pool2d(tokens_to_nchw(tokens, grid), size).flatten(2).transpose(1, 2)

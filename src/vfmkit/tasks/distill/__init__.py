@@ -1,0 +1,1 @@
+"""Domain adaptation by distillation: a student backbone learns one or many frozen teachers from unlabeled images."""

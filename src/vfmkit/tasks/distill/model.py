@@ -1,0 +1,272 @@
+"""The distillation objective: a student with one head pair per teacher, frozen teachers, teacher standardisers and
+per-teacher losses, and the builders that make them from a :class:`~vfmkit.tasks.distill.spec.DistillSpec`.
+
+One training step is ``losses = model(batch)`` on a :func:`~vfmkit.tasks.distill.data.collate_distill` batch:
+
+1. teacher targets: cached rows from the batch, the other rows by running each teacher on its own view (and, with a
+   cache, storing them);
+2. in training mode, each teacher's summary / feature standardiser takes the batch into its statistics (until
+   frozen); targets are standardised;
+3. the student runs once; each head's outputs meet their teacher's targets (feature grids resized to the coarser);
+4. ``losses["loss"] = sum_t loss_lambda_t * L_t / #teachers``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from vfmkit.errors import VfmError
+from vfmkit.models.backbones.adapted import attach_adaptors, set_summary_slots
+from vfmkit.models.backbones.base import Backbone, nearest_supported_resolution
+from vfmkit.models.factory import load_backbone
+from vfmkit.models.losses.distill import TeacherLoss, match_token_grids
+from vfmkit.models.losses.phi_s import FeatureStandardizer, build_standardizer
+from vfmkit.tasks.distill.heads import head_config, resolve_token_slot, set_trainable_blocks
+from vfmkit.tasks.distill.spec import DistillSpec, TeacherSpec
+from vfmkit.tasks.distill.teachers import FrozenTeacher, TeacherCache, TeacherTargets
+
+logger = logging.getLogger(__name__)
+
+
+class DistillModel(nn.Module):
+    """Student + heads, frozen teachers, standardisers and losses.
+
+    Args:
+        student: the student with one head per teacher attached (``student.adaptors[name]``).
+        teachers: the frozen teachers (names = head names).
+        losses: head name -> :class:`TeacherLoss`.
+        standardizers: head name -> ``{"summary": ..., "features": ...}`` (the kinds the teacher's mode uses).
+        cache: teacher-output cache (None: teachers always run).
+    """
+
+    def __init__(
+        self,
+        student: Backbone,
+        teachers: list[FrozenTeacher],
+        losses: Mapping[str, TeacherLoss],
+        standardizers: Mapping[str, Mapping[str, FeatureStandardizer]],
+        cache: TeacherCache | None = None,
+    ):
+        super().__init__()
+        self.student = student
+        self.teachers = nn.ModuleDict({t.name: t for t in teachers})
+        self.losses = nn.ModuleDict(dict(losses))
+        self.standardizers = nn.ModuleDict({name: nn.ModuleDict(dict(kinds)) for name, kinds in standardizers.items()})
+        self.cache = cache
+        self.cache_hits = 0
+        self.cache_misses = 0
+
+    def teacher_targets(self, batch: dict[str, Any]) -> dict[str, TeacherTargets]:
+        """Raw (teacher-space) float32 targets of every teacher for the batch, on the student's device."""
+        device = batch["student"].device
+        size = batch["student"].shape[0]
+        targets = {}
+        for name, teacher in self.teachers.items():
+            part = batch["teachers"][name]
+            summary = features = None
+            grid = part["grid"]
+            if len(part["run_rows"]):
+                run = teacher(part["images"].to(device))
+                grid = run.grid
+                self._store(batch, name, part["run_rows"], run)
+            else:
+                run = None
+            if teacher.uses_summary:
+                summary = self._assemble(size, part, "summary", None if run is None else run.summary, device)
+            if teacher.uses_features:
+                features = self._assemble(size, part, "features", None if run is None else run.features, device)
+            self.cache_hits += len(part["cached_rows"])
+            self.cache_misses += len(part["run_rows"])
+            targets[name] = TeacherTargets(summary, features, tuple(grid))
+        return targets
+
+    @staticmethod
+    def _assemble(size: int, part: dict, key: str, computed: torch.Tensor | None, device) -> torch.Tensor:
+        cached = part["cached"].get(key)
+        if computed is not None and cached is None:
+            return computed
+        if computed is None:
+            return cached.to(device)
+        out = torch.empty((size, *computed.shape[1:]), dtype=computed.dtype, device=device)
+        out[part["run_rows"].to(device)] = computed
+        out[part["cached_rows"].to(device)] = cached.to(device, computed.dtype)
+        return out
+
+    def _store(self, batch: dict[str, Any], name: str, rows: torch.Tensor, run: TeacherTargets) -> None:
+        if self.cache is None:
+            return
+        for position, row in enumerate(rows.tolist()):
+            summary = run.summary[position] if run.summary is not None else None
+            features = run.features[position] if run.features is not None else None
+            self.cache.save(name, batch["file_keys"][row], summary, features, run.grid)
+
+    def standardize(self, name: str, targets: TeacherTargets, update: bool) -> TeacherTargets:
+        """Targets in the standardised space of teacher ``name`` (statistics updated first when ``update``)."""
+        kinds = self.standardizers[name]
+        out = {}
+        for kind in ("summary", "features"):
+            value = getattr(targets, kind)
+            if value is not None:
+                if update:
+                    kinds[kind].update(value)
+                value = kinds[kind](value)
+            out[kind] = value
+        return TeacherTargets(out["summary"], out["features"], targets.grid)
+
+    def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """The losses of a batch: ``loss`` (what to minimise) and ``<teacher>/summary``, ``<teacher>/features``."""
+        targets = self.teacher_targets(batch)
+        out = self.student(batch["student"])
+        losses: dict[str, torch.Tensor] = {}
+        total = 0.0
+        for name, teacher_targets in targets.items():
+            target = self.standardize(name, teacher_targets, update=self.training)
+            head = out.adaptors[name]
+            student_features = teacher_features = None
+            if target.features is not None:
+                student_features, teacher_features, _ = match_token_grids(
+                    head.features, head.grid, target.features, target.grid
+                )
+            terms = self.losses[name](head.summary, target.summary, student_features, teacher_features)
+            for key, value in terms.items():
+                if key != "total":
+                    losses[f"{name}/{key}"] = value.detach()
+            total = total + terms["total"]
+        losses["loss"] = total / len(targets)
+        return losses
+
+    def teacher_sizes(self) -> dict[str, tuple[int, int]]:
+        """Teacher name -> (H, W) of its input view (what :class:`~vfmkit.tasks.distill.data.DistillImages` needs)."""
+        return {name: tuple(teacher.resolution) for name, teacher in self.teachers.items()}
+
+    def frozen_standardizers(self) -> bool:
+        """True once every standardiser's statistics are frozen."""
+        return all(s.frozen for kinds in self.standardizers.values() for s in kinds.values())
+
+
+# ----------------------------------------------------------------------------------------------- builders from a spec
+
+
+def student_resolution(student: Backbone, resolution: int | None) -> tuple[int, int]:
+    """(H, W) of the student's input: ``resolution`` squared (rounded to the student's step) or its preferred one."""
+    prep = student.preprocessing
+    if resolution is None:
+        return tuple(prep.preferred_resolution)
+    return nearest_supported_resolution(resolution, resolution, prep.resolution_step)
+
+
+def build_student(spec: DistillSpec) -> Backbone:
+    """The student backbone (no heads yet), float32 on the CPU."""
+    return load_backbone(spec.model.backbone, pretrained=spec.model.pretrained)
+
+
+def build_teacher(
+    teacher: TeacherSpec, student_size: tuple[int, int], backbone: Backbone | None = None
+) -> FrozenTeacher:
+    """A frozen teacher from its spec (``backbone`` given: use that module instead of loading one)."""
+    if backbone is None:
+        backbone = load_backbone(
+            teacher.backbone,
+            adaptors=[teacher.adaptor] if teacher.adaptor else None,
+            pretrained=teacher.pretrained,
+            checkpoint=teacher.pretrained_teacher_model_path,
+        )
+    size = student_size if teacher.match_student_resolution else None
+    if size is None and teacher.input_size is not None:
+        size = (teacher.input_size, teacher.input_size)
+    return FrozenTeacher(backbone, teacher.head_name, teacher.mode, teacher.adaptor, size)
+
+
+def build_distill_model(
+    spec: DistillSpec,
+    student: Backbone | None = None,
+    teacher_backbones: Mapping[str, Backbone] | None = None,
+    cache_dir: str | Path | None = None,
+) -> DistillModel:
+    """Everything a run trains with, from the spec.
+
+    Args:
+        spec: the distill spec.
+        student: use this student instead of loading ``model.backbone`` (tests, warm starts).
+        teacher_backbones: head name -> backbone to use instead of loading that teacher's ``backbone``.
+        cache_dir: teacher-output cache folder when ``distill.cache_teacher_outputs`` (default
+            ``distill.cache_dir``; one of them is required then).
+
+    Raises:
+        VfmError: a cache without a folder, or heads that do not fit the student (cls slots, names).
+    """
+    student = student if student is not None else build_student(spec)
+    size = student_resolution(student, spec.model.resolution)
+    teachers, configs, losses, standardizers = [], [], {}, {}
+    distill = spec.distill
+    for index, teacher_spec in enumerate(distill.teacher):
+        name = teacher_spec.head_name
+        teacher = build_teacher(teacher_spec, size, (teacher_backbones or {}).get(name))
+        teachers.append(teacher)
+        slot = resolve_token_slot(student, teacher_spec.summary_token_idx, index)
+        configs.append(
+            head_config(
+                name,
+                student,
+                teacher_spec.mode,
+                teacher.summary_dim,
+                teacher.feature_dim,
+                slot,
+                teacher_spec.spatial_mlp_version,
+                teacher_spec.mlp_hidden_size,
+                teacher_spec.mlp_num_inner,
+            )
+        )
+        losses[name] = TeacherLoss(
+            teacher_spec.mode,
+            teacher.summary_dim,
+            teacher_spec.loss_type,
+            teacher_spec.summary_loss_type,
+            teacher_spec.loss_lambda,
+            teacher_spec.summary_loss_weight,
+            teacher_spec.fd_loss_weight,
+        )
+        standardizers[name] = _standardizers(teacher, distill.feature_normalization, distill.phi_s)
+    student = attach_adaptors(student, configs)
+    if spec.model.summary_from_teachers:
+        set_summary_slots(student, sorted({c.token_slot for c in configs if c.summary_mlp is not None}))
+    set_trainable_blocks(student, spec.model.trainable_blocks)
+    cache = None
+    if distill.cache_teacher_outputs:
+        root = cache_dir or distill.cache_dir
+        if root is None:
+            raise VfmError("distill.cache_teacher_outputs is true but no cache folder is set (distill.cache_dir)")
+        cache = TeacherCache(root, {t.name: t.cache_key(distill.cache_dtype) for t in teachers}, distill.cache_dtype)
+    return DistillModel(student, teachers, losses, standardizers, cache)
+
+
+def _standardizers(teacher: FrozenTeacher, kind: str, phi_s) -> dict[str, FeatureStandardizer]:
+    out = {}
+    if teacher.uses_summary:
+        out["summary"] = build_standardizer(kind, teacher.summary_dim, phi_s.freeze_after, phi_s.update_period)
+    if teacher.uses_features:
+        out["features"] = build_standardizer(kind, teacher.feature_dim, phi_s.freeze_after, phi_s.update_period)
+    return out
+
+
+def teacher_metadata(spec: DistillSpec, model: DistillModel) -> dict[str, dict[str, Any]]:
+    """Per head, what the export manifest records about its teacher."""
+    info = {}
+    for teacher_spec in spec.distill.teacher:
+        teacher = model.teachers[teacher_spec.head_name]
+        info[teacher.name] = {
+            "backbone": teacher_spec.backbone,
+            "adaptor": teacher_spec.adaptor,
+            "mode": teacher_spec.mode,
+            "input_size": list(teacher.resolution),
+            "summary_dim": teacher.summary_dim,
+            "feature_dim": teacher.feature_dim,
+            "feature_normalization": spec.distill.feature_normalization,
+        }
+    return info

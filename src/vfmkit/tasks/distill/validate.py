@@ -1,0 +1,96 @@
+"""Validation of a distilled student: k-NN top-1 of its summary on labelled class folders (the domain's and a control
+set's), and per-teacher fidelity (how close the heads' teacher-space outputs are to the teachers').
+
+k-NN is the ``vfm knn`` protocol (:func:`vfmkit.features.knn.knn_evaluate`: L2-normalised summaries, k = 20
+neighbours voting with ``exp(cos / T)``, T = 0.07), run on the student in eval mode.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+from vfmkit.features.knn import KnnResult, knn_evaluate
+from vfmkit.models.backbones.base import Backbone
+from vfmkit.models.losses.distill import match_token_grids
+from vfmkit.tasks.distill.data import DistillImages, collate_distill
+from vfmkit.tasks.distill.model import DistillModel
+
+
+def knn_top1(
+    student: Backbone,
+    root: str | Path,
+    train_split: str = "train",
+    val_split: str = "val",
+    resolution: int | tuple[int, int] | None = None,
+    k: int = 20,
+    temperature: float = 0.07,
+    batch_size: int = 64,
+) -> KnnResult:
+    """k-NN accuracy of ``student``'s summary: ``root/<val_split>/<class>/*`` queries against ``root/<train_split>``.
+
+    The student is evaluated in eval mode and put back in the mode it was in.
+    """
+    was_training = student.training
+    student.eval()
+    try:
+        return knn_evaluate(
+            Path(root) / train_split,
+            Path(root) / val_split,
+            student,
+            k=k,
+            temperature=temperature,
+            resolution=resolution,
+            batch_size=batch_size,
+            progress=False,
+        )
+    finally:
+        student.train(was_training)
+
+
+@torch.no_grad()
+def teacher_fidelity(
+    model: DistillModel,
+    files: Sequence[str | Path],
+    student_size: tuple[int, int],
+    batch_size: int = 32,
+    num_workers: int = 0,
+) -> dict[str, dict[str, float]]:
+    """Mean cosine similarity, in teacher space, of each head's outputs to its teacher's on ``files``.
+
+    The heads' standardised outputs are mapped back with the standardisers' inverses (what export folds in).
+
+    Returns:
+        ``{teacher: {"summary_cosine": float, "feature_cosine": float}}`` (the kinds the teacher's mode uses; the
+        feature cosine is averaged over tokens on the coarser of the two grids).
+    """
+    dataset = DistillImages(files, student_size, model.teacher_sizes())
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_distill)
+    was_training = model.training
+    model.eval()
+    device = next(model.student.parameters()).device
+    sums: dict[str, dict[str, float]] = {name: {} for name in model.teachers}
+    count = 0
+    try:
+        for batch in loader:
+            out = model.student(batch["student"].to(device))
+            for name, teacher in model.teachers.items():
+                targets = teacher(batch["teachers"][name]["images"].to(device))
+                head, kinds, scores = out.adaptors[name], model.standardizers[name], sums[name]
+                if targets.summary is not None:
+                    cos = F.cosine_similarity(kinds["summary"].inverse(head.summary), targets.summary, dim=-1)
+                    scores["summary_cosine"] = scores.get("summary_cosine", 0.0) + float(cos.sum())
+                if targets.features is not None:
+                    student, teacher_tokens, _ = match_token_grids(
+                        kinds["features"].inverse(head.features), head.grid, targets.features, targets.grid
+                    )
+                    cos = F.cosine_similarity(student, teacher_tokens, dim=-1).mean(dim=1)
+                    scores["feature_cosine"] = scores.get("feature_cosine", 0.0) + float(cos.sum())
+            count += batch["student"].shape[0]
+    finally:
+        model.train(was_training)
+    return {name: {key: value / max(count, 1) for key, value in scores.items()} for name, scores in sums.items()}
