@@ -24,9 +24,10 @@ from tests.tasks.distill.distill_data import (
 )
 
 from vfmkit import load_backbone
+from vfmkit.export.runtime import OnnxModel
 from vfmkit.features.embed import embed_source
 from vfmkit.models.backbones.radio.model import RadioBackbone
-from vfmkit.tasks.distill.heads import export_adapted_student
+from vfmkit.tasks.distill.export import export_adapted_student, export_student_onnx
 from vfmkit.tasks.distill.model import build_distill_model, teacher_metadata
 from vfmkit.tasks.distill.validate import knn_top1, teacher_fidelity
 
@@ -96,6 +97,8 @@ def test_exported_student_loads_as_a_backbone_with_teacher_space_heads(data, sin
         torch.testing.assert_close(getattr(got.adaptors["pattern"], kind), teacher_space, rtol=1e-4, atol=1e-5)
     plain = load_backbone(str(folder))
     assert plain.adaptor_names == () and _knn(plain, data.by_pattern) == _knn(model.student, data.by_pattern)
+    onnx = export_student_onnx(loaded, tmp_path / "student.onnx", (SIZE, SIZE), verify_images=images)
+    assert OnnxModel(onnx).output_names == ["summary", "features", "pattern.summary", "pattern.features"]
     result = embed_source(
         data.unlabeled, str(folder), tmp_path / "emb.safetensors", adaptors=["pattern"], progress=False
     )

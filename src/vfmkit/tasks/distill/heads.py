@@ -9,20 +9,18 @@ A head pair per teacher, built from :mod:`vfmkit.models.backbones.radio.adaptors
   the teacher's feature width.
 
 They are attached with :func:`vfmkit.models.backbones.adapted.attach_adaptors`, so the trained student is a
-backbone whose ``out.adaptors[teacher]`` are the head outputs, in training (standardised teacher space) and after
-:func:`export_adapted_student` (teacher space: ``W' = A^-1 W``, ``b' = A^-1 b + mu`` folded into each head's last
-Linear).
+backbone whose ``out.adaptors[teacher]`` are the head outputs: in the standardised teacher space during training, in
+the teacher's own space after :func:`teacher_space_student` (``W' = A^-1 W``, ``b' = A^-1 b + mu`` folded into each
+head's last Linear), which is what :mod:`vfmkit.tasks.distill.export` writes.
 """
 
 from __future__ import annotations
 
 import copy
-from pathlib import Path
-from typing import Any
 
 from torch import nn
 
-from vfmkit.models.backbones.adapted import AdaptedBackbone, plain_backbone, save_adapted_backbone
+from vfmkit.models.backbones.adapted import AdaptedBackbone, plain_backbone
 from vfmkit.models.backbones.base import Backbone
 from vfmkit.models.backbones.radio.adaptors import MLP1, MLP2, AttnFeatureHead
 from vfmkit.models.backbones.radio.config import AdaptorConfig
@@ -134,34 +132,11 @@ def teacher_space_student(student: Backbone, standardizers: dict[str, dict[str, 
         standardizers: head name -> ``{"summary": ..., "features": ...}`` (the kinds its heads use).
     """
     folded = copy.deepcopy(student).eval()
+    tables = {name: dict(kinds.items()) for name, kinds in standardizers.items()}  # plain dicts (ModuleDicts too)
     for name, adaptor in folded.adaptors.items():
-        kinds = standardizers[name] if name in standardizers else {}
+        kinds = tables.get(name, {})
         if adaptor.head_mlp is not None and "summary" in kinds:
             fold_into_head(adaptor.head_mlp, kinds["summary"])
         if adaptor.feat_mlp is not None and "features" in kinds:
             fold_into_head(adaptor.feat_mlp, kinds["features"])
     return folded
-
-
-def export_adapted_student(
-    folder: str | Path,
-    student: Backbone,
-    standardizers: dict[str, dict[str, FeatureStandardizer]],
-    teacher_info: dict[str, dict[str, Any]] | None = None,
-    registry_id: str | None = None,
-) -> Path:
-    """Write the adapted student (heads in teacher space) as a folder ``vfmkit.load_backbone`` reads.
-
-    Args:
-        folder: output folder.
-        student: the trained student with heads.
-        standardizers: see :func:`teacher_space_student`.
-        teacher_info: head name -> metadata stored in the manifest (teacher id, adaptor, input size, mode...).
-        registry_id: the student's registry id when the model does not carry it.
-
-    Returns:
-        The manifest path.
-    """
-    folded = teacher_space_student(student, standardizers)
-    info = {name: {"space": "teacher", "teacher": (teacher_info or {}).get(name, {})} for name in folded.adaptors}
-    return save_adapted_backbone(folder, folded, info, registry_id=registry_id)
