@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import lightning.pytorch as pl
+import torch
 from pydantic import BaseModel
 from torch import nn
 
@@ -38,8 +39,18 @@ def enable_grad_checkpointing(model: nn.Module, enable: bool = True) -> int:
     return count
 
 
+def dry_build(taskdef: TaskDef, spec: BaseModel, meta: dict) -> None:
+    """Build the model on the meta device, without weights: a configuration that cannot work (a neck the backbone
+    does not support, no trainable blocks ...) fails with its VfmError in seconds, before any weights are fetched."""
+    with torch.device("meta"):
+        taskdef.build_model(spec, meta, pretrained=False)
+
+
 def build_for_training(family: TaskFamily, taskdef: TaskDef, spec: BaseModel, data: TaskData) -> nn.Module:
     """The model of a new run: built from the spec, started from ``train.init_from`` weights when given."""
+    backbone = str(getattr(spec.model, "backbone", ""))
+    if spec.model.pretrained and backbone and not Path(backbone).expanduser().exists():
+        dry_build(taskdef, spec, data.meta)  # published weights may need a download: check the configuration first
     model = taskdef.build_model(spec, data.meta, pretrained=spec.model.pretrained)
     if spec.train.init_from is not None:
         _, trained = load_trained(family, spec.train.init_from)
