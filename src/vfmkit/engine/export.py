@@ -24,7 +24,7 @@ def common_metadata(taskdef: TaskDef, trained: Trained, resolution: int) -> dict
     meta = {
         "task": taskdef.name,
         "resolution": str(resolution),
-        "backbone": str(trained.spec.model.backbone),
+        "backbone": taskdef.backbone_id(trained.spec),
         "mean": json.dumps(list(prep.mean)),
         "std": json.dumps(list(prep.std)),
         "vfmkit_version": __version__,
@@ -38,7 +38,7 @@ def _check_resolution(taskdef: TaskDef, trained: Trained, resolution: int) -> No
     step = submodule(trained.model, taskdef.backbone_path).preprocessing.resolution_step
     if resolution % step:
         raise VfmError(
-            f"export.resolution must be a multiple of {step} for {trained.spec.model.backbone}, got {resolution}"
+            f"export.resolution must be a multiple of {step} for {taskdef.backbone_id(trained.spec)}, got {resolution}"
         )
     taskdef.check_export_resolution(trained, resolution)
 
@@ -76,7 +76,7 @@ def export(family: TaskFamily, spec: BaseModel) -> ExportResult:
     checkpoint = required_checkpoint(spec.export.checkpoint, "export", family.name)
     taskdef, trained = load_trained(family, checkpoint)
     taskdef.check_compatible(spec, trained)
-    resolution = spec.export.resolution or trained.spec.model.resolution
+    resolution = spec.export.resolution or taskdef.resolution(trained.spec)
     _check_resolution(taskdef, trained, resolution)
     out = Path(spec.export.out or run_dir_of(trained.checkpoint) / "export" / "model.onnx")
     plans = taskdef.export_plans(trained, resolution, spec)

@@ -169,6 +169,18 @@ class TaskDef:
         """The headline metric keys for ``spec`` (default: :attr:`headline`)."""
         return self.headline
 
+    def backbone_id(self, spec: BaseModel) -> str:
+        """The backbone a spec names (model card, export metadata); default ``spec.model.backbone``."""
+        return str(spec.model.backbone)
+
+    def pretrained(self, spec: BaseModel) -> bool:
+        """Whether a spec asks for published weights; default ``spec.model.pretrained``."""
+        return bool(spec.model.pretrained)
+
+    def resolution(self, spec: BaseModel) -> int:
+        """The input side a spec trains at (the default export resolution); default ``spec.model.resolution``."""
+        return int(spec.model.resolution)
+
     # --- training --------------------------------------------------------------------------------------------------
 
     def prepare(self, spec: BaseModel, splits: Sequence[str]) -> TaskData:

@@ -48,10 +48,10 @@ def dry_build(taskdef: TaskDef, spec: BaseModel, meta: dict) -> None:
 
 def build_for_training(family: TaskFamily, taskdef: TaskDef, spec: BaseModel, data: TaskData) -> nn.Module:
     """The model of a new run: built from the spec, started from ``train.init_from`` weights when given."""
-    backbone = str(getattr(spec.model, "backbone", ""))
-    if spec.model.pretrained and backbone and not Path(backbone).expanduser().exists():
+    pretrained = taskdef.pretrained(spec)
+    if pretrained and not Path(taskdef.backbone_id(spec)).expanduser().exists():
         dry_build(taskdef, spec, data.meta)  # published weights may need a download: check the configuration first
-    model = taskdef.build_model(spec, data.meta, pretrained=spec.model.pretrained)
+    model = taskdef.build_model(spec, data.meta, pretrained=pretrained)
     if spec.train.init_from is not None:
         _, trained = load_trained(family, spec.train.init_from)
         taskdef.check_init_from(spec, trained, data.meta)
@@ -93,8 +93,8 @@ def _write_card(taskdef: TaskDef, spec: BaseModel, run_dir: Path, data: TaskData
     write_model_card(
         run_dir,
         taskdef.name,
-        spec.model.backbone,
-        spec.model.pretrained,
+        taskdef.backbone_id(spec),
+        taskdef.pretrained(spec),
         data.summary,
         metrics,
         spec_hash(spec),
