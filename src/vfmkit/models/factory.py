@@ -88,6 +88,7 @@ def load_backbone(
         from vfmkit.models.backbones.adapted import load_adapted_backbone
 
         model = load_adapted_backbone(name, adaptors=adaptors, vitdet_window_size=vitdet_window_size)
+        source = str(Path(name).expanduser().resolve())
     elif name.startswith("hf-hub:") or Path(name).expanduser().exists():
         from vfmkit.models.backbones.radio.load import load_radio_checkpoint
 

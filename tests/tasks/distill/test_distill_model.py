@@ -121,3 +121,25 @@ def test_registry_teacher_with_its_adaptor_is_loaded_from_the_spec(data):
     assert (teacher.summary_dim, teacher.feature_dim) == (40, 24) and teacher.resolution == (64, 64)
     losses = model.train()(_batch(model, data))
     assert torch.isfinite(losses["loss"])
+
+
+def test_state_leaves_the_teachers_out_and_reloads_strictly(data):
+    def build():
+        return build_distill_model(
+            distill_spec(data, [{"backbone": "pattern-oracle", "name": "pattern"}]),
+            teacher_backbones={"pattern": PatternTeacher()},
+        )
+
+    model = build()
+    batch = _batch(model, data)
+    model.train()(batch)  # the standardisers learn something
+    state = model.state_dict()
+    assert not any(k.startswith("teachers.") for k in state)
+    assert any(k.startswith("standardizers.pattern.summary.") for k in state)
+    fresh = build()
+    fresh.load_state_dict(state, strict=True)
+    model.eval(), fresh.eval()
+    torch.testing.assert_close(fresh(batch)["loss"], model(batch)["loss"])
+    wrapped = torch.nn.ModuleDict({"model": model})  # nested, as inside a LightningModule
+    assert not any(".teachers." in k for k in wrapped.state_dict())
+    torch.nn.ModuleDict({"model": build()}).load_state_dict(wrapped.state_dict(), strict=True)

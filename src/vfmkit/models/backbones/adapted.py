@@ -114,8 +114,8 @@ class AdaptedBackbone(Backbone):
         return {f"backbone.{name}" for name in self.backbone.no_weight_decay()}
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
-        if hasattr(self.backbone, "set_grad_checkpointing"):
-            self.backbone.set_grad_checkpointing(enable)
+        super().set_grad_checkpointing(enable)
+        self.backbone.set_grad_checkpointing(enable)
 
 
 def plain_backbone(backbone: Backbone) -> Backbone:

@@ -20,13 +20,13 @@ import copy
 
 from torch import nn
 
+from vfmkit.engine.optim import layer_id
 from vfmkit.models.backbones.adapted import AdaptedBackbone, plain_backbone
 from vfmkit.models.backbones.base import Backbone
 from vfmkit.models.backbones.radio.adaptors import MLP1, MLP2, AttnFeatureHead
 from vfmkit.models.backbones.radio.config import AdaptorConfig
 from vfmkit.models.backbones.radio.model import RadioBackbone
 from vfmkit.models.losses.phi_s import FeatureStandardizer
-from vfmkit.tasks.optim import layer_id
 
 HEAD_PREFIX = "adaptors."
 
@@ -80,7 +80,7 @@ def head_config(
 
 def set_trainable_blocks(student: Backbone, trainable_blocks: int | None) -> None:
     """Heads always train; the student trains whole (None) or only its last ``trainable_blocks`` blocks and what
-    follows them (final norm). Layers are told apart by :func:`vfmkit.tasks.optim.layer_id`."""
+    follows them (final norm). Layers are told apart by :func:`vfmkit.engine.optim.layer_id`."""
     depth = plain_backbone(student).num_blocks
     wrapped = isinstance(student, AdaptedBackbone)
     for name, param in student.named_parameters():

@@ -9,6 +9,9 @@ One training step is ``losses = model(batch)`` on a :func:`~vfmkit.tasks.distill
    frozen); targets are standardised;
 3. the student runs once; each head's outputs meet their teacher's targets (feature grids resized to the coarser);
 4. ``losses["loss"] = sum_t loss_lambda_t * L_t / #teachers``.
+
+Checkpoints hold the student, its heads and the standardisers' statistics, never the teachers: they are rebuilt
+from the spec (``state_dict`` leaves ``teachers.*`` out and ``load_state_dict`` keeps the teachers it has).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from torch import nn
 from vfmkit.errors import VfmError
 from vfmkit.models.backbones.adapted import attach_adaptors, set_summary_slots
 from vfmkit.models.backbones.base import Backbone, nearest_supported_resolution
+from vfmkit.models.backbones.radio.config import AdaptorConfig
 from vfmkit.models.factory import load_backbone
 from vfmkit.models.losses.distill import TeacherLoss, match_token_grids
 from vfmkit.models.losses.phi_s import FeatureStandardizer, build_standardizer
@@ -32,6 +36,8 @@ from vfmkit.tasks.distill.spec import DistillSpec, TeacherSpec
 from vfmkit.tasks.distill.teachers import FrozenTeacher, TeacherCache, TeacherTargets
 
 logger = logging.getLogger(__name__)
+
+TEACHER_PREFIX = "teachers."
 
 
 class DistillModel(nn.Module):
@@ -61,6 +67,19 @@ class DistillModel(nn.Module):
         self.cache = cache
         self.cache_hits = 0
         self.cache_misses = 0
+
+    def state_dict(self, *args: Any, destination=None, prefix: str = "", keep_vars: bool = False):
+        """The state without the teachers' tensors (see the module docstring)."""
+        state = super().state_dict(*args, destination=destination, prefix=prefix, keep_vars=keep_vars)
+        for key in [k for k in state if k.startswith(prefix + TEACHER_PREFIX)]:
+            del state[key]
+        return state
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any, **kwargs: Any) -> None:
+        # a saved state has no teacher tensors: the teachers loaded from the spec stay as they are
+        for key, value in self.teachers.state_dict(prefix=prefix + TEACHER_PREFIX, keep_vars=True).items():
+            state_dict.setdefault(key, value)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def teacher_targets(self, batch: dict[str, Any]) -> dict[str, TeacherTargets]:
         """Raw (teacher-space) float32 targets of every teacher for the batch, on the student's device."""
@@ -203,36 +222,12 @@ def build_distill_model(
     """
     student = student if student is not None else build_student(spec)
     size = student_resolution(student, spec.model.resolution)
-    teachers, configs, losses, standardizers = [], [], {}, {}
     distill = spec.distill
-    for index, teacher_spec in enumerate(distill.teacher):
-        name = teacher_spec.head_name
-        teacher = build_teacher(teacher_spec, size, (teacher_backbones or {}).get(name))
-        teachers.append(teacher)
-        slot = resolve_token_slot(student, teacher_spec.summary_token_idx, index)
-        configs.append(
-            head_config(
-                name,
-                student,
-                teacher_spec.mode,
-                teacher.summary_dim,
-                teacher.feature_dim,
-                slot,
-                teacher_spec.spatial_mlp_version,
-                teacher_spec.mlp_hidden_size,
-                teacher_spec.mlp_num_inner,
-            )
-        )
-        losses[name] = TeacherLoss(
-            teacher_spec.mode,
-            teacher.summary_dim,
-            teacher_spec.loss_type,
-            teacher_spec.summary_loss_type,
-            teacher_spec.loss_lambda,
-            teacher_spec.summary_loss_weight,
-            teacher_spec.fd_loss_weight,
-        )
-        standardizers[name] = _standardizers(teacher, distill.feature_normalization, distill.phi_s)
+    teachers = [build_teacher(t, size, (teacher_backbones or {}).get(t.head_name)) for t in distill.teacher]
+    pairs = list(zip(distill.teacher, teachers, strict=True))
+    configs = [_head_config(t, teacher, student, index) for index, (t, teacher) in enumerate(pairs)]
+    losses = {teacher.name: _teacher_loss(t, teacher) for t, teacher in pairs}
+    standardizers = {t.name: _standardizers(t, distill.feature_normalization, distill.phi_s) for t in teachers}
     student = attach_adaptors(student, configs)
     if spec.model.summary_from_teachers:
         set_summary_slots(student, sorted({c.token_slot for c in configs if c.summary_mlp is not None}))
@@ -244,6 +239,33 @@ def build_distill_model(
             raise VfmError("distill.cache_teacher_outputs is true but no cache folder is set (distill.cache_dir)")
         cache = TeacherCache(root, {t.name: t.cache_key(distill.cache_dtype) for t in teachers}, distill.cache_dtype)
     return DistillModel(student, teachers, losses, standardizers, cache)
+
+
+def _head_config(spec: TeacherSpec, teacher: FrozenTeacher, student: Backbone, index: int) -> AdaptorConfig:
+    slot = resolve_token_slot(student, spec.summary_token_idx, index)
+    dims = (teacher.summary_dim, teacher.feature_dim)
+    return head_config(
+        teacher.name,
+        student,
+        spec.mode,
+        *dims,
+        slot,
+        spec.spatial_mlp_version,
+        spec.mlp_hidden_size,
+        spec.mlp_num_inner,
+    )
+
+
+def _teacher_loss(spec: TeacherSpec, teacher: FrozenTeacher) -> TeacherLoss:
+    return TeacherLoss(
+        spec.mode,
+        teacher.summary_dim,
+        spec.loss_type,
+        spec.summary_loss_type,
+        spec.loss_lambda,
+        spec.summary_loss_weight,
+        spec.fd_loss_weight,
+    )
 
 
 def _standardizers(teacher: FrozenTeacher, kind: str, phi_s) -> dict[str, FeatureStandardizer]:

@@ -8,7 +8,7 @@ backbone or of one of its adaptor heads.
 :class:`TeacherCache` stores those targets per image, in
 ``<root>/<teacher>-<teacher key[:16]>/<file key[:32]>.safetensors``: ``summary`` (C_s,) and/or ``features``
 (N, C_f) in the cache dtype, and ``grid`` (2,) int64. The teacher key
-hashes the teacher's weights fingerprint (:func:`vfmkit.tasks.classify.features.weights_fingerprint`, the one the
+hashes the teacher's weights fingerprint (:func:`vfmkit.weights.fingerprint.weights_fingerprint`, the one the
 classification feature cache uses), its preprocessing, input size, adaptor, mode and the cache dtype; the file key
 hashes the image's resolved path, size and modification time, as the classification cache does. Any change gives a
 new entry; a corrupt entry reads as a miss and is rewritten.
@@ -31,8 +31,8 @@ from torch import nn
 
 from vfmkit.data.preprocess import target_size
 from vfmkit.errors import VfmError
-from vfmkit.models.backbones.base import Backbone, nearest_supported_resolution
-from vfmkit.tasks.classify.features import weights_fingerprint
+from vfmkit.models.backbones.base import Backbone, freeze, nearest_supported_resolution
+from vfmkit.weights.fingerprint import weights_fingerprint
 
 logger = logging.getLogger(__name__)
 
@@ -93,7 +93,8 @@ class FrozenTeacher(nn.Module):
         resolution: tuple[int, int] | None = None,
     ):
         super().__init__()
-        self.backbone = backbone.eval().requires_grad_(False)
+        freeze(backbone)
+        self.backbone = backbone.eval()
         self.name, self.mode, self.adaptor = name, mode, adaptor
         self.uses_summary = mode in ("summary", "combo")
         self.uses_features = mode in ("spatial", "combo")
@@ -104,7 +105,8 @@ class FrozenTeacher(nn.Module):
         self.summary_dim, self.feature_dim = teacher_output_dims(backbone, adaptor)
 
     def train(self, mode: bool = True) -> FrozenTeacher:
-        """The wrapper follows ``mode``; the teacher itself stays in eval mode."""
+        """The wrapper follows ``mode``; the teacher stays in eval mode (also one without parameters, which
+        :class:`~vfmkit.models.backbones.base.BackboneOwner` would not recognise as frozen)."""
         super().train(mode)
         self.backbone.eval()
         return self
