@@ -1,7 +1,7 @@
 """Distillation steps per second with and without the teacher-output cache, same data, same student, same teacher.
 
-    python benchmarks/distill.py [--teacher c-radio-v2-b] [--teacher-resolution 224] [--student test-radio-v2-tiny]
-                                 [--resolution 64] [--images 32] [--epochs 3] [--batch-size 16] [--device cpu]
+    python benchmarks/distill.py [--teacher c-radio-v2-b] [--teacher-resolution 112] [--student test-radio-v2-tiny]
+                                 [--resolution 64] [--images 16] [--epochs 3] [--batch-size 16] [--device cpu]
 
 Both runs train the same student (random init) for the same epochs against one teacher (random init: speed does not
 depend on the weights) in ``combo`` mode (summary + patch features, PHI-S). Without the cache the teacher runs on every
@@ -84,10 +84,10 @@ def run(args: argparse.Namespace, root: Path, cache: bool) -> list[float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--teacher", default="c-radio-v2-b")
-    parser.add_argument("--teacher-resolution", type=int, default=224)
+    parser.add_argument("--teacher-resolution", type=int, default=112)
     parser.add_argument("--student", default="test-radio-v2-tiny")
     parser.add_argument("--resolution", type=int, default=64)
-    parser.add_argument("--images", type=int, default=32, help="images per class (4 classes)")
+    parser.add_argument("--images", type=int, default=16, help="images per class (4 classes)")
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--workers", type=int, default=0)

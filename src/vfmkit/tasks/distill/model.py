@@ -5,9 +5,10 @@ One training step is ``losses = model(batch)`` on a :func:`~vfmkit.tasks.distill
 
 1. teacher targets: cached rows from the batch, the other rows by running each teacher on its own view (and, with a
    cache, storing them);
-2. in training mode, each teacher's summary / feature standardiser takes the batch into its statistics (until
-   frozen); targets are standardised;
-3. the student runs once; each head's outputs meet their teacher's targets (feature grids resized to the coarser);
+2. in training mode, each teacher's summary / feature standardiser takes the raw batch into its statistics (until
+   frozen);
+3. the student runs once; each head's outputs meet their teacher's standardised targets (feature grids averaged to
+   the coarser one first: the standardisation is affine per token, so the order does not change the result);
 4. ``losses["loss"] = sum_t loss_lambda_t * L_t / #teachers``.
 
 Checkpoints hold the student, its heads and the standardisers' statistics, never the teachers: they are rebuilt
@@ -125,18 +126,18 @@ class DistillModel(nn.Module):
             features = run.features[position] if run.features is not None else None
             self.cache.save(name, batch["file_keys"][row], summary, features, run.grid)
 
-    def standardize(self, name: str, targets: TeacherTargets, update: bool) -> TeacherTargets:
-        """Targets in the standardised space of teacher ``name`` (statistics updated first when ``update``)."""
+    def update_standardizers(self, name: str, targets: TeacherTargets) -> None:
+        """Add raw teacher outputs (every token at the teacher's own grid) to teacher ``name``'s statistics."""
+        for kind, standardizer in self.standardizers[name].items():
+            standardizer.update(getattr(targets, kind))
+
+    def standardize(self, name: str, targets: TeacherTargets) -> TeacherTargets:
+        """Targets of teacher ``name`` in its standardised space."""
         kinds = self.standardizers[name]
-        out = {}
-        for kind in ("summary", "features"):
-            value = getattr(targets, kind)
-            if value is not None:
-                if update:
-                    kinds[kind].update(value)
-                value = kinds[kind](value)
-            out[kind] = value
-        return TeacherTargets(out["summary"], out["features"], targets.grid)
+        out = {
+            kind: kinds[kind](getattr(targets, kind)) if getattr(targets, kind) is not None else None for kind in kinds
+        }
+        return TeacherTargets(out.get("summary"), out.get("features"), targets.grid)
 
     def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         """The losses of a batch: ``loss`` (what to minimise) and ``<teacher>/summary``, ``<teacher>/features``."""
@@ -144,15 +145,17 @@ class DistillModel(nn.Module):
         out = self.student(batch["student"])
         losses: dict[str, torch.Tensor] = {}
         total = 0.0
-        for name, teacher_targets in targets.items():
-            target = self.standardize(name, teacher_targets, update=self.training)
+        for name, raw in targets.items():
+            if self.training:
+                self.update_standardizers(name, raw)
             head = out.adaptors[name]
-            student_features = teacher_features = None
-            if target.features is not None:
-                student_features, teacher_features, _ = match_token_grids(
-                    head.features, head.grid, target.features, target.grid
+            student_features = teacher_tokens = None
+            if raw.features is not None:  # pool first: the standardisation is affine, so it commutes with averaging
+                student_features, teacher_tokens, _ = match_token_grids(
+                    head.features, head.grid, raw.features, raw.grid
                 )
-            terms = self.losses[name](head.summary, target.summary, student_features, teacher_features)
+            target = self.standardize(name, TeacherTargets(raw.summary, teacher_tokens, raw.grid))
+            terms = self.losses[name](head.summary, target.summary, student_features, target.features)
             for key, value in terms.items():
                 if key != "total":
                     losses[f"{name}/{key}"] = value.detach()
