@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import torch
+
 from vfmkit.errors import WeightsError
 
 
@@ -35,6 +37,27 @@ class LoadReport:
             f"{self.source}: {len(self.loaded)} loaded, {len(self.missing)} missing, {len(self.unexpected)} "
             f"unexpected, {len(self.ignored)} ignored, {len(self.converted)} converted, {len(self.resized)} resized"
         )
+
+    def load_exact(self, module: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+        """``module.load_state_dict(state, strict=True)``, every key recorded here first.
+
+        Raises:
+            WeightsError: a shape mismatch (naming the key), or missing / unexpected keys (:meth:`raise_on_problems`).
+        """
+        expected = module.state_dict()
+        for key, value in state.items():
+            if key not in expected:
+                self.unexpected.append(key)
+            elif expected[key].shape != value.shape:
+                raise WeightsError(
+                    f"{self.source}: {key} has shape {tuple(value.shape)}, the architecture expects "
+                    f"{tuple(expected[key].shape)}"
+                )
+            else:
+                self.loaded.append(key)
+        self.missing.extend(k for k in expected if k not in state)
+        self.raise_on_problems()
+        module.load_state_dict(state, strict=True)
 
     def raise_on_problems(self) -> None:
         """Raise when any model key is missing or any checkpoint key is unexpected.

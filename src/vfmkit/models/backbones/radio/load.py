@@ -110,19 +110,7 @@ def load_radio_checkpoint(
     report = LoadReport(source=str(source), ignored=list(ckpt.dropped), converted=list(ckpt.converted))
     state = model_state_dict(ckpt, cfg, report)
     model = RadioBackbone(cfg)
-    expected = model.state_dict()
-    for key, value in state.items():
-        if key not in expected:
-            report.unexpected.append(key)
-        elif expected[key].shape != value.shape:
-            raise WeightsError(
-                f"{source}: {key} has shape {tuple(value.shape)}, the architecture expects {tuple(expected[key].shape)}"
-            )
-        else:
-            report.loaded.append(key)
-    report.missing = [k for k in expected if k not in state]
-    report.raise_on_problems()
-    model.load_state_dict(state, strict=True)
+    report.load_exact(model, state)
     model.load_report = report
     logger.info(report.summary())
     return model.eval()
