@@ -338,24 +338,6 @@ def _build_student(student: dict[str, Any], vitdet_window_size: int | None, wher
     return build_from_entry(resolve_entry(student["registry_id"]), pretrained=False)
 
 
-def _load_exact(module: nn.Module, state: dict[str, torch.Tensor], report: LoadReport) -> None:
-    """``module.load_state_dict(state, strict=True)`` with every mismatch reported as a WeightsError."""
-    expected = module.state_dict()
-    for key, value in state.items():
-        if key not in expected:
-            report.unexpected.append(key)
-        elif expected[key].shape != value.shape:
-            raise WeightsError(
-                f"{report.source}: {key} has shape {tuple(value.shape)}, the architecture expects "
-                f"{tuple(expected[key].shape)}"
-            )
-        else:
-            report.loaded.append(key)
-    report.missing.extend(k for k in expected if k not in state)
-    report.raise_on_problems()
-    module.load_state_dict(state, strict=True)
-
-
 def load_adapted_backbone(
     folder: str | Path, adaptors: Sequence[str] = (), vitdet_window_size: int | None = None
 ) -> Backbone:
@@ -382,7 +364,7 @@ def load_adapted_backbone(
         raise WeightsError(f"{folder}: adaptor(s) {unknown} are not in this adapted backbone; it has {sorted(heads)}")
     report = LoadReport(source=str(weights))
     student = _build_student(manifest["student"], vitdet_window_size, folder / MANIFEST_NAME)
-    _load_exact(student, {k: v for k, v in tensors.items() if not k.startswith(ADAPTOR_PREFIX)}, report)
+    report.load_exact(student, {k: v for k, v in tensors.items() if not k.startswith(ADAPTOR_PREFIX)})
     report.ignored.extend(k for k in tensors if k.startswith(ADAPTOR_PREFIX))
     model = student
     if adaptors:
@@ -392,7 +374,7 @@ def load_adapted_backbone(
         prefixes = tuple(f"{ADAPTOR_PREFIX}{name}." for name in adaptors)
         wanted = {k[len(ADAPTOR_PREFIX) :]: v for k, v in tensors.items() if k.startswith(prefixes)}
         report.ignored = [k for k in report.ignored if not k.startswith(prefixes)]
-        _load_exact(model.adaptors, wanted, report)
+        report.load_exact(model.adaptors, wanted)
     plain_backbone(model).registry_id = manifest["student"].get("registry_id")
     model.adapted_manifest = manifest
     model.load_report = report

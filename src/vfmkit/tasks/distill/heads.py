@@ -21,14 +21,12 @@ import copy
 from torch import nn
 
 from vfmkit.engine.optim import layer_id
-from vfmkit.models.backbones.adapted import AdaptedBackbone, plain_backbone
+from vfmkit.models.backbones.adapted import ADAPTOR_PREFIX, AdaptedBackbone, plain_backbone
 from vfmkit.models.backbones.base import Backbone
 from vfmkit.models.backbones.radio.adaptors import MLP1, MLP2, AttnFeatureHead
 from vfmkit.models.backbones.radio.config import AdaptorConfig
 from vfmkit.models.backbones.radio.model import RadioBackbone
 from vfmkit.models.losses.phi_s import FeatureStandardizer
-
-HEAD_PREFIX = "adaptors."
 
 
 def summary_slot_width(student: Backbone) -> int:
@@ -84,7 +82,7 @@ def set_trainable_blocks(student: Backbone, trainable_blocks: int | None) -> Non
     depth = plain_backbone(student).num_blocks
     wrapped = isinstance(student, AdaptedBackbone)
     for name, param in student.named_parameters():
-        if name.startswith(HEAD_PREFIX):
+        if name.startswith(ADAPTOR_PREFIX):
             param.requires_grad_(True)
             continue
         inner = name.removeprefix("backbone.") if wrapped else name
@@ -93,12 +91,12 @@ def set_trainable_blocks(student: Backbone, trainable_blocks: int | None) -> Non
 
 def head_parameters(student: Backbone) -> list[tuple[str, nn.Parameter]]:
     """(name, parameter) of the heads."""
-    return [(n, p) for n, p in student.named_parameters() if n.startswith(HEAD_PREFIX)]
+    return [(n, p) for n, p in student.named_parameters() if n.startswith(ADAPTOR_PREFIX)]
 
 
 def backbone_parameters(student: Backbone) -> list[tuple[str, nn.Parameter]]:
     """(name, parameter) of the student without its heads (names as in ``student.named_parameters()``)."""
-    return [(n, p) for n, p in student.named_parameters() if not n.startswith(HEAD_PREFIX)]
+    return [(n, p) for n, p in student.named_parameters() if not n.startswith(ADAPTOR_PREFIX)]
 
 
 def _last_linear(mlp: nn.Module) -> tuple[nn.Module, str]:

@@ -17,7 +17,6 @@ from the spec (``state_dict`` leaves ``teachers.*`` out and ``load_state_dict`` 
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -35,8 +34,6 @@ from vfmkit.models.losses.phi_s import FeatureStandardizer, build_standardizer
 from vfmkit.tasks.distill.heads import head_config, resolve_token_slot, set_trainable_blocks
 from vfmkit.tasks.distill.spec import DistillSpec, TeacherSpec
 from vfmkit.tasks.distill.teachers import FrozenTeacher, TeacherCache, TeacherTargets
-
-logger = logging.getLogger(__name__)
 
 TEACHER_PREFIX = "teachers."
 
