@@ -147,3 +147,13 @@ def test_identity_changes_nothing():
     assert torch.equal(identity(x), x) and identity.frozen
     with pytest.raises(ValueError, match="unknown feature normalization"):
         build_standardizer("zca", 8)
+
+
+def test_standardisation_is_not_lowered_by_autocast():
+    x = _rotated_gaussian(16, samples=256)
+    phi = PhiStandardizer(16, freeze_after=1)
+    phi.update(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = phi(x)
+    assert y.dtype == torch.float32
+    torch.testing.assert_close(y, phi(x))

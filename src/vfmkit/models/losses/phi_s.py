@@ -61,10 +61,10 @@ class FeatureStandardizer(nn.Module):
         """Add a batch of teacher vectors (..., C) to the statistics (no-op for fixed maps)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(..., C) teacher-space -> (..., C) standardised, in ``x``'s dtype."""
+        """(..., C) teacher-space -> (..., C) standardised, in ``x``'s dtype (never lowered by autocast)."""
         self._check(x)
-        a = self.projection.to(x.dtype)
-        return (x - self.center.to(x.dtype)) @ a.T
+        with torch.autocast(x.device.type, enabled=False):
+            return (x - self.center.to(x.dtype)) @ self.projection.to(x.dtype).T
 
     def inverse_matrix(self) -> torch.Tensor:
         """(C, C) float64 ``A^-1`` (orthogonal maps times a scalar invert exactly)."""
@@ -73,7 +73,8 @@ class FeatureStandardizer(nn.Module):
     def inverse(self, y: torch.Tensor) -> torch.Tensor:
         """(..., C) standardised -> (..., C) teacher space, in ``y``'s dtype."""
         self._check(y)
-        return y @ self.inverse_matrix().to(y.dtype).T + self.center.to(y.dtype)
+        with torch.autocast(y.device.type, enabled=False):
+            return y @ self.inverse_matrix().to(y.dtype).T + self.center.to(y.dtype)
 
     def fold_inverse_into_linear(self, linear: nn.Linear) -> nn.Linear:
         """A new Linear whose outputs are the teacher-space version of ``linear``'s standardised outputs.
