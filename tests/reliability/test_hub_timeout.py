@@ -53,6 +53,25 @@ def test_offline_fails_without_a_network_wait(capsys) -> None:
     assert "fetching" not in capsys.readouterr().err
 
 
+def test_a_refused_connection_is_reported_as_unreachable(monkeypatch, capsys) -> None:
+    import huggingface_hub
+    import huggingface_hub.constants as constants
+
+    def refuse(url, timeout):
+        assert timeout == 3.0
+        raise ConnectionRefusedError(111, "Connection refused")
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setenv("HF_HUB_ETAG_TIMEOUT", "3")
+    monkeypatch.setattr(huggingface_hub, "get_hf_file_metadata", refuse)
+    with pytest.raises(HubUnreachableError, match="could not be reached") as info:
+        fetch_hub_file(parse_hub("hf-hub:acme/radio-x@v2"), "model.safetensors")
+    assert "hf-hub:acme/radio-x@v2" in str(info.value) and constants.ENDPOINT in str(info.value)
+    assert capsys.readouterr().err.startswith(
+        f"fetching model.safetensors of hf-hub:acme/radio-x@v2 from {constants.ENDPOINT}"
+    )
+
+
 def test_an_unreachable_hub_stops_at_the_first_weights_file(monkeypatch) -> None:
     """timm repos have two candidate files; a silent endpoint must not be waited on twice."""
     calls = []

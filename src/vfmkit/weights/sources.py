@@ -118,9 +118,10 @@ def _check_hub_answers(ref: HubRef, filename: str, endpoint: str, timeout: float
     except HfHubHTTPError as err:  # the Hub answered: 404 (no such repo or file), 401/403 (gated, private), 5xx
         raise WeightsError(_not_fetched(ref, filename, f"from {endpoint}: {_hub_reason(err)}")) from None
     except Exception as err:  # transport errors: timeout, refused connection, DNS, proxy
-        waited = "did not answer within" if "timeout" in type(err).__name__.lower() else "could not be reached in"
+        timed_out = "timeout" in type(err).__name__.lower() or isinstance(err, TimeoutError)
+        problem = f"did not answer within {timeout:g} s" if timed_out else "could not be reached"
         raise HubUnreachableError(
-            f"{filename} of {_repo_label(ref)}: {endpoint} {waited} {timeout:g} s ({type(err).__name__}). Check the "
+            f"{filename} of {_repo_label(ref)}: {endpoint} {problem} ({type(err).__name__}). Check the "
             "network or proxy, set HF_HUB_ETAG_TIMEOUT=<seconds> to wait longer, or set HF_HUB_OFFLINE=1 and pass a "
             "cached id or a local checkpoint."
         ) from None
