@@ -3,7 +3,6 @@ subprocesses (one command per process, or many commands through the CLI's ``main
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
@@ -14,48 +13,31 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 from tests.conftest import REPO_ROOT
+from tests.synthetic import save_tiny_radio_checkpoint
 
 import vfmkit
-from vfmkit import load_backbone
+from vfmkit.weights.safe_load import load_pickle_checkpoint
 
 TINY_RADIO = "test-radio-v2-tiny"
-# torch.hub args that describe test-radio-v2-tiny: 4 teachers (one cls token each, SAM without summary) + 4 registers
-TINY_RADIO_ARGS = {
-    "model": "vit_base_patch16_224",
-    "model_kwargs": {"num_heads": 2},
-    "cls_token_per_teacher": True,
-    "cpe_num_registers": 4,
-    "teachers": [{"name": "clip"}, {"name": "siglip"}, {"name": "dino_v2"}, {"name": "sam", "use_summary": False}],
-}
-
-
-def tiny_radio_state() -> dict[str, torch.Tensor]:
-    """The state dict of the tiny random RADIO test model (``model.*``, ``input_conditioner.*`` keys)."""
-    return load_backbone(TINY_RADIO).state_dict()
 
 
 def save_torchhub_checkpoint(path: Path, extra: dict | None = None, **save_options) -> Path:
-    """A torch.hub-layout RADIO ``.pth.tar`` of the tiny test model (``{"args", "state_dict"}`` + ``extra``)."""
-    state = {
-        ("base_model." + k[len("model.") :] if k.startswith("model.") else k): v for k, v in tiny_radio_state().items()
-    }
-    payload = {"args": argparse.Namespace(**TINY_RADIO_ARGS), "state_dict": state, **(extra or {})}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(payload, path, **save_options)
+    """The tiny RADIO test model as a torch.hub ``.pth.tar`` (:func:`tests.synthetic.save_tiny_radio_checkpoint`),
+    with ``extra`` entries added to its payload and saved with ``torch.save(**save_options)``."""
+    save_tiny_radio_checkpoint(path)
+    if extra or save_options:
+        torch.save({**load_pickle_checkpoint(path), **(extra or {})}, path, **save_options)
     return path
 
 
-def _torchhub_key(key: str) -> str:
-    return "base_model." + key.removeprefix("model.") if key.startswith("model.") else key
-
-
 def save_hf_folder(folder: Path) -> Path:
-    """A Hugging Face-layout RADIO folder (``config.json`` + ``model.safetensors``) of the tiny test model."""
+    """The same model as a Hugging Face-layout RADIO folder (``config.json`` + ``model.safetensors``)."""
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "config.json").write_text(json.dumps({"args": TINY_RADIO_ARGS}))
-    save_file(
-        {"radio_model." + k: v.contiguous() for k, v in tiny_radio_state().items()}, str(folder / "model.safetensors")
-    )
+    payload = load_pickle_checkpoint(save_tiny_radio_checkpoint(folder / "source.pth.tar"))
+    (folder / "source.pth.tar").unlink()
+    (folder / "config.json").write_text(json.dumps({"args": vars(payload["args"])}))
+    weights = {"radio_model." + key.removeprefix("base_"): value for key, value in payload["state_dict"].items()}
+    save_file(weights, str(folder / "model.safetensors"))
     return folder
 
 

@@ -26,8 +26,8 @@ from tests.reliability.helpers import (
 )
 
 from vfmkit import load_backbone
+from vfmkit.engine.trained import read_training_checkpoint
 from vfmkit.errors import VfmError, WeightsError
-from vfmkit.tasks.checkpoints import read_task_checkpoint
 from vfmkit.weights.safe_load import load_pickle_checkpoint, load_safetensors, refused_globals
 
 FUZZ_CASES = 60
@@ -148,7 +148,7 @@ def _hostile_files(tmp_path: Path) -> list[tuple[Path, Path, object, object]]:
     return [
         (timm_file, timm_file, mkdir, load_timm_checkpoint),
         (pth, pth, system, load_backbone),
-        (legacy, legacy, mkdir, lambda path: read_task_checkpoint(path, "classify")),
+        (legacy, legacy, mkdir, read_training_checkpoint),
         (plain, plain, system, load_pickle_checkpoint),
         (folder / "model.pth.tar", folder, system, load_backbone),
     ]
