@@ -25,13 +25,15 @@ from __future__ import annotations
 import glob
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps
+from tqdm import tqdm
 
-from vfmkit.errors import DataError
+from vfmkit.errors import DataError, UnreadableFileError
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +63,7 @@ def load_image_rgb(path: str | Path, background: str = "white") -> Image.Image:
     """
     path = Path(path)
     if not path.is_file():
-        raise DataError(f"cannot read image {path}: no such file")
+        raise UnreadableFileError(f"cannot read image {path}: no such file")
     try:
         with Image.open(path) as image:
             image.load()
@@ -69,7 +71,36 @@ def load_image_rgb(path: str | Path, background: str = "white") -> Image.Image:
     except DataError:
         raise
     except (OSError, SyntaxError, ValueError, TypeError, Image.DecompressionBombError) as exc:
-        raise DataError(f"cannot read image {path}: {_reason(exc)}") from exc
+        raise UnreadableFileError(f"cannot read image {path}: {_reason(exc)}") from exc
+
+
+def unreadable_files(
+    paths: Sequence[Path], check: Callable[[Path], object] | None = None, workers: int = 8, what: str = "images"
+) -> list[str | None]:
+    """Decode every file fully, in parallel threads, with a progress bar on a terminal; the reason each one fails.
+
+    Args:
+        paths: the files.
+        check: decodes one file, raising :class:`~vfmkit.errors.UnreadableFileError` when it cannot
+            (default: :func:`load_image_rgb`).
+        workers: threads.
+        what: what the progress bar counts.
+
+    Returns:
+        Per file, None when it decoded, else the reason (the error message, naming the file).
+    """
+    check = check or load_image_rgb
+
+    def problem(path: Path) -> str | None:
+        try:
+            check(path)
+        except UnreadableFileError as err:
+            return str(err)
+        return None
+
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        results = pool.map(problem, paths)
+        return list(tqdm(results, total=len(paths), desc=f"checking {what}", unit="file", disable=None, leave=False))
 
 
 def _reason(exc: BaseException) -> str:
@@ -233,3 +264,43 @@ def _read_list_file(list_file: Path) -> list[Path]:
         file = Path(entry).expanduser()
         files.append(file if file.is_absolute() else list_file.parent / file)
     return files
+
+
+def index_by_stem(folder: Path, suffix: str = "") -> dict[str, Path]:
+    """``relative/folder/<stem minus suffix>`` -> file, for every image file below ``folder`` (hidden skipped,
+    symlinked folders followed once: see :func:`iter_files`); pairs images with masks, A with B images ...
+
+    Raises:
+        DataError: two files with the same key (e.g. ``a.png`` and ``a.jpg``), naming both.
+    """
+    index: dict[str, Path] = {}
+    for path in iter_files(folder):
+        if not is_image_file(path):
+            continue
+        relative = path.relative_to(folder)
+        stem = path.stem
+        if suffix:
+            if not stem.endswith(suffix):
+                continue
+            stem = stem[: -len(suffix)]
+        key = (relative.parent / stem).as_posix()
+        if key in index:
+            raise DataError(f"{index[key]} and {path} have the same stem {key!r}; keep one file per stem")
+        index[key] = path
+    return index
+
+
+def image_size(path: Path) -> tuple[int, int]:
+    """(W, H) of an image file as :func:`~vfmkit.data.images.load_image_rgb` returns it (EXIF rotation applied),
+    read from the header only.
+
+    Raises:
+        DataError: an unreadable file, naming it.
+    """
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+            rotated = image.getexif().get(_EXIF_ORIENTATION, 1) in (5, 6, 7, 8)
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise DataError(f"cannot read image {path}: {' '.join(str(exc).split()) or type(exc).__name__}") from exc
+    return (height, width) if rotated else (width, height)
