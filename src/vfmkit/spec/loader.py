@@ -155,10 +155,19 @@ def resolve_paths(spec: BaseModel, base_dir: Path, from_file: set[str], prefix: 
         dotted = prefix + name
         if isinstance(value, BaseModel):
             resolve_paths(value, base_dir, from_file, dotted + ".")
+        elif isinstance(value, list) and value and all(isinstance(item, BaseModel) for item in value):
+            # a list of sections (e.g. dataset.train_data_sources): its items come from where the list came from
+            inner = {f"{dotted}.{key}" for key in _all_keys(type(value[0]))} if dotted in from_file else set()
+            for item in value:
+                resolve_paths(item, base_dir, from_file | inner, dotted + ".")
         elif isinstance(value, Path) and _is_spec_path(field):
             root = base_dir if dotted in from_file else Path.cwd()
             resolved = value.expanduser()
             setattr(spec, name, resolved if resolved.is_absolute() else (root / resolved).resolve())
+
+
+def _all_keys(model: type[BaseModel], prefix: str = "") -> set[str]:
+    return set(schema_paths(model, prefix))
 
 
 def load_spec(model: type[BaseModel], path: str | Path | None, overrides: list[str] | None = None) -> BaseModel:
