@@ -22,9 +22,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tests.synthetic import make_shapes_dataset  # noqa: E402
 
-from vfmkit.data.classification import preflight  # noqa: E402
+from vfmkit.tasks.classify.data import preflight  # noqa: E402
 from vfmkit.data.sampling import ClassificationDataset, EpochSeededSampler, FeatureDataset  # noqa: E402
-from vfmkit.spec.classify import ClassifySpec  # noqa: E402
+from vfmkit.tasks.classify.spec import ClassifySpec  # noqa: E402
 from vfmkit.tasks.classify.features import cached_summaries  # noqa: E402
 from vfmkit.tasks.classify.model import Classifier, set_trainable  # noqa: E402
 from vfmkit.tasks.classify.module import ClassifyModule  # noqa: E402

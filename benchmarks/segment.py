@@ -15,7 +15,7 @@ import torch
 
 import vfmkit.models.necks.msdeform_attn as msda
 from vfmkit import load_backbone
-from vfmkit.spec.segment import SegmentModelSpec
+from vfmkit.tasks.segment.spec import SegmentModelSpec
 from vfmkit.tasks.segment.model import Segmenter
 
 
