@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vfmkit.models.backbones.base import Backbone
-from vfmkit.models.necks.common import NECK_STRIDES, freeze, resize_to
+from vfmkit.models.backbones.base import Backbone, BackboneOwner, freeze
+from vfmkit.models.necks.common import NECK_STRIDES, resize_to
 
 
 class NeckLevels(nn.Module):
@@ -68,13 +68,13 @@ def pool_to(fmap: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return resize_to(fmap, size)
 
 
-class FrozenFoundationBranch(nn.Module):
+class FrozenFoundationBranch(BackboneOwner):
     """A frozen vfmkit backbone beside the detector: its summary feeds the decoder's image queries, its patch tokens
     an extra encoder level at ``stride`` (64) that enriches the fusion.
 
     The image is resized by ``input_scale`` (TAO: 0.5, so stride-16 tokens land at stride 32 of the input) to the
     backbone's resolution step; the token map is then max-pooled (or resized) to ceil(H/stride) x ceil(W/stride).
-    The backbone never trains and stays in eval mode; its pass runs without gradients.
+    The backbone never trains and stays in eval mode (:class:`BackboneOwner`); its pass runs without gradients.
 
     Args:
         backbone: any vfmkit backbone (frozen here).
@@ -93,11 +93,6 @@ class FrozenFoundationBranch(nn.Module):
         self.feature_dim = int(backbone.embed_dim)
         freeze(backbone)
         backbone.eval()
-
-    def train(self, mode: bool = True) -> FrozenFoundationBranch:
-        super().train(mode)
-        self.backbone.eval()
-        return self
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """images (B, 3, H, W) in [0, 1] -> ``summary`` (B, summary_dim), ``level`` (B, feature_dim, ceil(H/stride),
