@@ -12,11 +12,10 @@ from tests.tasks.detect.train_helper import TINY_HEAD
 from vfmkit.export.onnx import export_onnx
 from vfmkit.export.runtime import OnnxModel
 from vfmkit.export.verify import verify_onnx
-from vfmkit.models.heads.detr import build_detector
 from vfmkit.tasks.detect.data import DetectionDataset, collate_detection, load_detection_data
-from vfmkit.tasks.detect.model import ExportableDetector
+from vfmkit.tasks.detect.model import ExportableDetector, build_model
 from vfmkit.tasks.detect.postprocess import postprocess_detections
-from vfmkit.tasks.detect.spec import DetectDataSpec
+from vfmkit.tasks.detect.spec import DetectDataSpec, DetectModelSpec
 
 
 @pytest.fixture(scope="module")
@@ -28,9 +27,18 @@ def batch(tmp_path_factory):
     return data, images, torch.stack([t["orig_size"] for t in targets])
 
 
-def _detector(head: str, **extra):
+SPEC_HEAD = {k: v for k, v in TINY_HEAD.items() if k not in ("csp_blocks",)}
+
+
+def _detector(head: str, frozen_fm: str | None = None):
+    """A tiny detector built from the task spec's model section (as the task builds it)."""
     torch.manual_seed(0)
-    model, _ = build_detector(3, head, backbone="test-radio-v2-tiny", **{**TINY_HEAD, **extra})
+    fm = {"enabled": frozen_fm is not None, "backbone": frozen_fm or "c-radio-v3-b", "pretrained": False}
+    spec = DetectModelSpec(backbone="test-radio-v2-tiny", head=head, resolution=64, frozen_fm=fm, **SPEC_HEAD)
+    model, criterion = build_model(spec, 3)
+    assert model.config.num_queries == TINY_HEAD["num_queries"] and model.config.encoder in ("hybrid", "deformable")
+    assert criterion.cls_loss == ("vfl" if head == "rtdetr" else "focal")
+    assert (model.frozen_fm is not None) == (frozen_fm is not None)
     return model.eval()
 
 

@@ -58,6 +58,7 @@ def test_held_out_generalisation(tmp_path, head):
     val, val_images, val_targets = fixed_set(tmp_path / "val", num_images=32, negatives=3, seed=1)
     torch.manual_seed(0)
     model, criterion = build_detector(data.num_classes, head, backbone="test-radio-v2-tiny", **TINY_HEAD)
+    assert coco_ap(model, val, val_images, val_targets).ap50 < 0.05
     orders = [torch.randperm(len(images), generator=torch.Generator().manual_seed(e)) for e in range(EPOCHS)]
 
     def batch_at(step: int):
@@ -66,4 +67,4 @@ def test_held_out_generalisation(tmp_path, head):
 
     train(model, criterion, batch_at, steps=EPOCHS * 4, lr=2e-3)
     held_out = coco_ap(model, val, val_images, val_targets)
-    assert held_out.ap50 >= 0.15, held_out.summary()
+    assert held_out.ap50 >= 0.25, held_out.summary()  # measured 0.44 (rtdetr) and 0.38 (dino), ~60 CPU s each

@@ -40,8 +40,16 @@ OUTPUT_NAMES = ("pred_logits", "pred_boxes")
 POSTPROCESS_OUTPUT_NAMES = ("pred_logits", "pred_boxes", "boxes", "scores", "labels")
 
 
-def build_model(model: DetectModelSpec, num_classes: int) -> tuple[DETRDetector, DetrCriterion]:
+def build_model(
+    model: DetectModelSpec, num_classes: int, pretrained: bool | None = None
+) -> tuple[DETRDetector, DetrCriterion]:
     """The detector and criterion of ``spec.model`` for ``num_classes`` (derived from the data).
+
+    Args:
+        model: the ``model`` section.
+        num_classes: C.
+        pretrained: None: as the spec says (``model.pretrained``, ``model.frozen_fm.pretrained``); False: random
+            init for both backbones (e.g. before loading a checkpoint that holds them); True: published weights.
 
     Raises:
         VfmError / ModelNotFoundError / WeightsError: unknown backbone, bad options, unusable weights.
@@ -55,13 +63,13 @@ def build_model(model: DetectModelSpec, num_classes: int) -> tuple[DETRDetector,
         backbone=model.backbone,
         neck=model.neck,
         neck_channels=model.neck_channels,
-        pretrained=model.pretrained,
+        pretrained=model.pretrained if pretrained is None else pretrained,
         backbone_checkpoint=model.backbone_checkpoint,
         freeze_backbone=model.freeze_backbone,
         neck_options={"summary_fusion": model.summary_fusion},
         frozen_fm=fm.backbone if fm.enabled else None,
         frozen_fm_input_scale=fm.input_scale,
-        frozen_fm_pretrained=fm.pretrained,
+        frozen_fm_pretrained=fm.pretrained if pretrained is None else pretrained,
         frozen_fm_checkpoint=fm.checkpoint,
         **overrides,
     )

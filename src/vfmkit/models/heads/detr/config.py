@@ -7,6 +7,10 @@ stride-64 level made by a stride-2 conv), 900 queries, 6 deformable encoder laye
 0.25), learned content queries. Both: two-stage query selection, iterative box refinement, contrastive denoising
 (``dn_number`` 100, label noise 0.5, box noise 1.0) and the matching / loss weights class 2 / L1 5 / GIoU 2 (the
 classification loss weight is 1 for RT-DETR's varifocal loss and 2 for DINO's focal loss, as TAO).
+
+Shared simplifications (both presets): query positions are RT-DETR's MLP of the reference box (DINO uses an MLP of
+its sine embedding); batches are never padded (images of a batch share one size), so there are no padding masks or
+valid ratios; per-layer class and box heads are not shared.
 """
 
 from __future__ import annotations
