@@ -29,6 +29,9 @@ class ContractCase:
         frozen: overrides that freeze the backbone (the neck and head still train).
         backbone_key: the spec key of the backbone.
         extra: more overrides (small widths, resolution).
+        config: overrides that make a valid spec without any data on disk (for model-building tests).
+        heads: the model choices to build every registered backbone with (necks, modes ...), one override list each.
+        meta: the task facts a model is built from (class names ...).
     """
 
     task: str
@@ -38,6 +41,9 @@ class ContractCase:
     frozen: list[str] = field(default_factory=lambda: ["model.freeze_backbone=true"])
     backbone_key: str = "model.backbone"
     extra: list[str] = field(default_factory=list)
+    config: list[str] = field(default_factory=list)
+    heads: list[list[str]] = field(default_factory=lambda: [[]])
+    meta: dict = field(default_factory=lambda: {"classes": ["a", "b", "c"]})
 
 
 def _classify_data(root: Path) -> list[str]:
@@ -83,6 +89,8 @@ def _golden_predict(root: Path) -> tuple[list[str], int]:
 
 
 DENSE = ["model.resolution=32", "model.neck_channels=16", "model.decoder_channels=16"]
+NECKS = [["model.neck=vit_adapter"], ["model.neck=simple_pyramid"]]
+GOLDEN = ["dataset.format=csv", "dataset.train_csv=none.csv"]
 
 CASES: dict[tuple[str, str | None], ContractCase] = {
     ("classify", None): ContractCase(
@@ -92,10 +100,36 @@ CASES: dict[tuple[str, str | None], ContractCase] = {
         _classify_predict,
         frozen=["model.mode=linear_probe"],
         extra=["model.resolution=32", "model.head_dropout=0.1"],
+        config=["dataset.root=none"],
+        heads=[["model.mode=linear_probe"], ["model.mode=partial"], ["model.mode=finetune"]],
     ),
-    ("segment", None): ContractCase("segment", None, _segment_data, _segment_predict, extra=DENSE),
-    ("change", "segment"): ContractCase("change", "segment", _levir_data, _levir_predict, extra=DENSE),
+    ("segment", None): ContractCase(
+        "segment",
+        None,
+        _segment_data,
+        _segment_predict,
+        extra=DENSE,
+        config=["dataset.root=none", f"dataset.palette={PALETTE}"],
+        heads=NECKS,
+    ),
+    ("change", "segment"): ContractCase(
+        "change",
+        "segment",
+        _levir_data,
+        _levir_predict,
+        extra=DENSE,
+        config=["dataset.root=none"],
+        heads=NECKS,
+        meta={"classes": ["unchanged", "changed"]},
+    ),
     ("change", "classify"): ContractCase(
-        "change", "classify", _golden_data, _golden_predict, extra=[*DENSE, "model.classifier_hidden=8"]
+        "change",
+        "classify",
+        _golden_data,
+        _golden_predict,
+        extra=[*DENSE, "model.classifier_hidden=8"],
+        config=GOLDEN,
+        heads=[[*neck, f"model.difference={d}"] for neck in NECKS for d in ("learnable", "euclidean")],
+        meta={"classes": ["PASS", "FAIL"]},
     ),
 }

@@ -24,7 +24,7 @@ def common_metadata(taskdef: TaskDef, trained: Trained, resolution: int) -> dict
     meta = {
         "task": taskdef.name,
         "resolution": str(resolution),
-        "backbone": str(trained.spec.model.backbone),
+        "backbone": taskdef.backbone_id(trained.spec),
         "mean": json.dumps(list(prep.mean)),
         "std": json.dumps(list(prep.std)),
         "vfmkit_version": __version__,
@@ -38,22 +38,16 @@ def _check_resolution(taskdef: TaskDef, trained: Trained, resolution: int) -> No
     step = submodule(trained.model, taskdef.backbone_path).preprocessing.resolution_step
     if resolution % step:
         raise VfmError(
-            f"export.resolution must be a multiple of {step} for {trained.spec.model.backbone}, got {resolution}"
+            f"export.resolution must be a multiple of {step} for {taskdef.backbone_id(trained.spec)}, got {resolution}"
         )
     taskdef.check_export_resolution(trained, resolution)
 
 
-def export(family: TaskFamily, spec: BaseModel) -> ExportResult:
-    """Export ``export.checkpoint`` to ``export.out`` (default ``<run>/export/model.onnx``) and verify it."""
+def _export_one(taskdef, trained, spec, plan: ExportPlan, out: Path, resolution: int) -> tuple[float | None, int]:
+    """Export one plan to ``out`` and verify it; (max abs diff or None, verified samples)."""
     from vfmkit.export.onnx import export_onnx
     from vfmkit.export.verify import verify_onnx
 
-    checkpoint = required_checkpoint(spec.export.checkpoint, "export", family.name)
-    taskdef, trained = load_trained(family, checkpoint)
-    resolution = spec.export.resolution or trained.spec.model.resolution
-    _check_resolution(taskdef, trained, resolution)
-    plan: ExportPlan = taskdef.export_plan(trained, resolution)
-    out = Path(spec.export.out or run_dir_of(trained.checkpoint) / "export" / "model.onnx")
     metadata = {**common_metadata(taskdef, trained, resolution), **plan.metadata}
     metadata.pop("vfmkit_version")  # export_onnx writes it itself
     export_onnx(
@@ -66,15 +60,43 @@ def export(family: TaskFamily, spec: BaseModel) -> ExportResult:
         f"exported {out} (opset {spec.export.opset}; inputs {shapes} per sample; outputs "
         f"{', '.join(repr(n) for n in plan.output_names)})"
     )
-    diff, samples = None, 0
-    if spec.export.verify:
-        inputs = taskdef.verification_inputs(spec, trained, resolution)
-        result = verify_onnx(out, plan.module, inputs, tolerance=spec.export.tolerance)
-        diff, samples = result.max_abs_diff, len(inputs[0])
-        print(
-            f"onnxruntime vs PyTorch on {samples} real samples: max abs diff {diff:.3g} "
-            f"(tolerance {spec.export.tolerance:g})"
-        )
+    if not spec.export.verify:
+        return None, 0
+    inputs = plan.verify_inputs or taskdef.verification_inputs(spec, trained, resolution)
+    result = verify_onnx(out, plan.module, inputs, tolerance=spec.export.tolerance)
+    print(
+        f"onnxruntime vs PyTorch on {len(inputs[0])} real samples: max abs diff {result.max_abs_diff:.3g} "
+        f"(tolerance {spec.export.tolerance:g})"
+    )
+    return result.max_abs_diff, len(inputs[0])
+
+
+def export(family: TaskFamily, spec: BaseModel) -> ExportResult:
+    """Export ``export.checkpoint`` to ``export.out`` (default ``<run>/export/model.onnx``) and verify it."""
+    checkpoint = required_checkpoint(spec.export.checkpoint, "export", family.name)
+    taskdef, trained = load_trained(family, checkpoint)
+    taskdef.check_compatible(spec, trained)
+    resolution = spec.export.resolution or taskdef.resolution(trained.spec)
+    _check_resolution(taskdef, trained, resolution)
+    out = Path(spec.export.out or run_dir_of(trained.checkpoint) / "export" / "model.onnx")
+    plans = taskdef.export_plans(trained, resolution, spec)
+    files, diffs, samples = [], [], []
+    for plan in plans:
+        target = out.with_name(f"{out.stem}{plan.suffix}{out.suffix or '.onnx'}")
+        diff, count = _export_one(taskdef, trained, spec, plan, target, resolution)
+        files.append(target)
+        diffs.append(diff)
+        samples.append(count)
+    taskdef.after_export(trained, files)
+    worst = None if any(d is None for d in diffs) else max(diffs)
+    first = plans[0]
     return ExportResult(
-        out, list(plan.input_names), list(plan.output_names), spec.export.opset, diff, spec.export.tolerance, samples
+        files[0],
+        list(first.input_names),
+        list(first.output_names),
+        spec.export.opset,
+        worst,
+        spec.export.tolerance,
+        samples[0],
+        files,
     )

@@ -66,7 +66,9 @@ class Trained:
 class ExportPlan:
     """What to export: the module, example inputs (only shapes and dtypes matter), names and task metadata.
 
-    The engine adds the common metadata (task, variant, resolution, backbone, mean/std, vfmkit version).
+    The engine adds the common metadata (task, variant, resolution, backbone, mean/std, vfmkit version). A task that
+    exports several graphs (e.g. separate image and text encoders) returns one plan per graph, each with a file-name
+    ``suffix`` (``model.onnx`` -> ``model_text.onnx``) and its own ``verify_inputs`` (real preprocessed inputs).
     """
 
     module: nn.Module
@@ -74,6 +76,8 @@ class ExportPlan:
     input_names: list[str]
     output_names: list[str]
     metadata: dict[str, str] = field(default_factory=dict)
+    suffix: str = ""
+    verify_inputs: tuple[torch.Tensor, ...] | None = None
 
 
 @dataclass
@@ -111,7 +115,8 @@ class PredictResult:
 
 @dataclass
 class ExportResult:
-    """An exported ONNX file and its verification (``max_abs_diff`` is None when ``export.verify`` is off)."""
+    """Exported ONNX file(s) and their verification (``max_abs_diff``: the largest difference over every file,
+    None when ``export.verify`` is off). ``path``, ``input_names`` and ``output_names`` are those of the first file."""
 
     path: Path
     input_names: list[str]
@@ -120,6 +125,7 @@ class ExportResult:
     max_abs_diff: float | None
     tolerance: float
     verified_samples: int
+    files: list[Path] = field(default_factory=list)
 
 
 class TaskFamily(Protocol):
@@ -162,6 +168,18 @@ class TaskDef:
     def headline_keys(self, spec: BaseModel) -> tuple[str, ...]:
         """The headline metric keys for ``spec`` (default: :attr:`headline`)."""
         return self.headline
+
+    def backbone_id(self, spec: BaseModel) -> str:
+        """The backbone a spec names (model card, export metadata); default ``spec.model.backbone``."""
+        return str(spec.model.backbone)
+
+    def pretrained(self, spec: BaseModel) -> bool:
+        """Whether a spec asks for published weights; default ``spec.model.pretrained``."""
+        return bool(spec.model.pretrained)
+
+    def resolution(self, spec: BaseModel) -> int:
+        """The input side a spec trains at (the default export resolution); default ``spec.model.resolution``."""
+        return int(spec.model.resolution)
 
     # --- training --------------------------------------------------------------------------------------------------
 
@@ -224,6 +242,13 @@ class TaskDef:
     def export_plan(self, trained: Trained, resolution: int) -> ExportPlan:
         """The graph to export at ``resolution``."""
         raise NotImplementedError
+
+    def export_plans(self, trained: Trained, resolution: int, spec: BaseModel) -> list[ExportPlan]:
+        """Every graph to export (default: the one of :meth:`export_plan`)."""
+        return [self.export_plan(trained, resolution)]
+
+    def after_export(self, trained: Trained, files: list[Path]) -> None:
+        """Write what the exported files need beside them (e.g. tokenizer files)."""
 
     def verification_inputs(self, spec: BaseModel, trained: Trained, resolution: int) -> tuple[torch.Tensor, ...]:
         """Real preprocessed inputs from the dataset to compare onnxruntime with PyTorch on."""

@@ -66,6 +66,15 @@ def _model_weights(state: dict[str, Any]) -> dict[str, Any]:
     return weights
 
 
+def _ema_weights(payload: dict[str, Any]) -> dict[str, Any]:
+    """The exponential moving average of the trained weights when the run kept one (``train.ema.enabled``): the
+    weights validation used, so evaluation, prediction and export use them too."""
+    for state in (payload.get("callbacks") or {}).values():
+        if isinstance(state, dict) and isinstance(state.get("shadow"), dict) and "decay" in state:
+            return {k.removeprefix("model."): v for k, v in state["shadow"].items() if k.startswith("model.")}
+    return {}
+
+
 def _legacy_meta(hparams: dict[str, Any]) -> dict[str, Any]:
     return dict(hparams.get("meta") or {"classes": list(hparams.get("classes", []))})
 
@@ -80,11 +89,16 @@ def load_trained(family: TaskFamily, path: str | Path) -> tuple[TaskDef, Trained
             does not validate, weights that do not fit, or a changed frozen backbone.
     """
     path = find_checkpoint(Path(path))
+    if path.suffix == ".onnx":
+        raise VfmError(
+            f"{path} is an exported ONNX graph; this needs a training checkpoint (a run folder or a .ckpt file). "
+            "Exported graphs are accepted by predict (classify, segment)"
+        )
     hparams, state, payload = read_training_checkpoint(path)
     spec = _validated_spec(family, hparams, path)
     taskdef = family.select(spec)
     meta = _legacy_meta(hparams)
-    weights = _model_weights(state)
+    weights = {**_model_weights(state), **_ema_weights(payload)}
     prefix = taskdef.backbone_path + "."
     record = payload.get(CHECKPOINT_KEY)
     legacy_omitted = record is None and not any(k.startswith(prefix) for k in weights)

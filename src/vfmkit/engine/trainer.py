@@ -16,6 +16,15 @@ from vfmkit.engine.checkpoint import AtomicCheckpoint
 from vfmkit.errors import VfmError
 from vfmkit.spec.base import TrainSpec
 
+QUIET_WARNINGS = (
+    ".*does not have many workers.*",
+    ".*module\\(s\\) in eval mode.*",
+    ".*LeafSpec.*is deprecated.*",
+    ".*validation_step` but have no `val_dataloader.*",  # runs without a val split: the preflight says so already
+    ".*distributed.nn.functional.all_gather is deprecated.*",  # inside Lightning's all_gather
+)
+"""Lightning warnings about choices vfmkit makes on purpose; they would only confuse users."""
+
 
 def _accelerator(spec: TrainSpec) -> str:
     if spec.accelerator == "gpu" and not torch.cuda.is_available():
@@ -38,14 +47,15 @@ def build_trainer(
         The trainer and its checkpoint callback (``best_path`` / ``last_path``).
     """
     checkpoint = AtomicCheckpoint(Path(run_dir) / "checkpoints", monitor=monitor, mode=mode)
-    callbacks: list[pl.Callback] = [checkpoint, MetricsCsv(run_dir)]
+    # the metrics row of an epoch is made before the checkpoint is written, so the checkpoint carries it
+    callbacks: list[pl.Callback] = [MetricsCsv(run_dir), checkpoint]
     interactive = sys.stdout.isatty()  # progress bars in a terminal, plain periodic lines in logs
     if not interactive:
         callbacks.append(PlainProgress())
     if spec.ema.enabled:
         callbacks.append(EMA(spec.ema.decay))
     callbacks += extra_callbacks or []
-    for pattern in (".*does not have many workers.*", ".*module\\(s\\) in eval mode.*", ".*LeafSpec.*is deprecated.*"):
+    for pattern in QUIET_WARNINGS:
         warnings.filterwarnings("ignore", message=pattern)
     logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
     trainer = pl.Trainer(
@@ -59,6 +69,7 @@ def build_trainer(
         deterministic=spec.deterministic,
         check_val_every_n_epoch=spec.val_every,
         num_sanity_val_steps=0,
+        use_distributed_sampler=False,  # vfmkit's samplers shard themselves (exact, resumable, no padded val)
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=interactive,
