@@ -72,22 +72,10 @@ class CocoAnnotation:
     segmentation: Any = None
 
 
-@dataclass
-class CocoDataset:
-    """A COCO instances file.
+class CategoryList:
+    """Label-order views of a ``categories`` list (shared by every holder of COCO categories)."""
 
-    Attributes:
-        json_file: the file read; image_dir: the folder ``file_name`` is relative to.
-        images: in file order.
-        categories: in contiguous-label order (ascending original id).
-        annotations: image id -> its annotations (file order); every image has an entry, possibly empty.
-    """
-
-    json_file: Path
-    image_dir: Path
-    images: list[CocoImage]
     categories: list[CocoCategory]
-    annotations: dict[int, list[CocoAnnotation]] = field(default_factory=dict)
 
     @property
     def num_classes(self) -> int:
@@ -102,6 +90,24 @@ class CocoDataset:
     def category_ids(self) -> list[int]:
         """Original category id of each contiguous label."""
         return [c.id for c in self.categories]
+
+
+@dataclass
+class CocoDataset(CategoryList):
+    """A COCO instances file.
+
+    Attributes:
+        json_file: the file read; image_dir: the folder ``file_name`` is relative to.
+        images: in file order.
+        categories: in contiguous-label order (ascending original id).
+        annotations: image id -> its annotations (file order); every image has an entry, possibly empty.
+    """
+
+    json_file: Path
+    image_dir: Path
+    images: list[CocoImage]
+    categories: list[CocoCategory]
+    annotations: dict[int, list[CocoAnnotation]] = field(default_factory=dict)
 
     @property
     def num_negatives(self) -> int:

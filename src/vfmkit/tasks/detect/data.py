@@ -24,6 +24,7 @@ from torchvision.ops import box_convert
 from vfmkit.data.augment import EpochSeededDataset, sample_seed
 from vfmkit.data.box_transforms import DetectionAugment, pick_scale, resize_batch, resize_with_boxes
 from vfmkit.data.coco import (
+    CategoryList,
     CocoAnnotation,
     CocoCategory,
     CocoDataset,
@@ -58,25 +59,13 @@ class DetectionSplit:
 
 
 @dataclass
-class DetectionData:
-    """The checked splits of a detection dataset and their shared categories."""
+class DetectionData(CategoryList):
+    """The checked splits of a detection dataset and their shared categories (``num_classes``, ``class_names``,
+    ``category_ids``: the original id per contiguous label)."""
 
     format: str
     categories: list[CocoCategory]
     splits: dict[str, DetectionSplit] = field(default_factory=dict)
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.categories)
-
-    @property
-    def class_names(self) -> list[str]:
-        return [c.name for c in self.categories]
-
-    @property
-    def category_ids(self) -> list[int]:
-        """Original category id per contiguous label."""
-        return [c.id for c in self.categories]
 
     def split(self, name: str) -> DetectionSplit | None:
         return self.splits.get(name)
