@@ -81,7 +81,20 @@ def test_task_probabilities_by_head_and_format():
                     "semantic": {"root": "d", "palette": [{"name": "a", "id": 0}, {"name": "b", "id": 0}]},
                 }
             },
-            "distinct ids",
+            "duplicate id",
+        ),
+        (
+            {
+                "dataset": {
+                    "format": "semantic_masks",
+                    "semantic": {
+                        "root": "d",
+                        "augment": {"hflip": 0},
+                        "palette": [{"name": "a", "id": 0}, {"name": "b", "id": 1}],
+                    },
+                }
+            },
+            "set dataset.augment",
         ),
         ({"model": {"head": "mask2former"}, "export": {"task": "semantic"}}, "mask2former has none"),
         ({"model": {"num_object_queries": 10}}, "n_ctx"),

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
+
+import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
@@ -12,6 +16,7 @@ from vfmkit.models.necks import build_neck
 from vfmkit.spec.dense import DenseAugmentSpec
 from vfmkit.tasks.universal.data import UniversalDataset, UniversalSplit, collate_universal
 from vfmkit.tasks.universal.metrics import UniversalEvaluator
+from vfmkit.tasks.universal.postprocess import instance_inference, resize_mask_logits
 
 TINY = {
     "num_object_queries": 12,
@@ -53,21 +58,14 @@ def train(
     task_prob: dict | None = None,
     size: int = 64,
     seed: int = 0,
+    augment: DenseAugmentSpec = NO_AUGMENT,
 ) -> list[float]:
-    """A plain AdamW loop over ``split`` (no augmentation; tasks drawn per sample); returns the losses."""
+    """A plain AdamW loop (one-cycle lr, gradient clipping) over ``split``; tasks drawn per sample; returns the
+    losses."""
     torch.manual_seed(seed)
     config = model.config
-    dataset = UniversalDataset(
-        split,
-        size,
-        True,
-        NO_AUGMENT,
-        seed,
-        task_prob,
-        config.num_texts,
-        config.task_seq_len,
-        config.text_context_length,
-    )
+    texts = {"num_texts": config.num_texts, "text_context_length": config.text_context_length}
+    dataset = UniversalDataset(split, size, True, augment, seed, task_prob, **texts)
     loader = DataLoader(dataset, batch_size, shuffle=True, collate_fn=collate_universal, drop_last=True)
     criterion = tiny_criterion(model.num_classes)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=1e-4)
@@ -85,7 +83,7 @@ def train(
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
             schedule.step()
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
             step += 1
             if step == steps:
                 break
@@ -93,22 +91,76 @@ def train(
 
 
 @torch.no_grad()
-def evaluate(model: UniversalSegmenter, split: UniversalSplit, size: int = 64, **thresholds) -> dict:
-    """PQ (panoptic task) and mIoU (semantic task) of ``model`` on ``split`` at full resolution."""
+def evaluate(model: UniversalSegmenter, split: UniversalSplit, size: int = 64) -> dict:
+    """Every task at inference, at full resolution: PQ (panoptic), mIoU (semantic) and ``mask_ap50`` (instance: COCO
+    segm AP at IoU 0.5 by pycocotools, crowd regions as COCO handles them). OneFormer runs once per task with that
+    task's token; Mask2Former once."""
     model.eval()
-    dataset = UniversalDataset(split, size)
-    evaluator = UniversalEvaluator(split.categories, **thresholds)
-    loader = DataLoader(dataset, 8, collate_fn=collate_universal)
+    evaluator = UniversalEvaluator(split.categories)
+    ground_truth, detections = [], []
+    loader = DataLoader(UniversalDataset(split, size), 8, collate_fn=collate_universal)
     for batch in loader:
         images = batch["images"]
-        for task in ("panoptic", "semantic"):
+        outputs = {}
+        for task in ("panoptic", "semantic", "instance"):
             tokens = task_tokens([task] * len(images)) if model.needs_task else None
-            out = model(images, tokens)
-            for b in range(len(images)):
-                if task == "panoptic":
-                    evaluator.update_panoptic(
-                        out["pred_logits"][b], out["pred_masks"][b], batch["ids"][b], batch["segments"][b]
-                    )
-                else:
-                    evaluator.update_semantic(out["pred_logits"][b], out["pred_masks"][b], batch["semantic"][b])
-    return evaluator.compute()
+            outputs[task] = outputs["panoptic"] if outputs and not model.needs_task else model(images, tokens)
+        for b, index in enumerate(batch["indices"]):
+            logits = {task: (out["pred_logits"][b], out["pred_masks"][b]) for task, out in outputs.items()}
+            ids, segments = batch["ids"][b], batch["segments"][b]
+            evaluator.update_panoptic(*logits["panoptic"], ids, segments)
+            evaluator.update_semantic(*logits["semantic"], batch["semantic"][b])
+            masks = resize_mask_logits(logits["instance"][1], tuple(ids.shape))
+            result = instance_inference(logits["instance"][0], masks, isthing=split.categories.isthing)
+            things = [s for s in segments if split.categories.isthing[s.category]]
+            ground_truth += [(index, s.category, ids == s.id, s.iscrowd) for s in things]
+            detections += [
+                (index, int(c), m, float(p)) for m, c, p in zip(result.masks, result.labels, result.scores, strict=True)
+            ]
+    metrics = evaluator.compute()
+    metrics["mask_ap50"] = mask_ap50(ground_truth, detections, len(split), len(split.categories))
+    return metrics
+
+
+def _rle(mask: torch.Tensor) -> dict:
+    from pycocotools import mask as mask_utils
+
+    rle = mask_utils.encode(np.asfortranarray(mask.numpy().astype(np.uint8)))
+    rle["counts"] = rle["counts"].decode()
+    return rle
+
+
+def mask_ap50(ground_truth: list, detections: list, num_images: int, num_classes: int) -> float:
+    """COCO segm AP at IoU 0.5 (pycocotools) of (image, class, mask[, iscrowd | score]) tuples."""
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    height, width = ground_truth[0][2].shape
+    annotations = [
+        {
+            "id": k + 1,
+            "image_id": i,
+            "category_id": c,
+            "segmentation": _rle(m),
+            "area": float(m.sum()),
+            "iscrowd": int(crowd),
+            "bbox": [0, 0, width, height],
+        }
+        for k, (i, c, m, crowd) in enumerate(ground_truth)
+    ]
+    coco = COCO()
+    coco.dataset = {
+        "images": [{"id": i, "width": width, "height": height} for i in range(num_images)],
+        "categories": [{"id": c} for c in range(num_classes)],
+        "annotations": annotations,
+    }
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco.createIndex()
+        results = coco.loadRes(
+            [{"image_id": i, "category_id": c, "segmentation": _rle(m), "score": p} for i, c, m, p in detections]
+        )
+        evaluation = COCOeval(coco, results, "segm")
+        evaluation.evaluate()
+        evaluation.accumulate()
+        evaluation.summarize()
+    return float(evaluation.stats[1])

@@ -255,6 +255,8 @@ class MaskSetCriterion(nn.Module):
         if num_masks is None:
             num_masks = float(sum(len(t["labels"]) for t in targets))
         num_masks = max(float(num_masks), 1.0)
+        dtype = outputs["pred_masks"].dtype  # bool masks -> float once, not once per layer
+        targets = [{**t, "masks": t["masks"].to(dtype)} for t in targets]
         losses = self.layer_losses(outputs, targets, num_masks, "final layer")
         total = sum(self.weights[name] * value for name, value in losses.items())
         if self.deep_supervision:

@@ -12,7 +12,6 @@ from typing import ClassVar, Literal
 
 from pydantic import Field, model_validator
 
-from vfmkit.data.palette import Palette
 from vfmkit.spec.base import (
     EvaluateSpec,
     ExportSpec,
@@ -23,7 +22,7 @@ from vfmkit.spec.base import (
     SpecPath,
     TrainSpec,
 )
-from vfmkit.spec.dense import Color, DenseAugmentSpec, PaletteEntry
+from vfmkit.spec.dense import DenseAugmentSpec, SegmentDataSpec  # SegmentDataSpec: the segment task's mask layout
 
 Task = Literal["semantic", "instance", "panoptic"]
 
@@ -49,35 +48,16 @@ class CocoSplitSpec(Section):
     )
 
 
-class SemanticMasksSpec(Section):
-    """Semantic masks: ``root/<images_dir>/<split>/**/<stem>.<ext>`` paired with ``root/<masks_dir>/<split>/**/<stem>
-    .<ext>``; masks hold palette ids (single channel) or palette colours (RGB). Every class is stuff: only the
-    semantic task can be trained from such data."""
-
-    root: SpecPath = Field(description="dataset root folder")
-    images_dir: str = Field("images", min_length=1, description="folder of images under root (then <split>/)")
-    masks_dir: str = Field("masks", min_length=1, description="folder of masks under root (then <split>/)")
-    train_split: str = Field("train", min_length=1, description="split folder name of the training data")
-    val_split: str = Field("val", min_length=1, description="split folder name of the validation data")
-    test_split: str = Field("test", min_length=1, description="split folder name of the test data")
-    image_suffix: str = Field("", description="stem suffix of images, removed before pairing (e.g. _leftImg8bit)")
-    mask_suffix: str = Field("", description="stem suffix of masks, removed before pairing (e.g. _mask)")
-    palette: list[PaletteEntry] = Field(
-        min_length=2, description="classes in index order: [{name, id}] for id masks or [{name, color}] for RGB masks"
-    )
-    ignore_index: int = Field(255, description="the ignored value in id masks (pixels ignored: VOID)")
-    ignore_color: Color | None = Field(None, description="RGB colour of ignored pixels in RGB masks (null: none)")
+class SemanticMasksSpec(SegmentDataSpec):
+    """Semantic masks in the segment task's layout: ``root/<images_dir>/<split>/**/<stem>.<ext>`` paired with
+    ``root/<masks_dir>/<split>/**/<stem>.<ext>``; masks hold palette ids (single channel) or palette colours (RGB).
+    Every class is stuff: only the semantic task can be trained from such data. The augmentation is
+    ``dataset.augment`` (this section's ``augment`` is not used)."""
 
     @model_validator(mode="after")
-    def _check_palette(self) -> SemanticMasksSpec:
-        names = [entry.name for entry in self.palette]
-        if len(set(names)) != len(names):
-            raise ValueError(f"palette names must be unique, got {names}")
-        for key in ("id", "color"):
-            given = [getattr(entry, key) is not None for entry in self.palette]
-            if any(given) and not all(given):
-                raise ValueError(f"palette: give an '{key}' for every class or for none")
-        Palette.from_spec(self)  # distinct ids / colours, ignore values not used by a class
+    def _augment_elsewhere(self) -> SemanticMasksSpec:
+        if "augment" in self.model_fields_set:
+            raise ValueError("dataset.semantic.augment is not used by the universal task; set dataset.augment")
         return self
 
 

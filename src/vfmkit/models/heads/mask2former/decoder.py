@@ -152,6 +152,12 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
         if dec_layers < 1:
             raise ValueError(f"dec_layers must be >= 1, got {dec_layers}")
         self.num_classes, self.num_queries, self.num_heads = num_classes, num_queries, nheads
+        self.hidden_dim, self.mask_dim, self.dim_feedforward, self.dropout = (
+            hidden_dim,
+            mask_dim,
+            dim_feedforward,
+            dropout,
+        )
         self.num_layers = dec_layers - 1
         self.num_feature_levels = num_feature_levels
         self.pe_layer = PositionEmbeddingSine(hidden_dim // 2)

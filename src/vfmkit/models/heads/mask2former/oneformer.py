@@ -134,45 +134,19 @@ class OneFormerDecoder(MultiScaleMaskedTransformerDecoder):
     Args:
         class_dec_layers: layers of the class transformer.
         use_task_norm: LayerNorm (``decoder_norm``) the task token before use.
-        others: see :class:`MultiScaleMaskedTransformerDecoder`.
+        *args, **kwargs: see :class:`MultiScaleMaskedTransformerDecoder`.
     """
 
     learned_query_features = False
 
-    def __init__(
-        self,
-        in_channels: int,
-        num_classes: int,
-        hidden_dim: int = 256,
-        num_queries: int = 150,
-        nheads: int = 8,
-        dim_feedforward: int = 2048,
-        dec_layers: int = 10,
-        pre_norm: bool = False,
-        mask_dim: int = 256,
-        enforce_input_project: bool = False,
-        num_feature_levels: int = 3,
-        dropout: float = 0.0,
-        class_dec_layers: int = 2,
-        use_task_norm: bool = True,
-    ):
-        super().__init__(
-            in_channels,
-            num_classes,
-            hidden_dim,
-            num_queries,
-            nheads,
-            dim_feedforward,
-            dec_layers,
-            pre_norm,
-            mask_dim,
-            enforce_input_project,
-            num_feature_levels,
-            dropout,
-        )
+    def __init__(self, *args, class_dec_layers: int = 2, use_task_norm: bool = True, **kwargs):
+        super().__init__(*args, **kwargs)
         self.use_task_norm = use_task_norm
-        self.class_transformer = QueryTransformer(hidden_dim, nheads, class_dec_layers, dim_feedforward, dropout)
-        self.class_input_proj = nn.Conv2d(mask_dim, hidden_dim, kernel_size=1)
+        hidden = self.hidden_dim
+        self.class_transformer = QueryTransformer(
+            hidden, self.num_heads, class_dec_layers, self.dim_feedforward, self.dropout
+        )
+        self.class_input_proj = nn.Conv2d(self.mask_dim, hidden, kernel_size=1)
         nn.init.kaiming_uniform_(self.class_input_proj.weight, a=1)
         nn.init.constant_(self.class_input_proj.bias, 0)
 
