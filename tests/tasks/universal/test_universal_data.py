@@ -217,7 +217,7 @@ def test_semantic_mask_pairs_become_stuff_segments(tmp_path):
     split = semantic_mask_split("train", [tmp_path / "a.png"], [tmp_path / "a_mask.png"], palette, tmp_path)
     assert split.categories.names == ["bg", "cat", "dog"] and split.categories.isthing == [False] * 3
     report = preflight_universal({"train": split})
-    assert report.void_pixels["train"] == 1
+    assert report.void_pixels["train"] == 1 and report.segments["train"].tolist() == [1, 0, 1]
     item = UniversalDataset(split, 8, True, DenseAugmentSpec(scale_range=None, hflip=0.0), task_prob={"semantic": 1})[0]
     assert item["labels"].tolist() == [0, 2] and [int(m.sum()) for m in item["masks"]] == [31, 32]
     mask[1, 1] = 7

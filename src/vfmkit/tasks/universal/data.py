@@ -1,5 +1,4 @@
-"""Universal-segmentation data: COCO panoptic splits, semantic mask splits, a preflight, per-task targets and the
-dataset.
+"""Universal-segmentation data: COCO panoptic splits, semantic mask splits, a preflight and the dataset.
 
 COCO panoptic (cocodataset/panopticapi): a JSON with ``images`` ({id, file_name, width, height}), ``annotations``
 ({image_id, file_name of the PNG, segments_info [{id, category_id, iscrowd, area, bbox}]}) and ``categories``
@@ -10,8 +9,8 @@ the order of ``categories`` (:class:`CategoryTable`), and results are written ba
 Semantic masks: class-index masks (decoded by a :class:`~vfmkit.data.palette.Palette`) become one stuff segment
 per class present (ignored pixels are VOID); such data has no instances.
 
-Targets follow OneFormer's unified mapper: each training sample draws a task (``task_prob``) and gets, from its one
-panoptic annotation, ``semantic`` targets (one mask per class: the union of its non-crowd segments), ``instance``
+Training targets follow OneFormer's unified mapper (:mod:`vfmkit.tasks.universal.targets`): each sample draws a task
+(``task_prob``) and gets, from its one panoptic annotation, ``semantic`` targets (one mask per class: the union of its non-crowd segments), ``instance``
 targets (non-crowd things only) or ``panoptic`` targets (every non-crowd segment), plus the contrastive texts
 ("a photo with a {class}" per target in class order, padded with "a {task} photo"). Crowd regions are never targets.
 """
@@ -250,14 +249,17 @@ def preflight_universal(splits: Mapping[str, UniversalSplit | None], workers: in
         with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
             checked = list(pool.map(lambda s, sp=split: _check_sample(s, sp), split.samples))
         counts = np.zeros(len(split.categories), dtype=np.int64)
-        for sample, (void, unused) in zip(split.samples, checked, strict=True):
-            for segment in sample.segments:
+        empty = []
+        for sample, (segments, void, unused) in zip(split.samples, checked, strict=True):
+            for segment in segments:
                 counts[segment.category] += 0 if segment.iscrowd else 1
+            report.crowd[name] = report.crowd.get(name, 0) + sum(s.iscrowd for s in segments)
             report.void_pixels[name] = report.void_pixels.get(name, 0) + void
-            if unused:
-                report.warnings.append(f"{sample.panoptic}: segments {unused} of segments_info have no pixel")
+            empty += [f"{Path(str(sample.panoptic)).name}: {unused}"] if unused else []
+        if empty:
+            report.warnings.append(f"{len(empty)} annotations list segments without pixels ({'; '.join(empty[:5])})")
         report.segments[name] = counts
-        report.crowd[name] = sum(s.iscrowd for sample in split.samples for s in sample.segments)
+        report.crowd.setdefault(name, 0)
         report.void_pixels.setdefault(name, 0)
         absent = [c.name for c, n in zip(split.categories.categories, counts, strict=True) if n == 0]
         if absent and len(split) and split.palette is None:
@@ -265,8 +267,8 @@ def preflight_universal(splits: Mapping[str, UniversalSplit | None], workers: in
     return report
 
 
-def _check_sample(sample: PanopticSample, split: UniversalSplit) -> tuple[int, list[int]]:
-    """(VOID pixels, listed segment ids without pixels) of one sample after checking it."""
+def _check_sample(sample: PanopticSample, split: UniversalSplit) -> tuple[tuple[SegmentInfo, ...], int, list[int]]:
+    """(segments, VOID pixels, listed segment ids without pixels) of one sample after checking it."""
     width, height = image_header_size(sample.image)
     ids, segments = load_annotation(sample, split)
     annotation = sample.panoptic or sample.mask
@@ -285,7 +287,7 @@ def _check_sample(sample: PanopticSample, split: UniversalSplit) -> tuple[int, l
             f"(listed: {sorted(listed)[:20]}); every non-zero PNG id must be listed"
         )
     void = int(counts[present == VOID].sum()) if (present == VOID).any() else 0
-    return void, sorted(listed - set(present.tolist()))
+    return segments, void, sorted(listed - set(present.tolist()))
 
 
 class UniversalDataset(EpochSeededDataset):
