@@ -11,6 +11,7 @@ stderr and exit with code 2, without a traceback. Results go to stdout; progress
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import sys
 from collections.abc import Sequence
@@ -219,8 +220,36 @@ def user_message(exc: BaseException) -> str:
     return text
 
 
-def _fail(message: str, code: int = 2) -> None:
-    typer.echo(f"error: {' '.join(message.split())}", err=True)
+OUTPUT_ERRNOS = {
+    errno.EACCES,
+    errno.EPERM,
+    errno.EROFS,
+    errno.ENOSPC,
+    errno.EDQUOT,
+    errno.EISDIR,
+    errno.ENOTDIR,
+    errno.EEXIST,
+    errno.ENAMETOOLONG,
+}
+"""Errors of writing outputs a user can fix (permissions, a full or read-only disk, a folder where a file goes)."""
+
+
+def output_error_message(exc: OSError) -> str:
+    """One line naming the path and the reason, e.g. ``cannot write runs/x/metrics.json: No space left on device``."""
+    target = exc.filename2 or exc.filename
+    reason = exc.strerror or type(exc).__name__
+    hint = {
+        errno.ENOSPC: " (free some space or write elsewhere)",
+        errno.EDQUOT: " (disk quota exceeded)",
+        errno.EROFS: " (choose a writable folder)",
+        errno.EACCES: " (choose a folder you can write to)",
+        errno.EISDIR: " (give a file path, not a folder)",
+    }.get(exc.errno, "")
+    return f"cannot write {target}: {reason}{hint}" if target else f"{reason}{hint}"
+
+
+def _fail(message: str, code: int = 2, prefix: str = "error: ") -> None:
+    typer.echo(f"{prefix}{' '.join(message.split())}", err=True)
     sys.exit(code)
 
 
@@ -230,11 +259,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         result = command.main(args=list(argv) if argv is not None else None, prog_name="vfm", standalone_mode=False)
     except VfmError as exc:
-        _fail(user_message(exc), exc.exit_code)
+        interrupted = type(exc).__name__ == "Interrupted"  # a signal, not an error: no "error:" prefix
+        _fail(user_message(exc), exc.exit_code, "" if interrupted else "error: ")
     except TyperException as exc:  # usage errors (typer's click exceptions)
         _usage_error(exc)
     except (typer.Abort, KeyboardInterrupt):
-        _fail("interrupted", 130)
+        _fail("interrupted", 130, "")
+    except OSError as exc:
+        if exc.errno not in OUTPUT_ERRNOS:
+            raise
+        _fail(output_error_message(exc), 2)
     else:
         sys.exit(result if isinstance(result, int) else 0)
 

@@ -16,6 +16,14 @@ from vfmkit.engine.checkpoint import AtomicCheckpoint
 from vfmkit.errors import VfmError
 from vfmkit.spec.base import TrainSpec
 
+QUIET_WARNINGS = (
+    ".*does not have many workers.*",
+    ".*module\\(s\\) in eval mode.*",
+    ".*LeafSpec.*is deprecated.*",
+    ".*validation_step` but have no `val_dataloader.*",  # runs without a val split: the preflight says so already
+)
+"""Lightning warnings about choices vfmkit makes on purpose; they would only confuse users."""
+
 
 def _accelerator(spec: TrainSpec) -> str:
     if spec.accelerator == "gpu" and not torch.cuda.is_available():
@@ -38,14 +46,15 @@ def build_trainer(
         The trainer and its checkpoint callback (``best_path`` / ``last_path``).
     """
     checkpoint = AtomicCheckpoint(Path(run_dir) / "checkpoints", monitor=monitor, mode=mode)
-    callbacks: list[pl.Callback] = [checkpoint, MetricsCsv(run_dir)]
+    # the metrics row of an epoch is made before the checkpoint is written, so the checkpoint carries it
+    callbacks: list[pl.Callback] = [MetricsCsv(run_dir), checkpoint]
     interactive = sys.stdout.isatty()  # progress bars in a terminal, plain periodic lines in logs
     if not interactive:
         callbacks.append(PlainProgress())
     if spec.ema.enabled:
         callbacks.append(EMA(spec.ema.decay))
     callbacks += extra_callbacks or []
-    for pattern in (".*does not have many workers.*", ".*module\\(s\\) in eval mode.*", ".*LeafSpec.*is deprecated.*"):
+    for pattern in QUIET_WARNINGS:
         warnings.filterwarnings("ignore", message=pattern)
     logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
     trainer = pl.Trainer(
