@@ -10,9 +10,10 @@ Semantic masks: class-index masks (decoded by a :class:`~vfmkit.data.palette.Pal
 per class present (ignored pixels are VOID); such data has no instances.
 
 Training targets follow OneFormer's unified mapper (:mod:`vfmkit.tasks.universal.targets`): each sample draws a task
-(``task_prob``) and gets, from its one panoptic annotation, ``semantic`` targets (one mask per class: the union of its non-crowd segments), ``instance``
-targets (non-crowd things only) or ``panoptic`` targets (every non-crowd segment), plus the contrastive texts
-("a photo with a {class}" per target in class order, padded with "a {task} photo"). Crowd regions are never targets.
+(``task_prob``) and gets, from its one panoptic annotation, ``semantic`` targets (one mask per class: the union of
+its non-crowd segments), ``instance`` targets (non-crowd things only) or ``panoptic`` targets (every non-crowd
+segment), plus the contrastive texts ("a photo with a {class}" per target in class order, padded with
+"a {task} photo"). Crowd regions are never targets.
 """
 
 from __future__ import annotations

@@ -12,8 +12,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from vfmkit.metrics.dense import SegmentationMeter
 from vfmkit.metrics.panoptic import PanopticQuality, Segment
-from vfmkit.tasks.dense_metrics import SegmentationMeter
 from vfmkit.tasks.universal.categories import IGNORE, CategoryTable, SegmentInfo
 from vfmkit.tasks.universal.postprocess import panoptic_inference, resize_mask_logits, semantic_inference
 

@@ -22,7 +22,8 @@ from vfmkit.spec.base import (
     SpecPath,
     TrainSpec,
 )
-from vfmkit.spec.dense import DenseAugmentSpec, SegmentDataSpec  # SegmentDataSpec: the segment task's mask layout
+from vfmkit.spec.dense import DenseAugmentSpec
+from vfmkit.tasks.segment.spec import SegmentDataSpec
 
 Task = Literal["semantic", "instance", "panoptic"]
 
