@@ -35,10 +35,9 @@ from vfmkit.data.preprocess import pil_to_tensor
 from vfmkit.errors import DataError
 from vfmkit.metrics.panoptic import VOID, load_json, read_panoptic_png
 from vfmkit.models.heads.mask2former.oneformer import task_tokens, tokenize_texts
+from vfmkit.tasks.segment.data import image_size
 from vfmkit.tasks.universal.categories import Category, CategoryTable, SegmentInfo
 from vfmkit.tasks.universal.targets import draw_task, resolve_task_prob, semantic_map, target_texts, task_targets
-
-_EXIF_ORIENTATION = 0x0112
 
 
 @dataclass(frozen=True)
@@ -155,18 +154,6 @@ def semantic_mask_split(
     return UniversalSplit(name, table, samples, Path(source), palette)
 
 
-def image_header_size(path: str | Path) -> tuple[int, int]:
-    """(W, H) of an image as :func:`~vfmkit.data.images.load_image_rgb` returns it (EXIF rotation applied), from
-    the header only. Raises DataError for an unreadable file."""
-    try:
-        with Image.open(path) as image:
-            width, height = image.size
-            rotated = image.getexif().get(_EXIF_ORIENTATION, 1) in (5, 6, 7, 8)
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise DataError(f"cannot read image {path}: {' '.join(str(exc).split()) or type(exc).__name__}") from exc
-    return (height, width) if rotated else (width, height)
-
-
 def load_annotation(sample: PanopticSample, split: UniversalSplit) -> tuple[np.ndarray, tuple[SegmentInfo, ...]]:
     """The segment-id map int64 (H, W) (0 = VOID) and the segments of a sample.
 
@@ -270,7 +257,7 @@ def preflight_universal(splits: Mapping[str, UniversalSplit | None], workers: in
 
 def _check_sample(sample: PanopticSample, split: UniversalSplit) -> tuple[tuple[SegmentInfo, ...], int, list[int]]:
     """(segments, VOID pixels, listed segment ids without pixels) of one sample after checking it."""
-    width, height = image_header_size(sample.image)
+    width, height = image_size(Path(sample.image))
     ids, segments = load_annotation(sample, split)
     annotation = sample.panoptic or sample.mask
     if ids.shape != (height, width):
