@@ -39,6 +39,14 @@ MODEL_HELP = "registry id or alias (see `vfm models`), hf-hub:<repo>, or a local
 RESOLUTION_HELP = "resize every image to N x N (a multiple of the patch size); default: the model's preferred size"
 
 
+def _model_name(value: str) -> str:
+    """``--model`` callback: an empty name is an error (as a path it would mean the current folder)."""
+    from vfmkit.models.factory import require_model_name
+
+    require_model_name(value)
+    return value
+
+
 class What(str, Enum):
     """Which features `vfm embed` stores."""
 
@@ -56,6 +64,17 @@ def _format_params(params_m: float | None) -> str:
     return f"{params_m:.0f}M" if params_m >= 10 else f"{params_m:.1f}M"
 
 
+def weights_source(entry) -> str:
+    """Where an entry's weights come from: its Hub source, where else they are published (e.g. NGC, to pass as a
+    local file), or random init for test variants."""
+    if entry.source:
+        return entry.source
+    if entry.test_only:
+        return "random init (test variant)"
+    where = entry.extra.get("weights") or "not on the Hugging Face Hub"
+    return f"{where} (load with checkpoint=<file>)"
+
+
 def models_table(include_test: bool = False) -> str:
     """The registry as an aligned text table: id, family, params, resolution, license, source."""
     from vfmkit.models.registry import list_backbones
@@ -68,7 +87,7 @@ def models_table(include_test: bool = False) -> str:
             _format_params(e.params_m),
             f"{e.preferred_resolution} (max {e.max_resolution})",
             e.license,
-            e.source or "random init (test variant)",
+            weights_source(e),
         )
         for e in list_backbones(include_test=include_test)
     ]
@@ -119,7 +138,7 @@ def _print_skipped(skipped: Sequence) -> None:
 @app.command()
 def embed(
     source: str = typer.Argument(..., help="image folder (recursive), glob pattern, or text file of image paths"),
-    model: str = typer.Option(..., "--model", "-m", help=MODEL_HELP),
+    model: str = typer.Option(..., "--model", "-m", help=MODEL_HELP, callback=_model_name),
     resolution: int | None = typer.Option(None, "--resolution", "-r", help=RESOLUTION_HELP),
     batch_size: int = typer.Option(32, "--batch-size", "-b", min=1, help="images per forward pass"),
     out: Path = typer.Option(Path("embeddings.safetensors"), "--out", "-o", help="safetensors file to write"),
@@ -144,7 +163,7 @@ def _size(size: tuple[int, int]) -> str:
 @app.command()
 def pca(
     source: str = typer.Argument(..., help="image folder (recursive), glob pattern, or text file of image paths"),
-    model: str = typer.Option(..., "--model", "-m", help=MODEL_HELP),
+    model: str = typer.Option(..., "--model", "-m", help=MODEL_HELP, callback=_model_name),
     out: Path = typer.Option(..., "--out", "-o", help="folder for the PNG pictures"),
     resolution: int | None = typer.Option(None, "--resolution", "-r", help=RESOLUTION_HELP),
     batch_size: int = typer.Option(16, "--batch-size", "-b", min=1, help="images per forward pass"),
@@ -161,7 +180,7 @@ def pca(
 def knn(
     train: Path = typer.Option(..., "--train", help="training images, one sub-folder per class"),
     val: Path = typer.Option(..., "--val", help="validation images, one sub-folder per class"),
-    model: str = typer.Option(..., "--model", "-m", help=MODEL_HELP),
+    model: str = typer.Option(..., "--model", "-m", help=MODEL_HELP, callback=_model_name),
     k: int = typer.Option(20, "--k", min=1, help="neighbours per image"),
     temperature: float = typer.Option(0.07, "--temperature", "-t", min=1e-6, help="vote weight exp(similarity/T)"),
     resolution: int | None = typer.Option(None, "--resolution", "-r", help=RESOLUTION_HELP),
@@ -191,7 +210,7 @@ def format_knn(result) -> str:
 
 @app.command()
 def demo(
-    model: str = typer.Option("test-radio-v2-tiny", "--model", "-m", help=MODEL_HELP),
+    model: str = typer.Option("test-radio-v2-tiny", "--model", "-m", help=MODEL_HELP, callback=_model_name),
     out: Path = typer.Option(Path("vfm-demo"), "--out", "-o", help="output folder"),
 ) -> None:
     """Embed the images shipped with vfmkit, draw PCA pictures and score k-NN: the whole path in seconds."""

@@ -16,18 +16,24 @@ the file holds:
 - CMYK, YCbCr, LAB and HSV are converted by Pillow (CMYK without an ICC transform).
 
 :func:`list_image_files` turns an image *source* (a folder, a glob pattern, a text file of paths, or one image
-file) into a sorted list of paths.
+file) into a sorted list of paths. Folders are walked by :func:`iter_files`, the one folder walker of vfmkit: it
+follows symlinked sub-folders (each real folder once, so a symlink cycle ends) and skips hidden entries.
 """
 
 from __future__ import annotations
 
 import glob
+import logging
+import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps
 
 from vfmkit.errors import DataError
+
+logger = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".jfif", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".pnm"}
@@ -124,13 +130,58 @@ def is_image_file(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file()
 
 
+def iter_files(root: str | Path, include_hidden: bool = False) -> Iterator[Path]:
+    """Every regular file below ``root``, recursively, following symlinked files and folders.
+
+    Each real folder is walked once: a symlink to a folder already walked (a cycle, a link back to an ancestor, or
+    a second link to the same folder) is skipped, so the walk always ends and no file is listed twice. Paths are
+    yielded as they appear below ``root`` (through the link, not resolved), so ``path.relative_to(root)`` works;
+    folders are walked depth first in sorted name order and files come sorted within their folder. Broken links
+    and other non-regular entries are skipped; unreadable sub-folders are logged and skipped.
+
+    Args:
+        root: the folder to walk.
+        include_hidden: also walk hidden folders and yield hidden files (names starting with ``.``).
+
+    Yields:
+        The file paths, each real folder's files once.
+    """
+    root = Path(root)
+    visited = set()
+    for folder, subfolders, names in os.walk(root, followlinks=True, onerror=_log_unreadable_folder):
+        folder_id = _folder_id(folder)
+        if folder_id is None or folder_id in visited:
+            subfolders[:] = []
+            continue
+        visited.add(folder_id)
+        subfolders[:] = sorted(name for name in subfolders if include_hidden or not name.startswith("."))
+        for name in sorted(names):
+            path = Path(folder, name)
+            if (include_hidden or not name.startswith(".")) and path.is_file():
+                yield path
+
+
+def _folder_id(folder: str) -> tuple[int, int] | None:
+    try:
+        stat = os.stat(folder)
+    except OSError:
+        return None
+    return stat.st_dev, stat.st_ino
+
+
+def _log_unreadable_folder(error: OSError) -> None:
+    logger.warning("skipped folder %s: %s", error.filename, error.strerror or error)
+
+
 def list_image_files(source: str | Path) -> list[Path]:
     """List the images of an image source.
 
     Args:
         source: one of
-            - a folder: every image file below it, recursively (hidden files and folders skipped), sorted by path;
-            - a glob pattern (``"photos/*.jpg"``, ``"data/**/*.png"``; ``**`` recurses): matching image files, sorted;
+            - a folder: every image file below it, recursively (hidden files and folders skipped, symlinked
+              sub-folders followed once; see :func:`iter_files`), sorted by path;
+            - a glob pattern (``"photos/*.jpg"``, ``"data/**/*.png"``; ``**`` recurses): matching image files, sorted,
+              each real file once (a ``**`` pattern follows symlinked folders, also in cycles);
             - a text file of paths, one per line, in the file's order; relative paths are relative to the text
               file's folder; blank lines and lines starting with ``#`` are ignored. Listed files are not checked
               here: a missing one fails when it is read, so it is reported rather than dropped;
@@ -145,11 +196,11 @@ def list_image_files(source: str | Path) -> list[Path]:
     text = str(source)
     path = Path(text).expanduser()
     if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if is_image_file(p) and not _hidden(p.relative_to(path)))
+        files = sorted(p for p in iter_files(path) if p.suffix.lower() in IMAGE_EXTENSIONS)
     elif path.is_file():
         files = [path] if path.suffix.lower() in IMAGE_EXTENSIONS else _read_list_file(path)
     elif glob.has_magic(text):
-        files = sorted(Path(p) for p in glob.glob(str(path), recursive=True) if is_image_file(Path(p)))
+        files = _unique_files([Path(p) for p in glob.glob(str(path), recursive=True) if is_image_file(Path(p))])
     else:
         raise DataError(
             f"image source {text!r} does not exist (expected a folder, a glob pattern or a text file of image paths)"
@@ -160,8 +211,13 @@ def list_image_files(source: str | Path) -> list[Path]:
     return files
 
 
-def _hidden(relative: Path) -> bool:
-    return any(part.startswith(".") for part in relative.parts)
+def _unique_files(files: list[Path]) -> list[Path]:
+    """``files`` without the repeats a ``**`` glob finds through symlinked folders: each real file once, under its
+    shortest path; sorted."""
+    shortest: dict[str, Path] = {}
+    for file in sorted(files, key=lambda f: (len(f.parts), f)):
+        shortest.setdefault(os.path.realpath(file), file)
+    return sorted(shortest.values())
 
 
 def _read_list_file(list_file: Path) -> list[Path]:

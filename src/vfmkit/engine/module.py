@@ -97,7 +97,8 @@ class TaskModule(pl.LightningModule):
         for key in keys:
             value = metrics.get(key)
             value = math.nan if value is None else float(value)
-            self.log(f"val/{key}", value, prog_bar=f"val/{key}" == monitor)
+            # every process holds the gathered value: the mean over processes is that value (and no warning)
+            self.log(f"val/{key}", value, prog_bar=f"val/{key}" == monitor, sync_dist=True)
 
     def gather_cat(self, values: torch.Tensor) -> torch.Tensor:
         """Concatenation of a per-process 1-D tensor of any length over every process (itself on one device)."""

@@ -14,6 +14,7 @@ from pydantic import BaseModel
 from torch.utils.data import DataLoader
 
 from vfmkit.data.augment import sample_seed
+from vfmkit.data.sampling import ShardSampler
 from vfmkit.engine.checkpoint import AtomicCheckpoint
 from vfmkit.engine.lock import RunLock
 from vfmkit.engine.resume import check_resume, find_checkpoint, run_dir_of
@@ -96,7 +97,9 @@ def _remove_stale_temporaries(run_dir: Path) -> None:
 
 
 def make_loader(dataset, batch_size: int, workers: int, sampler=None, seed: int = 0, collate_fn=None) -> DataLoader:
-    """A DataLoader with persistent workers when there are any (no shuffle: pass an epoch-seeded sampler).
+    """A DataLoader with persistent workers when there are any (no shuffle: pass an epoch-seeded sampler; the
+    default is a :class:`~vfmkit.data.sampling.ShardSampler`, in order, split over the processes of a distributed
+    run).
 
     It owns a generator seeded from ``seed``: creating its iterators (at the start of a run, and again when a run
     resumes) never draws from the global torch RNG, whose stream drives dropout and must continue exactly on resume.
@@ -106,12 +109,18 @@ def make_loader(dataset, batch_size: int, workers: int, sampler=None, seed: int 
     return DataLoader(
         dataset,
         batch_size=batch_size,
-        sampler=sampler,
+        sampler=sampler if sampler is not None else ShardSampler(len(dataset)),
         num_workers=workers,
         persistent_workers=workers > 0,
         generator=generator,
         collate_fn=collate_fn,
     )
+
+
+def make_eval_loader(dataset, batch_size: int, collate_fn=None) -> DataLoader:
+    """A plain in-order loader for evaluation outside a fit (every sample, in this process, even when a distributed
+    fit left its process group behind)."""
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0, collate_fn=collate_fn)
 
 
 def resumed_epoch(checkpoint: Path) -> int:

@@ -21,6 +21,7 @@ QUIET_WARNINGS = (
     ".*module\\(s\\) in eval mode.*",
     ".*LeafSpec.*is deprecated.*",
     ".*validation_step` but have no `val_dataloader.*",  # runs without a val split: the preflight says so already
+    ".*distributed.nn.functional.all_gather is deprecated.*",  # inside Lightning's all_gather
 )
 """Lightning warnings about choices vfmkit makes on purpose; they would only confuse users."""
 
@@ -68,6 +69,7 @@ def build_trainer(
         deterministic=spec.deterministic,
         check_val_every_n_epoch=spec.val_every,
         num_sanity_val_steps=0,
+        use_distributed_sampler=False,  # vfmkit's samplers shard themselves (exact, resumable, no padded val)
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=interactive,

@@ -52,12 +52,19 @@ def read_yaml(path: Path) -> dict[str, Any]:
     """A spec file as a dict.
 
     Raises:
-        SpecError: missing file, YAML syntax error (with line), or a top level that is not a mapping.
+        SpecError: missing file, YAML syntax error (with line), a key written twice in one section (naming the key
+            and both lines; YAML would silently keep the last), or a top level that is not a mapping.
     """
+    from vfmkit.utils.strict_yaml import DuplicateKeyError, load_strict
+
     if not path.is_file():
         raise SpecError(f"spec file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = load_strict(path.read_text()) or {}
+    except DuplicateKeyError as err:
+        raise SpecError(
+            f"{path}: key '{err.dotted}' is set twice, on line {err.first_line} and on line {err.line}; keep one"
+        ) from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
