@@ -33,8 +33,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +41,7 @@ import numpy as np
 from PIL import Image
 
 from vfmkit.errors import DataError
+from vfmkit.utils.atomic import atomic_write_bytes
 
 VOID = 0
 OFFSET = 256 * 256 * 256
@@ -393,26 +392,13 @@ def segment_bbox(mask: np.ndarray) -> list[int]:
     return [int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1)]
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` through a temporary file in the same folder and a rename (never a half-written file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_panoptic_png(path: str | Path, ids: np.ndarray) -> Path:
     """Save int (H, W) segment ids as a panoptic RGB PNG (atomically)."""
     import io
 
     buffer = io.BytesIO()
     Image.fromarray(id2rgb(np.asarray(ids))).save(buffer, format="PNG")
-    _atomic_write(Path(path), buffer.getvalue())
+    atomic_write_bytes(Path(path), buffer.getvalue())
     return Path(path)
 
 
@@ -450,5 +436,5 @@ def write_panoptic_results(
     data: dict = {"annotations": annotations}
     if categories is not None:
         data["categories"] = [dict(c) for c in categories]
-    _atomic_write(json_path, json.dumps(data).encode())
+    atomic_write_bytes(json_path, json.dumps(data).encode())
     return json_path

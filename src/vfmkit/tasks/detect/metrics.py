@@ -3,8 +3,6 @@ and true boxes. Figures are written atomically (temporary file in the same folde
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -17,6 +15,7 @@ import torch  # noqa: E402
 from matplotlib import patches  # noqa: E402
 
 from vfmkit.metrics.coco import CocoMetrics  # noqa: E402
+from vfmkit.utils.atomic import atomic_output
 
 _LABELS = {
     "ap": "AP @[.50:.95]",
@@ -51,16 +50,11 @@ def format_metrics_table(metrics: CocoMetrics) -> str:
 def save_figure(fig: plt.Figure, path: str | Path, dpi: int = 100) -> Path:
     """Save ``fig`` as ``path`` atomically and close it."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
-    os.close(handle)
     try:
-        fig.savefig(tmp, dpi=dpi)
-        os.replace(tmp, path)
+        with atomic_output(path) as tmp:
+            fig.savefig(tmp, dpi=dpi, format=path.suffix.lstrip(".") or "png")
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return path
 
 

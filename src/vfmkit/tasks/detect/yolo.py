@@ -12,9 +12,8 @@ import math
 from pathlib import Path
 
 from vfmkit.data.coco import BOX_SLACK, CocoAnnotation, CocoCategory, CocoDataset, CocoImage
-from vfmkit.data.images import is_image_file
+from vfmkit.data.images import image_size, is_image_file
 from vfmkit.errors import DataError
-from vfmkit.tasks.segment.data import image_size  # task-agnostic helper; belongs in data/images.py
 
 
 def read_yolo_split(root: str | Path, split: str, names: list[str]) -> CocoDataset | None:

@@ -29,13 +29,12 @@ from PIL import Image
 
 from vfmkit.data.augment import EpochSeededDataset, sample_seed
 from vfmkit.data.dense_augment import JointAugment, eval_transform
-from vfmkit.data.images import load_image_rgb
+from vfmkit.data.images import image_size, load_image_rgb
 from vfmkit.data.palette import Palette
 from vfmkit.data.preprocess import pil_to_tensor
 from vfmkit.errors import DataError
 from vfmkit.metrics.panoptic import VOID, load_json, read_panoptic_png
 from vfmkit.models.heads.mask2former.oneformer import task_tokens, tokenize_texts
-from vfmkit.tasks.segment.data import image_size
 from vfmkit.tasks.universal.categories import Category, CategoryTable, SegmentInfo
 from vfmkit.tasks.universal.targets import draw_task, resolve_task_prob, semantic_map, target_texts, task_targets
 
