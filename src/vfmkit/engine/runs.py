@@ -151,7 +151,7 @@ def fit(
         set_loader_epoch(train_loader, resumed_epoch(resume_from))
     if val_loader is None:
         monitor, mode = "train/loss_epoch", "min"
-    trainer, checkpoints = build_trainer(spec.train, run_dir, monitor, mode)
+    trainer, checkpoints = build_trainer(spec.train, run_dir, monitor, mode, task=getattr(spec, "task", "task"))
     try:
         trainer.fit(module, train_loader, val_loader, ckpt_path=resume_from, weights_only=True)
     except SIGTERMException:

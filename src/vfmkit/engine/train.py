@@ -15,6 +15,7 @@ from torch import nn
 
 from vfmkit.engine.evaluate import evaluate_and_write
 from vfmkit.engine.frozen import submodule
+from vfmkit.engine.loggers import check_loggers
 from vfmkit.engine.model_card import write_model_card
 from vfmkit.engine.run_dir import spec_hash
 from vfmkit.engine.runs import fit, open_run, process_rank
@@ -74,6 +75,7 @@ def train(family: TaskFamily, spec: BaseModel) -> TrainResult:
         pl.seed_everything(spec.train.seed, workers=True, verbose=False)
         model = build_for_training(family, taskdef, spec, data)
         check_resolution(taskdef, spec, model)
+        check_loggers(spec.train.loggers)
         # the run folder is created once the model is built: a bad backbone or checkpoint leaves nothing behind
         with open_run(spec, family.name) as (run_dir, resume_from):
             print(f"run folder: {run_dir}")

@@ -13,6 +13,7 @@ import torch
 
 from vfmkit.engine.callbacks import EMA, MetricsCsv, PlainProgress
 from vfmkit.engine.checkpoint import AtomicCheckpoint
+from vfmkit.engine.loggers import build_loggers
 from vfmkit.errors import VfmError
 from vfmkit.spec.base import TrainSpec
 
@@ -40,6 +41,7 @@ def build_trainer(
     monitor: str,
     mode: str = "max",
     extra_callbacks: list[pl.Callback] | None = None,
+    task: str = "task",
 ) -> tuple[pl.Trainer, AtomicCheckpoint]:
     """A Trainer that writes checkpoints, metrics.csv and plots into ``run_dir``.
 
@@ -70,7 +72,7 @@ def build_trainer(
         check_val_every_n_epoch=spec.val_every,
         num_sanity_val_steps=0,
         use_distributed_sampler=False,  # vfmkit's samplers shard themselves (exact, resumable, no padded val)
-        logger=False,
+        logger=build_loggers(spec.loggers, Path(run_dir), task) or False,
         enable_checkpointing=False,
         enable_progress_bar=interactive,
         enable_model_summary=False,
