@@ -79,3 +79,30 @@ def test_embed_reads_images_behind_symlinks(tree: Path, tmp_path: Path) -> None:
     result = embed_source(tree, "test-radio-v2-tiny", tmp_path / "out" / "e.safetensors", progress=False)
     assert [f.name for f in result.embeddings.files] == ["y.png", "x.png", "a.png"]
     assert result.embeddings.tensors["summary"].shape[0] == 3
+
+
+def test_classify_and_segment_datasets_follow_symlinked_sub_folders(tmp_path: Path) -> None:
+    from vfmkit.data.palette import Palette
+    from vfmkit.tasks.classify.data import load_split
+    from vfmkit.tasks.classify.spec import ClassifyDataSpec
+    from vfmkit.tasks.segment.data import load_segment_split
+    from vfmkit.tasks.segment.spec import SegmentDataSpec
+
+    outside = tmp_path / "outside"
+    _image(outside / "cat" / "nested" / "b.png", 4)
+    _image(tmp_path / "cls" / "train" / "cat" / "a.png", 5)
+    (tmp_path / "cls" / "train" / "cat" / "more").symlink_to(outside / "cat", target_is_directory=True)
+    split = load_split(ClassifyDataSpec(root=tmp_path / "cls"), "train", ["cat"])
+    assert sorted(p.name for p in split.files) == ["a.png", "b.png"]
+
+    seg = tmp_path / "seg"
+    for kind in ("images", "masks"):
+        _image(outside / kind / "deep" / "001.png", 6)
+        (seg / kind / "train").mkdir(parents=True)
+        (seg / kind / "train" / "linked").symlink_to(outside / kind, target_is_directory=True)
+    mask = np.zeros((16, 16), dtype=np.uint8)
+    Image.fromarray(mask, mode="L").save(outside / "masks" / "deep" / "001.png")
+    palette = [{"name": "bg", "id": 0}, {"name": "fg", "id": 1}]
+    pairs = load_segment_split(SegmentDataSpec(root=seg, palette=palette), "train")
+    assert [Path(p).name for p in pairs.images] == ["001.png"] and len(pairs.masks) == 1
+    assert Palette.from_spec(SegmentDataSpec(root=seg, palette=palette)).num_classes == 2
