@@ -11,7 +11,22 @@ from tests.conftest import REPO_ROOT
 
 PACKAGE = REPO_ROOT / "src" / "vfmkit"
 
+EVERYTHING = (
+    "vfmkit.models",
+    "vfmkit.weights",
+    "vfmkit.data",
+    "vfmkit.metrics",
+    "vfmkit.spec",
+    "vfmkit.engine",
+    "vfmkit.tasks",
+    "vfmkit.cli",
+    "vfmkit.task",
+    "vfmkit.features",
+    "vfmkit.export",
+)
+
 FORBIDDEN = {
+    "utils": EVERYTHING,  # the lowest layer: atomic writes, strict YAML, error text
     "models": ("vfmkit.spec", "vfmkit.engine", "vfmkit.tasks", "vfmkit.cli", "vfmkit.task"),
     "weights": ("vfmkit.spec", "vfmkit.engine", "vfmkit.tasks", "vfmkit.cli", "vfmkit.task"),
     "data": ("vfmkit.spec", "vfmkit.engine", "vfmkit.tasks", "vfmkit.cli", "vfmkit.task"),

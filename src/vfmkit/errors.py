@@ -23,6 +23,11 @@ class DataError(VfmError):
     """An input dataset, image source or image file that is missing or malformed."""
 
 
+class UnreadableFileError(DataError):
+    """A data file that does not decode (missing, truncated, not an image): left out and listed where a dataset is
+    read, an error where one file was asked for."""
+
+
 class ConfigurationError(VfmError):
     """A combination of settings that cannot work (e.g. a neck the chosen backbone does not support); the message
     names the spec key to change."""

@@ -74,9 +74,10 @@ class _FakeTrainer:
     sanity_checking = False
     is_global_zero = True
 
-    def __init__(self, metric: float, die: bool):
+    def __init__(self, metric: float, die: bool, epoch: int = 0):
         import torch
 
+        self.current_epoch = epoch
         self.callback_metrics = {"val/top1": torch.tensor(metric)}
         self.die = die
         self.strategy = type("Strategy", (), {"barrier": lambda self, name: None})()
@@ -103,3 +104,28 @@ def test_checkpoint_killed_during_save_leaves_the_previous_one(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["best.ckpt", "last.ckpt"]
     callback.on_train_epoch_end(_FakeTrainer(40.0, die=False), None)  # worse: last updated, best kept
     assert callback.best == 50.0
+
+
+def test_a_kill_between_the_best_and_last_renames_keeps_them_consistent(tmp_path, monkeypatch):
+    """best.ckpt is put in place before last.ckpt: killed in between, last.ckpt is the previous epoch's (the resumed
+    run repeats the epoch) and best.ckpt already holds the improved epoch, never a stale or missing best."""
+    import os
+
+    from vfmkit.engine.checkpoint import AtomicCheckpoint
+
+    callback = AtomicCheckpoint(tmp_path, monitor="val/top1", mode="max")
+    callback.on_train_epoch_end(_FakeTrainer(0.5, die=False, epoch=0), None)
+    real_replace = os.replace
+
+    def killed_before_last(src, dst):
+        if str(dst).endswith("last.ckpt"):
+            raise KeyboardInterrupt("killed between the renames")
+        real_replace(src, dst)
+
+    monkeypatch.setattr("vfmkit.engine.checkpoint.os.replace", killed_before_last)
+    (tmp_path / "last.ckpt").write_bytes(b"epoch 0")
+    with pytest.raises(KeyboardInterrupt):
+        callback.on_train_epoch_end(_FakeTrainer(0.6, die=False, epoch=1), None)
+    assert (tmp_path / "last.ckpt").read_bytes() == b"epoch 0"  # the resumed run repeats epoch 1
+    assert (tmp_path / "best.ckpt").read_bytes() == b"partial checkpoint bytes complete"  # epoch 1, already in place
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.ckpt", "last.ckpt"]  # no temporary left

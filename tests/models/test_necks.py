@@ -11,6 +11,7 @@ import pytest
 import timm
 import torch
 
+from vfmkit.errors import ConfigurationError
 from vfmkit.models.backbones.base import Preprocessing
 from vfmkit.models.backbones.timm_family import TimmBackbone
 from vfmkit.models.factory import load_backbone
@@ -194,18 +195,18 @@ def test_out_channels_and_intermediate_mix(backbones) -> None:
 
 def test_refusals(backbones) -> None:
     vitdet = load_backbone("test-radio-v2-tiny", pretrained=False, vitdet_window_size=2)
-    with pytest.raises(ValueError, match="ViTDet"):
+    with pytest.raises(ConfigurationError, match="ViTDet"):
         build_neck("vit_adapter", vitdet)
     pyramid = build_neck("simple_pyramid", vitdet, indices=[0, 1], out_channels=16).eval()
     with torch.no_grad():
         assert pyramid(torch.rand(1, 3, 64, 128)).features[0].shape == (1, 16, 16, 32)
-    with pytest.raises(ValueError, match="interaction_indexes"):
+    with pytest.raises(ConfigurationError, match="interaction_indexes"):
         build_neck("vit_adapter", backbones["test-radio-v4-tiny"], interaction_indexes=[[0, 0], [2, 2]])
-    with pytest.raises(ValueError, match="unknown neck"):
+    with pytest.raises(ConfigurationError, match="unknown neck"):
         build_neck("fpn", vitdet)
-    with pytest.raises(ValueError, match="bad options"):
+    with pytest.raises(ConfigurationError, match="n_points"):
         build_neck("simple_pyramid", vitdet, n_points=4)
-    with pytest.raises(ValueError, match="unknown norm"):
+    with pytest.raises(ConfigurationError, match="unknown norm"):
         build_neck("simple_pyramid", vitdet, norm="in")
 
 
@@ -229,7 +230,7 @@ def test_eva_refused_by_adapter_but_pyramid_works() -> None:
         resolution_step=14,
     )
     eva = TimmBackbone(model, prep).eval()
-    with pytest.raises(ValueError, match="Eva"):
+    with pytest.raises(ConfigurationError, match="Eva"):
         build_neck("vit_adapter", eva)
     with torch.no_grad():
         out = build_neck("simple_pyramid", eva, indices=[0, 1]).eval()(torch.rand(1, 3, 56, 56))

@@ -98,3 +98,22 @@ def test_template_is_commented_and_valid(tmp_path):
     spec = load_spec(ClassifySpec, path)
     defaults = ClassifySpec(dataset={"root": tmp_path / "data"}, results_dir=tmp_path / "runs")
     assert spec.model_dump() == defaults.model_dump()
+
+
+def test_paths_inside_lists_of_sections_resolve_against_the_spec_file(tmp_path, monkeypatch) -> None:
+    from pydantic import Field
+
+    from vfmkit.spec.base import RunSpec, Section, SpecPath
+
+    class Source(Section):
+        image_dir: SpecPath
+
+    class ListSpec(RunSpec):
+        sources: list[Source] = Field(default_factory=list)
+
+    (tmp_path / "spec.yaml").write_text("sources:\n  - image_dir: images\n  - image_dir: /abs/images\n")
+    monkeypatch.chdir(tmp_path.parent)
+    spec = load_spec(ListSpec, tmp_path / "spec.yaml", [])
+    assert [s.image_dir for s in spec.sources] == [(tmp_path / "images").resolve(), Path("/abs/images")]
+    spec = load_spec(ListSpec, None, ["sources=[{image_dir: rel}]"])
+    assert spec.sources[0].image_dir == (tmp_path.parent / "rel").resolve()  # overrides: against the cwd

@@ -93,7 +93,7 @@ def test_train_writes_the_run_folder(setup, main_run) -> None:
     payload = load_pickle_checkpoint(main_run.best_checkpoint)
     assert payload["hyper_parameters"]["task"] == setup.case.task
     assert payload["hyper_parameters"]["variant"] == setup.case.variant
-    record = payload[CHECKPOINT_KEY]  # frozen published backbone: left out, its source and fingerprint recorded
+    (record,) = payload[CHECKPOINT_KEY]  # frozen published backbone: left out, its source and fingerprint recorded
     assert record["source"] == str(setup.source) and len(record["fingerprint"]) == 64
     assert not any(key.startswith(f"model.{record['model_path']}.") for key in payload["state_dict"])
 
@@ -201,7 +201,7 @@ def test_changed_frozen_backbone_weights_are_refused(setup, main_run) -> None:
         with pytest.raises(WeightsError, match=r"now holds other weights") as info:
             load_trained(get_task(setup.case.task), main_run.best_checkpoint)
         assert str(setup.source) in str(info.value)
-        record = load_pickle_checkpoint(main_run.best_checkpoint)[CHECKPOINT_KEY]
+        (record,) = load_pickle_checkpoint(main_run.best_checkpoint)[CHECKPOINT_KEY]
         assert record["fingerprint"][:16] in str(info.value)
     finally:
         save_tiny_radio_checkpoint(setup.source)

@@ -7,10 +7,9 @@ import pytest
 import torch
 
 from vfmkit import load_backbone
+from vfmkit.models.heads.segformer import Segmenter
 from vfmkit.tasks.change.model import build_change_model
 from vfmkit.tasks.change.spec import ChangeSpec
-from vfmkit.tasks.segment.model import Segmenter
-from vfmkit.tasks.segment.spec import SegmentModelSpec
 
 GENERATIONS = ["test-radio-v2-tiny", "test-radio-v3-tiny", "test-radio-v4-tiny", "test-radio-v2.5g-tiny"]
 
@@ -24,8 +23,7 @@ def _size(backbone: str, stride: int = 16) -> int:
 @pytest.mark.parametrize("neck", ["vit_adapter", "simple_pyramid"])
 def test_segmenter_trains_on_every_generation(backbone, neck):
     size = _size(backbone)
-    spec = SegmentModelSpec(backbone=backbone, neck=neck, neck_channels=32, decoder_channels=32, resolution=size)
-    model = Segmenter(load_backbone(backbone), 3, spec).train()
+    model = Segmenter(load_backbone(backbone), 3, neck=neck, neck_channels=32, decoder_channels=32).train()
     logits = model(torch.rand(2, 3, size, size))
     assert logits.shape == (2, 3, size // 4, size // 4)
     logits.logsumexp(dim=1).mean().backward()

@@ -11,6 +11,7 @@ stderr and exit with code 2, without a traceback. Results go to stdout; progress
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import sys
 from collections.abc import Sequence
@@ -38,6 +39,14 @@ MODEL_HELP = "registry id or alias (see `vfm models`), hf-hub:<repo>, or a local
 RESOLUTION_HELP = "resize every image to N x N (a multiple of the patch size); default: the model's preferred size"
 
 
+def _model_name(value: str) -> str:
+    """``--model`` callback: an empty name is an error (as a path it would mean the current folder)."""
+    from vfmkit.models.factory import require_model_name
+
+    require_model_name(value)
+    return value
+
+
 class What(str, Enum):
     """Which features `vfm embed` stores."""
 
@@ -55,6 +64,17 @@ def _format_params(params_m: float | None) -> str:
     return f"{params_m:.0f}M" if params_m >= 10 else f"{params_m:.1f}M"
 
 
+def weights_source(entry) -> str:
+    """Where an entry's weights come from: its Hub source, where else they are published (e.g. NGC, to pass as a
+    local file), or random init for test variants."""
+    if entry.source:
+        return entry.source
+    if entry.test_only:
+        return "random init (test variant)"
+    where = entry.extra.get("weights") or "not on the Hugging Face Hub"
+    return f"{where} (load with checkpoint=<file>)"
+
+
 def models_table(include_test: bool = False) -> str:
     """The registry as an aligned text table: id, family, params, resolution, license, source."""
     from vfmkit.models.registry import list_backbones
@@ -67,7 +87,7 @@ def models_table(include_test: bool = False) -> str:
             _format_params(e.params_m),
             f"{e.preferred_resolution} (max {e.max_resolution})",
             e.license,
-            e.source or "random init (test variant)",
+            weights_source(e),
         )
         for e in list_backbones(include_test=include_test)
     ]
@@ -118,7 +138,7 @@ def _print_skipped(skipped: Sequence) -> None:
 @app.command()
 def embed(
     source: str = typer.Argument(..., help="image folder (recursive), glob pattern, or text file of image paths"),
-    model: str = typer.Option(..., "--model", "-m", help=MODEL_HELP),
+    model: str = typer.Option(..., "--model", "-m", help=MODEL_HELP, callback=_model_name),
     resolution: int | None = typer.Option(None, "--resolution", "-r", help=RESOLUTION_HELP),
     batch_size: int = typer.Option(32, "--batch-size", "-b", min=1, help="images per forward pass"),
     out: Path = typer.Option(Path("embeddings.safetensors"), "--out", "-o", help="safetensors file to write"),
@@ -143,7 +163,7 @@ def _size(size: tuple[int, int]) -> str:
 @app.command()
 def pca(
     source: str = typer.Argument(..., help="image folder (recursive), glob pattern, or text file of image paths"),
-    model: str = typer.Option(..., "--model", "-m", help=MODEL_HELP),
+    model: str = typer.Option(..., "--model", "-m", help=MODEL_HELP, callback=_model_name),
     out: Path = typer.Option(..., "--out", "-o", help="folder for the PNG pictures"),
     resolution: int | None = typer.Option(None, "--resolution", "-r", help=RESOLUTION_HELP),
     batch_size: int = typer.Option(16, "--batch-size", "-b", min=1, help="images per forward pass"),
@@ -160,7 +180,7 @@ def pca(
 def knn(
     train: Path = typer.Option(..., "--train", help="training images, one sub-folder per class"),
     val: Path = typer.Option(..., "--val", help="validation images, one sub-folder per class"),
-    model: str = typer.Option(..., "--model", "-m", help=MODEL_HELP),
+    model: str = typer.Option(..., "--model", "-m", help=MODEL_HELP, callback=_model_name),
     k: int = typer.Option(20, "--k", min=1, help="neighbours per image"),
     temperature: float = typer.Option(0.07, "--temperature", "-t", min=1e-6, help="vote weight exp(similarity/T)"),
     resolution: int | None = typer.Option(None, "--resolution", "-r", help=RESOLUTION_HELP),
@@ -190,7 +210,7 @@ def format_knn(result) -> str:
 
 @app.command()
 def demo(
-    model: str = typer.Option("test-radio-v2-tiny", "--model", "-m", help=MODEL_HELP),
+    model: str = typer.Option("test-radio-v2-tiny", "--model", "-m", help=MODEL_HELP, callback=_model_name),
     out: Path = typer.Option(Path("vfm-demo"), "--out", "-o", help="output folder"),
 ) -> None:
     """Embed the images shipped with vfmkit, draw PCA pictures and score k-NN: the whole path in seconds."""
@@ -219,8 +239,36 @@ def user_message(exc: BaseException) -> str:
     return text
 
 
-def _fail(message: str, code: int = 2) -> None:
-    typer.echo(f"error: {' '.join(message.split())}", err=True)
+OUTPUT_ERRNOS = {
+    errno.EACCES,
+    errno.EPERM,
+    errno.EROFS,
+    errno.ENOSPC,
+    errno.EDQUOT,
+    errno.EISDIR,
+    errno.ENOTDIR,
+    errno.EEXIST,
+    errno.ENAMETOOLONG,
+}
+"""Errors of writing outputs a user can fix (permissions, a full or read-only disk, a folder where a file goes)."""
+
+
+def output_error_message(exc: OSError) -> str:
+    """One line naming the path and the reason, e.g. ``cannot write runs/x/metrics.json: No space left on device``."""
+    target = exc.filename2 or exc.filename
+    reason = exc.strerror or type(exc).__name__
+    hint = {
+        errno.ENOSPC: " (free some space or write elsewhere)",
+        errno.EDQUOT: " (disk quota exceeded)",
+        errno.EROFS: " (choose a writable folder)",
+        errno.EACCES: " (choose a folder you can write to)",
+        errno.EISDIR: " (give a file path, not a folder)",
+    }.get(exc.errno, "")
+    return f"cannot write {target}: {reason}{hint}" if target else f"{reason}{hint}"
+
+
+def _fail(message: str, code: int = 2, prefix: str = "error: ") -> None:
+    typer.echo(f"{prefix}{' '.join(message.split())}", err=True)
     sys.exit(code)
 
 
@@ -230,11 +278,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         result = command.main(args=list(argv) if argv is not None else None, prog_name="vfm", standalone_mode=False)
     except VfmError as exc:
-        _fail(user_message(exc), exc.exit_code)
+        interrupted = type(exc).__name__ == "Interrupted"  # a signal, not an error: no "error:" prefix
+        _fail(user_message(exc), exc.exit_code, "" if interrupted else "error: ")
     except TyperException as exc:  # usage errors (typer's click exceptions)
         _usage_error(exc)
     except (typer.Abort, KeyboardInterrupt):
-        _fail("interrupted", 130)
+        _fail("interrupted", 130, "")
+    except OSError as exc:
+        if exc.errno not in OUTPUT_ERRNOS:
+            raise
+        _fail(output_error_message(exc), 2)
     else:
         sys.exit(result if isinstance(result, int) else 0)
 

@@ -16,18 +16,26 @@ the file holds:
 - CMYK, YCbCr, LAB and HSV are converted by Pillow (CMYK without an ICC transform).
 
 :func:`list_image_files` turns an image *source* (a folder, a glob pattern, a text file of paths, or one image
-file) into a sorted list of paths.
+file) into a sorted list of paths. Folders are walked by :func:`iter_files`, the one folder walker of vfmkit: it
+follows symlinked sub-folders (each real folder once, so a symlink cycle ends) and skips hidden entries.
 """
 
 from __future__ import annotations
 
 import glob
+import logging
+import os
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps
+from tqdm import tqdm
 
-from vfmkit.errors import DataError
+from vfmkit.errors import DataError, UnreadableFileError
+
+logger = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".jfif", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".pnm"}
@@ -55,7 +63,7 @@ def load_image_rgb(path: str | Path, background: str = "white") -> Image.Image:
     """
     path = Path(path)
     if not path.is_file():
-        raise DataError(f"cannot read image {path}: no such file")
+        raise UnreadableFileError(f"cannot read image {path}: no such file")
     try:
         with Image.open(path) as image:
             image.load()
@@ -63,7 +71,36 @@ def load_image_rgb(path: str | Path, background: str = "white") -> Image.Image:
     except DataError:
         raise
     except (OSError, SyntaxError, ValueError, TypeError, Image.DecompressionBombError) as exc:
-        raise DataError(f"cannot read image {path}: {_reason(exc)}") from exc
+        raise UnreadableFileError(f"cannot read image {path}: {_reason(exc)}") from exc
+
+
+def unreadable_files(
+    paths: Sequence[Path], check: Callable[[Path], object] | None = None, workers: int = 8, what: str = "images"
+) -> list[str | None]:
+    """Decode every file fully, in parallel threads, with a progress bar on a terminal; the reason each one fails.
+
+    Args:
+        paths: the files.
+        check: decodes one file, raising :class:`~vfmkit.errors.UnreadableFileError` when it cannot
+            (default: :func:`load_image_rgb`).
+        workers: threads.
+        what: what the progress bar counts.
+
+    Returns:
+        Per file, None when it decoded, else the reason (the error message, naming the file).
+    """
+    check = check or load_image_rgb
+
+    def problem(path: Path) -> str | None:
+        try:
+            check(path)
+        except UnreadableFileError as err:
+            return str(err)
+        return None
+
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        results = pool.map(problem, paths)
+        return list(tqdm(results, total=len(paths), desc=f"checking {what}", unit="file", disable=None, leave=False))
 
 
 def _reason(exc: BaseException) -> str:
@@ -124,13 +161,58 @@ def is_image_file(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file()
 
 
+def iter_files(root: str | Path, include_hidden: bool = False) -> Iterator[Path]:
+    """Every regular file below ``root``, recursively, following symlinked files and folders.
+
+    Each real folder is walked once: a symlink to a folder already walked (a cycle, a link back to an ancestor, or
+    a second link to the same folder) is skipped, so the walk always ends and no file is listed twice. Paths are
+    yielded as they appear below ``root`` (through the link, not resolved), so ``path.relative_to(root)`` works;
+    folders are walked depth first in sorted name order and files come sorted within their folder. Broken links
+    and other non-regular entries are skipped; unreadable sub-folders are logged and skipped.
+
+    Args:
+        root: the folder to walk.
+        include_hidden: also walk hidden folders and yield hidden files (names starting with ``.``).
+
+    Yields:
+        The file paths, each real folder's files once.
+    """
+    root = Path(root)
+    visited = set()
+    for folder, subfolders, names in os.walk(root, followlinks=True, onerror=_log_unreadable_folder):
+        folder_id = _folder_id(folder)
+        if folder_id is None or folder_id in visited:
+            subfolders[:] = []
+            continue
+        visited.add(folder_id)
+        subfolders[:] = sorted(name for name in subfolders if include_hidden or not name.startswith("."))
+        for name in sorted(names):
+            path = Path(folder, name)
+            if (include_hidden or not name.startswith(".")) and path.is_file():
+                yield path
+
+
+def _folder_id(folder: str) -> tuple[int, int] | None:
+    try:
+        stat = os.stat(folder)
+    except OSError:
+        return None
+    return stat.st_dev, stat.st_ino
+
+
+def _log_unreadable_folder(error: OSError) -> None:
+    logger.warning("skipped folder %s: %s", error.filename, error.strerror or error)
+
+
 def list_image_files(source: str | Path) -> list[Path]:
     """List the images of an image source.
 
     Args:
         source: one of
-            - a folder: every image file below it, recursively (hidden files and folders skipped), sorted by path;
-            - a glob pattern (``"photos/*.jpg"``, ``"data/**/*.png"``; ``**`` recurses): matching image files, sorted;
+            - a folder: every image file below it, recursively (hidden files and folders skipped, symlinked
+              sub-folders followed once; see :func:`iter_files`), sorted by path;
+            - a glob pattern (``"photos/*.jpg"``, ``"data/**/*.png"``; ``**`` recurses): matching image files, sorted,
+              each real file once (a ``**`` pattern follows symlinked folders, also in cycles);
             - a text file of paths, one per line, in the file's order; relative paths are relative to the text
               file's folder; blank lines and lines starting with ``#`` are ignored. Listed files are not checked
               here: a missing one fails when it is read, so it is reported rather than dropped;
@@ -145,11 +227,11 @@ def list_image_files(source: str | Path) -> list[Path]:
     text = str(source)
     path = Path(text).expanduser()
     if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if is_image_file(p) and not _hidden(p.relative_to(path)))
+        files = sorted(p for p in iter_files(path) if p.suffix.lower() in IMAGE_EXTENSIONS)
     elif path.is_file():
         files = [path] if path.suffix.lower() in IMAGE_EXTENSIONS else _read_list_file(path)
     elif glob.has_magic(text):
-        files = sorted(Path(p) for p in glob.glob(str(path), recursive=True) if is_image_file(Path(p)))
+        files = _unique_files([Path(p) for p in glob.glob(str(path), recursive=True) if is_image_file(Path(p))])
     else:
         raise DataError(
             f"image source {text!r} does not exist (expected a folder, a glob pattern or a text file of image paths)"
@@ -160,8 +242,13 @@ def list_image_files(source: str | Path) -> list[Path]:
     return files
 
 
-def _hidden(relative: Path) -> bool:
-    return any(part.startswith(".") for part in relative.parts)
+def _unique_files(files: list[Path]) -> list[Path]:
+    """``files`` without the repeats a ``**`` glob finds through symlinked folders: each real file once, under its
+    shortest path; sorted."""
+    shortest: dict[str, Path] = {}
+    for file in sorted(files, key=lambda f: (len(f.parts), f)):
+        shortest.setdefault(os.path.realpath(file), file)
+    return sorted(shortest.values())
 
 
 def _read_list_file(list_file: Path) -> list[Path]:
@@ -177,3 +264,43 @@ def _read_list_file(list_file: Path) -> list[Path]:
         file = Path(entry).expanduser()
         files.append(file if file.is_absolute() else list_file.parent / file)
     return files
+
+
+def index_by_stem(folder: Path, suffix: str = "") -> dict[str, Path]:
+    """``relative/folder/<stem minus suffix>`` -> file, for every image file below ``folder`` (hidden skipped,
+    symlinked folders followed once: see :func:`iter_files`); pairs images with masks, A with B images ...
+
+    Raises:
+        DataError: two files with the same key (e.g. ``a.png`` and ``a.jpg``), naming both.
+    """
+    index: dict[str, Path] = {}
+    for path in iter_files(folder):
+        if not is_image_file(path):
+            continue
+        relative = path.relative_to(folder)
+        stem = path.stem
+        if suffix:
+            if not stem.endswith(suffix):
+                continue
+            stem = stem[: -len(suffix)]
+        key = (relative.parent / stem).as_posix()
+        if key in index:
+            raise DataError(f"{index[key]} and {path} have the same stem {key!r}; keep one file per stem")
+        index[key] = path
+    return index
+
+
+def image_size(path: Path) -> tuple[int, int]:
+    """(W, H) of an image file as :func:`~vfmkit.data.images.load_image_rgb` returns it (EXIF rotation applied),
+    read from the header only.
+
+    Raises:
+        DataError: an unreadable file, naming it.
+    """
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+            rotated = image.getexif().get(_EXIF_ORIENTATION, 1) in (5, 6, 7, 8)
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise DataError(f"cannot read image {path}: {' '.join(str(exc).split()) or type(exc).__name__}") from exc
+    return (height, width) if rotated else (width, height)

@@ -1,4 +1,13 @@
-"""A shuffling sampler seeded by (seed, epoch): the same order on resume, whatever the number of workers."""
+"""Samplers that make runs reproducible and multi-process runs exact.
+
+:class:`EpochSeededSampler` shuffles with a permutation that is a pure function of ``(seed, epoch)`` (the same
+order on resume, whatever the number of workers) and shards it over the processes of a distributed run;
+:class:`ShardSampler` splits an evaluation set over the processes without repeating any sample, so metrics gathered
+from every process are exactly those of the whole set.
+
+Both read the process group when they are iterated (it exists only once a distributed fit has started), so the
+same sampler serves one process and many.
+"""
 
 from __future__ import annotations
 
@@ -21,8 +30,11 @@ class EpochSeededSampler(Sampler[int]):
 
     Caveat for resuming with Lightning: on a resumed fit, Lightning creates the first DataLoader iterator before it
     calls ``set_epoch``, and with ``num_workers > 0`` the iterator prefetches at creation; so call
-    ``set_epoch(resumed_epoch)`` yourself before ``trainer.fit(..., ckpt_path=...)``. Under DDP, Lightning wraps a
-    custom sampler in its ``DistributedSamplerWrapper`` and calls ``set_epoch`` on the wrapper only.
+    ``set_epoch(resumed_epoch)`` yourself before ``trainer.fit(..., ckpt_path=...)``.
+
+    In a distributed run (the trainer must not replace samplers: ``use_distributed_sampler=False``) every process
+    takes every ``world``-th index of the epoch's permutation, starting at its rank, padded by repeating the first
+    indices so that every process runs the same number of steps.
 
     Args:
         num_samples: N, the dataset length (>= 0).
@@ -53,7 +65,41 @@ class EpochSeededSampler(Sampler[int]):
         return torch.randperm(self.num_samples, generator=generator)
 
     def __iter__(self) -> Iterator[int]:
-        return iter(self.permutation().tolist())
+        order = self.permutation().tolist()
+        rank, world = process_group()
+        if world == 1:
+            return iter(order)
+        total = -(-len(order) // world) * world
+        padded = (order * (total // max(1, len(order)) + 1))[:total] if order else []
+        return iter(padded[rank::world])
 
     def __len__(self) -> int:
-        return self.num_samples
+        _, world = process_group()
+        return -(-self.num_samples // world)
+
+
+class ShardSampler(Sampler[int]):
+    """``range(N)`` in order, split over the processes of a distributed run without padding: process ``r`` of
+    ``w`` takes ``r, r + w, r + 2w, ...`` (one process takes everything).
+
+    Args:
+        num_samples: N, the dataset length (>= 0).
+    """
+
+    def __init__(self, num_samples: int) -> None:
+        self.num_samples = int(num_samples)
+
+    def __iter__(self) -> Iterator[int]:
+        rank, world = process_group()
+        return iter(range(rank, self.num_samples, world))
+
+    def __len__(self) -> int:
+        rank, world = process_group()
+        return len(range(rank, self.num_samples, world))
+
+
+def process_group() -> tuple[int, int]:
+    """(rank, world size) of the default torch.distributed process group, (0, 1) outside a distributed run."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import math
 import sys
 import time
@@ -12,6 +13,7 @@ import lightning.pytorch as pl
 import torch
 
 from vfmkit.engine.plots import plot_curves
+from vfmkit.engine.run_dir import atomic_write_text
 from vfmkit.engine.taskdef import format_metric
 
 
@@ -23,36 +25,52 @@ class MetricsCsv(pl.Callback):
     """One row per epoch in ``metrics.csv``: epoch, every logged epoch metric, lr, seconds; curves in ``plots/``.
 
     Metrics are fractions as logged by the tasks; an undefined one (NaN) is an empty cell and a gap in the curves.
-
-    On resume, rows of epochs that will be re-run are dropped and the file is continued.
+    The rows are also part of the callback's state, so they travel inside every checkpoint: this callback runs
+    BEFORE the checkpoint callback, and a resumed run rewrites ``metrics.csv`` from the rows of the checkpoint it
+    continues (a row written after that checkpoint is dropped, a row lost by a kill is restored).
     """
 
     def __init__(self, run_dir: Path):
         self.path = Path(run_dir) / "metrics.csv"
         self.plot_dir = Path(run_dir) / "plots"
+        self.rows: list[dict] = []
+        self._restored = False
         self._start = 0.0
 
+    def state_dict(self) -> dict:
+        return {"rows": [dict(row) for row in self.rows]}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.rows = [dict(row) for row in state_dict.get("rows", [])]
+        self._restored = True
+
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        # after Lightning restored the loops of a resumed run, so current_epoch is the epoch to run next
-        if self.path.exists() and trainer.is_global_zero:
-            rows = [r for r in self._read() if int(r["epoch"]) < trainer.current_epoch]
-            self._write(rows)
+        # after Lightning restored the loops and this callback's state of a resumed run
+        if not trainer.is_global_zero:
+            return
+        if not self._restored and self.path.exists():  # a checkpoint written before rows were saved in it
+            self.rows = self._read()
+        self.rows = [r for r in self.rows if int(r["epoch"]) < trainer.current_epoch]
+        if self.rows or self.path.exists():
+            self._write(self.rows)
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._start = time.perf_counter()
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.sanity_checking or not trainer.is_global_zero:
+        if trainer.sanity_checking:
             return
         row = {"epoch": trainer.current_epoch}
         for key, value in sorted(trainer.callback_metrics.items()):
             if not key.endswith("_step"):
                 number = _scalar(value)  # undefined metrics (NaN) are empty cells
                 row[key.removesuffix("_epoch")] = round(number, 6) if math.isfinite(number) else ""
-        row["lr"] = trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else float("nan")
+        row["lr"] = trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else ""
         row["seconds"] = round(time.perf_counter() - self._start, 2)
-        self._write([*self._read(), row])
-        plot_curves(self._read(), self.plot_dir)
+        self.rows.append(row)  # on every rank: the checkpoint (written by rank 0) carries it
+        if trainer.is_global_zero:
+            self._write(self.rows)
+            plot_curves(self._read(), self.plot_dir)
 
     def _read(self) -> list[dict]:
         if not self.path.exists():
@@ -64,12 +82,11 @@ class MetricsCsv(pl.Callback):
         fields: list[str] = []
         for row in rows:
             fields += [k for k in row if k not in fields]
-        tmp = self.path.with_name(".metrics.csv.tmp")
-        with tmp.open("w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=fields)
-            writer.writeheader()
-            writer.writerows(rows)
-        tmp.replace(self.path)
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        atomic_write_text(self.path, buffer.getvalue())
 
 
 class PlainProgress(pl.Callback):

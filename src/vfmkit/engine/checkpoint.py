@@ -1,5 +1,5 @@
 """Checkpoints written atomically (a kill during a save never leaves a corrupt file): ``last.ckpt`` every epoch,
-``best.ckpt`` when the monitored metric improves."""
+``best.ckpt`` when the monitored metric improves, always consistent with each other whenever a kill happens."""
 
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ class AtomicCheckpoint(pl.Callback):
         self.monitor = monitor
         self.mode = mode
         self.best: float | None = None
+        self.best_epoch: int | None = None
 
     @property
     def last_path(self) -> Path:
@@ -50,31 +51,36 @@ class AtomicCheckpoint(pl.Callback):
         value = float(metric) if metric is not None else float("nan")
         improved, previous = self._improved(value), self.best
         if improved:
-            self.best = value  # before saving, so the checkpoint records it
+            self.best, self.best_epoch = value, trainer.current_epoch  # before saving: the checkpoint records it
         try:
-            self._save(trainer, self.last_path)
+            self._save(trainer, improved)
         except BaseException:
             self.best = previous
             raise
-        if improved and trainer.is_global_zero:
-            tmp = self.best_path.with_name(".best.ckpt.tmp")
-            shutil.copyfile(self.last_path, tmp)
-            os.replace(tmp, self.best_path)
 
-    def _save(self, trainer: pl.Trainer, path: Path) -> None:
+    def _save(self, trainer: pl.Trainer, improved: bool) -> None:
+        """Write the checkpoint once to a temporary file, then put it in place as ``best.ckpt`` (when improved)
+        BEFORE ``last.ckpt``: a kill between the two renames leaves the previous ``last.ckpt``, so the resumed run
+        repeats this epoch exactly and finds ``best.ckpt`` already consistent with it."""
         self.dirpath.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
+        tmp = self.dirpath / ".last.ckpt.tmp"
         try:
             trainer.save_checkpoint(tmp, weights_only=False)
             if trainer.is_global_zero:
-                os.replace(tmp, path)
+                if improved:
+                    best_tmp = self.dirpath / ".best.ckpt.tmp"
+                    shutil.copyfile(tmp, best_tmp)
+                    os.replace(best_tmp, self.best_path)
+                os.replace(tmp, self.last_path)
         except BaseException:
-            tmp.unlink(missing_ok=True)  # the previous checkpoint, if any, is untouched
+            for leftover in (tmp, self.dirpath / ".best.ckpt.tmp"):
+                leftover.unlink(missing_ok=True)  # the previous checkpoints, if any, are untouched
             raise
         trainer.strategy.barrier("atomic_checkpoint")
 
     def state_dict(self) -> dict:
-        return {"best": self.best, "monitor": self.monitor, "mode": self.mode}
+        return {"best": self.best, "best_epoch": self.best_epoch, "monitor": self.monitor, "mode": self.mode}
 
     def load_state_dict(self, state_dict: dict) -> None:
         self.best = state_dict.get("best")
+        self.best_epoch = state_dict.get("best_epoch")

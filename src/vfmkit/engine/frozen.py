@@ -17,8 +17,8 @@ from vfmkit.errors import WeightsError
 from vfmkit.models.backbones.base import is_frozen
 from vfmkit.weights.fingerprint import weights_fingerprint
 
-CHECKPOINT_KEY = "frozen_backbone"
-"""Top-level checkpoint key of the record (absent when the backbone is saved)."""
+CHECKPOINT_KEY = "frozen_backbones"
+"""Top-level checkpoint key of the records (absent when every backbone is saved)."""
 
 
 @dataclass(frozen=True)
@@ -53,6 +53,27 @@ def submodule(model: nn.Module, path: str) -> nn.Module:
     for part in path.split("."):
         module = getattr(module, part)
     return module
+
+
+def has_submodule(model: nn.Module, path: str) -> bool:
+    """Whether ``model.<path>`` exists and is a module."""
+    try:
+        return isinstance(submodule(model, path), nn.Module)
+    except AttributeError:
+        return False
+
+
+def omitted_backbones(model: nn.Module, paths: tuple[str, ...]) -> list[FrozenBackboneRecord]:
+    """The records of the backbones at ``paths`` that checkpoints may leave out (a task can own several, e.g. a
+    detector's main backbone and a frozen foundation model beside it)."""
+    records = [omitted_backbone(model, path) for path in paths]
+    return [record for record in records if record is not None]
+
+
+def records_of(checkpoint: dict) -> list[FrozenBackboneRecord]:
+    """The frozen-backbone records a checkpoint payload holds (none when every backbone was saved)."""
+    saved = checkpoint.get(CHECKPOINT_KEY) or checkpoint.get("frozen_backbone") or []
+    return [FrozenBackboneRecord.from_dict(item) for item in (saved if isinstance(saved, list) else [saved])]
 
 
 def omitted_backbone(model: nn.Module, path: str) -> FrozenBackboneRecord | None:

@@ -16,7 +16,8 @@ from vfmkit.engine.frozen import (
     CHECKPOINT_KEY,
     FrozenBackboneRecord,
     check_backbone_weights,
-    omitted_backbone,
+    omitted_backbones,
+    records_of,
     submodule,
 )
 from vfmkit.engine.optim import task_optimizers
@@ -49,26 +50,22 @@ class TaskModule(pl.LightningModule):
                 "vfmkit": __version__,
             }
         )
-        self.frozen_record: FrozenBackboneRecord | None = omitted_backbone(model, taskdef.backbone_path)
+        self.frozen_records: list[FrozenBackboneRecord] = omitted_backbones(model, taskdef.backbone_paths(model))
 
     @property
     def backbone(self) -> nn.Module:
         return submodule(self.model, self.backbone_path)
 
-    @property
-    def _frozen_prefix(self) -> str | None:
-        return f"model.{self.frozen_record.model_path}." if self.frozen_record else None
-
     def state_dict(self, *args, **kwargs):
         state = super().state_dict(*args, **kwargs)
-        if self._frozen_prefix:
-            prefix = kwargs.get("prefix", "") + self._frozen_prefix
-            state = type(state)((k, v) for k, v in state.items() if not k.startswith(prefix))
+        if self.frozen_records:
+            prefixes = tuple(f"{kwargs.get('prefix', '')}model.{r.model_path}." for r in self.frozen_records)
+            state = type(state)((k, v) for k, v in state.items() if not k.startswith(prefixes))
         return state
 
     @property
     def strict_loading(self) -> bool:
-        return self.frozen_record is None
+        return not self.frozen_records
 
     @strict_loading.setter
     def strict_loading(self, value: bool) -> None:  # Lightning assigns it in __init__; the frozen rule decides
@@ -76,16 +73,15 @@ class TaskModule(pl.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["rng"] = rng_state()
-        if self.frozen_record is not None:
-            checkpoint[CHECKPOINT_KEY] = self.frozen_record.as_dict()
+        if self.frozen_records:
+            checkpoint[CHECKPOINT_KEY] = [record.as_dict() for record in self.frozen_records]
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         if checkpoint.get("rng"):
             set_rng_state(checkpoint["rng"])
-        saved = checkpoint.get(CHECKPOINT_KEY)
-        if saved is not None and self.frozen_record != FrozenBackboneRecord.from_dict(saved):
-            # resuming: the backbone rebuilt from its source must be the one the run was trained on
-            check_backbone_weights(self.model, FrozenBackboneRecord.from_dict(saved), "train.resume checkpoint")
+        for record in records_of(checkpoint):  # resuming: each rebuilt backbone must be the one trained on
+            if record not in self.frozen_records:
+                check_backbone_weights(self.model, record, "train.resume checkpoint")
 
     def configure_optimizers(self):
         prefix = self.backbone_path + "."
@@ -97,7 +93,8 @@ class TaskModule(pl.LightningModule):
         for key in keys:
             value = metrics.get(key)
             value = math.nan if value is None else float(value)
-            self.log(f"val/{key}", value, prog_bar=f"val/{key}" == monitor)
+            # every process holds the gathered value: the mean over processes is that value (and no warning)
+            self.log(f"val/{key}", value, prog_bar=f"val/{key}" == monitor, sync_dist=True)
 
     def gather_cat(self, values: torch.Tensor) -> torch.Tensor:
         """Concatenation of a per-process 1-D tensor of any length over every process (itself on one device)."""

@@ -52,18 +52,35 @@ def check_resume(spec: BaseModel) -> tuple[Path, Path]:
     """The run folder and last checkpoint to continue, after checking the spec is the run's spec.
 
     Raises:
-        VfmError: no last checkpoint, or a spec that differs from the run's (resume continues exactly; a new
-            schedule from trained weights is ``train.init_from``).
+        VfmError: not a run folder or a checkpoint inside one (nothing is written anywhere else), no last checkpoint,
+            another task or backbone (said first), or a spec that differs from the run's (resume continues exactly;
+            a new schedule from trained weights is ``train.init_from``).
     """
     checkpoint = find_checkpoint(spec.train.resume, prefer="last")
     run_dir = run_dir_of(checkpoint)
     saved = run_dir / "spec.resolved.yaml"
-    if saved.is_file():
-        old = yaml.safe_load(saved.read_text())
-        changed = _differences(old, spec.model_dump(mode="json"))
-        if changed:
-            raise VfmError(
-                f"train.resume continues {run_dir} exactly, but the spec differs ({'; '.join(changed[:4])}). "
-                f"To start a new schedule from its weights use train.init_from={checkpoint} instead."
-            )
+    if checkpoint.parent.name != "checkpoints" or not saved.is_file():
+        raise VfmError(
+            f"train.resume {spec.train.resume}: not a run folder or a checkpoint inside one (<run>/checkpoints/*.ckpt "
+            "next to <run>/spec.resolved.yaml); to start a new run from these weights use train.init_from"
+        )
+    old = yaml.safe_load(saved.read_text())
+    new = spec.model_dump(mode="json")
+    old_what, new_what = _task_and_backbone(old), _task_and_backbone(new)
+    if old_what != new_what:
+        raise VfmError(
+            f"train.resume {run_dir} is a {old_what[0]} run with backbone {old_what[1]}, but this spec is for "
+            f"{new_what[0]} with backbone {new_what[1]}; resume with the run's own spec (its spec.resolved.yaml)"
+        )
+    changed = _differences(old, new)
+    if changed:
+        raise VfmError(
+            f"train.resume continues {run_dir} exactly, but the spec differs ({'; '.join(changed[:4])}). "
+            f"To start a new schedule from its weights use train.init_from={checkpoint} instead."
+        )
     return run_dir, checkpoint
+
+
+def _task_and_backbone(spec: dict) -> tuple[str, str]:
+    model = spec.get("model") if isinstance(spec.get("model"), dict) else {}
+    return str(spec.get("task", "?")), str(model.get("backbone") or model.get("type") or "?")

@@ -9,7 +9,6 @@ import os
 import platform
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from vfmkit.spec.render import render_resolved
+from vfmkit.utils.atomic import atomic_write_text  # also imported from here by the engine modules
 
 
 def create_run_dir(results_dir: Path, task: str, name: str, exist_ok: bool = False) -> Path:
@@ -33,19 +33,6 @@ def create_run_dir(results_dir: Path, task: str, name: str, exist_ok: bool = Fal
             candidate = parent / f"{name}{index}"
     candidate.mkdir(exist_ok=True)
     return candidate
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write a text file via a temporary file in the same folder and a rename (no half-written file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def spec_hash(spec: BaseModel) -> str:

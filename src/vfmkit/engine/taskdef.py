@@ -149,6 +149,8 @@ class TaskDef:
         headline: metric keys shown in printed summaries and the model card, most important first.
         backbone_path: dotted attribute path of the backbone inside the task's model (the frozen-backbone rule and
             the optimizer groups use it).
+        frozen_paths: every backbone the frozen-backbone rule applies to (default: just ``backbone_path``; e.g. a
+            detector adds its frozen foundation model).
         metric_notes: why a headline metric can be undefined (shown in the model card when it is).
     """
 
@@ -159,6 +161,7 @@ class TaskDef:
     monitor_mode: ClassVar[str] = "max"
     headline: ClassVar[tuple[str, ...]] = ()
     backbone_path: ClassVar[str] = "backbone"
+    frozen_paths: ClassVar[tuple[str, ...]] = ()
     metric_notes: ClassVar[dict[str, str]] = {}
 
     def select(self, spec: BaseModel) -> TaskDef:
@@ -168,6 +171,12 @@ class TaskDef:
     def headline_keys(self, spec: BaseModel) -> tuple[str, ...]:
         """The headline metric keys for ``spec`` (default: :attr:`headline`)."""
         return self.headline
+
+    def backbone_paths(self, model: nn.Module) -> tuple[str, ...]:
+        """The backbones of ``model`` the frozen-backbone rule applies to (paths that exist in this model)."""
+        from vfmkit.engine.frozen import has_submodule
+
+        return tuple(p for p in (self.backbone_path, *self.frozen_paths) if has_submodule(model, p))
 
     def backbone_id(self, spec: BaseModel) -> str:
         """The backbone a spec names (model card, export metadata); default ``spec.model.backbone``."""

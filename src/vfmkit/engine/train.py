@@ -3,6 +3,9 @@ folder -> loaders -> module -> fit -> reload the best checkpoint -> evaluate on 
 
 from __future__ import annotations
 
+import contextlib
+import io
+import sys
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -11,9 +14,11 @@ from pydantic import BaseModel
 from torch import nn
 
 from vfmkit.engine.evaluate import evaluate_and_write
+from vfmkit.engine.frozen import submodule
+from vfmkit.engine.loggers import check_loggers
 from vfmkit.engine.model_card import write_model_card
 from vfmkit.engine.run_dir import spec_hash
-from vfmkit.engine.runs import fit, prepare_run
+from vfmkit.engine.runs import fit, open_run, process_rank
 from vfmkit.engine.taskdef import TaskData, TaskDef, TaskFamily, TrainResult, headline_text
 from vfmkit.engine.trained import copy_trained_weights, load_trained
 from vfmkit.errors import VfmError
@@ -64,25 +69,55 @@ def build_for_training(family: TaskFamily, taskdef: TaskDef, spec: BaseModel, da
 def train(family: TaskFamily, spec: BaseModel) -> TrainResult:
     """Train as the spec says; everything goes into a run folder (see README)."""
     taskdef = family.select(spec)
-    data = taskdef.prepare(spec, ("train", "val"))
-    pl.seed_everything(spec.train.seed, workers=True, verbose=False)
-    model = build_for_training(family, taskdef, spec, data)
-    # the run folder is created once the model is built: a bad backbone or checkpoint leaves nothing behind
-    run_dir, resume_from = prepare_run(spec, family.name)
-    print(f"run folder: {run_dir}")
+    leader = process_rank() == 0
+    with contextlib.redirect_stdout(sys.stdout if leader else io.StringIO()):  # ranks > 0 print nothing
+        data = taskdef.prepare(spec, ("train", "val"))
+        pl.seed_everything(spec.train.seed, workers=True, verbose=False)
+        model = build_for_training(family, taskdef, spec, data)
+        check_resolution(taskdef, spec, model)
+        check_loggers(spec.train.loggers)
+        # the run folder is created once the model is built: a bad backbone or checkpoint leaves nothing behind
+        with open_run(spec, family.name) as (run_dir, resume_from):
+            print(f"run folder: {run_dir}")
+            result = _fit_and_evaluate(family, taskdef, spec, data, model, run_dir, resume_from, leader)
+    if leader:
+        val = result.val
+        print(f"done: {run_dir}" + (f"  val {headline_text(val, taskdef.headline_keys(spec)[:2])}" if val else ""))
+    return result
+
+
+def _fit_and_evaluate(family, taskdef, spec, data, model, run_dir, resume_from, leader: bool) -> TrainResult:
+    """Fit; then rank 0 reloads the best checkpoint, evaluates it on val and writes the model card."""
     train_loader, val_loader = taskdef.loaders(spec, data, model)
     module = taskdef.lightning_module(spec, model, data.meta)
     checkpoints = fit(
         spec, run_dir, module, train_loader, val_loader, resume_from, taskdef.monitor, taskdef.monitor_mode
     )
     val = None
-    if val_loader is not None:
+    if leader and val_loader is not None:
         _, trained = load_trained(family, checkpoints.best_path)
         title = f"val, best checkpoint ({checkpoints.best_path.name})"
         val = evaluate_and_write(taskdef, trained, data.split("val"), spec, "val", run_dir / "evaluate" / "val", title)
-    _write_card(taskdef, spec, run_dir, data, val)
-    print(f"done: {run_dir}" + (f"  val {headline_text(val, taskdef.headline_keys(spec)[:2])}" if val else ""))
+    if leader:
+        _write_card(taskdef, spec, run_dir, data, val)
     return TrainResult(run_dir, checkpoints.best_path, checkpoints.last_path, taskdef.monitor, val)
+
+
+def check_resolution(taskdef: TaskDef, spec: BaseModel, model: nn.Module) -> None:
+    """The training resolution must be a multiple of the backbone's step (patch size), checked before any run
+    folder exists.
+
+    Raises:
+        VfmError: naming the key, the step and the nearest valid values.
+    """
+    step = submodule(model, taskdef.backbone_path).preprocessing.resolution_step
+    resolution = taskdef.resolution(spec)
+    if resolution % step:
+        lower, upper = max(step, resolution // step * step), (resolution // step + 1) * step
+        raise VfmError(
+            f"model.resolution {resolution} is not a multiple of {step} (the patch size of "
+            f"{taskdef.backbone_id(spec)}); use {lower} or {upper}"
+        )
 
 
 def _write_card(taskdef: TaskDef, spec: BaseModel, run_dir: Path, data: TaskData, val: dict | None) -> None:

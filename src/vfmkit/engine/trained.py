@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from vfmkit.engine.frozen import CHECKPOINT_KEY, FrozenBackboneRecord, check_backbone_weights
+from vfmkit.engine.frozen import check_backbone_weights, records_of
 from vfmkit.engine.resume import find_checkpoint
 from vfmkit.engine.taskdef import TaskDef, TaskFamily, Trained
 from vfmkit.errors import VfmError, WeightsError
@@ -66,6 +66,15 @@ def _model_weights(state: dict[str, Any]) -> dict[str, Any]:
     return weights
 
 
+def _ema_weights(payload: dict[str, Any]) -> dict[str, Any]:
+    """The exponential moving average of the trained weights when the run kept one (``train.ema.enabled``): the
+    weights validation used, so evaluation, prediction and export use them too."""
+    for state in (payload.get("callbacks") or {}).values():
+        if isinstance(state, dict) and isinstance(state.get("shadow"), dict) and "decay" in state:
+            return {k.removeprefix("model."): v for k, v in state["shadow"].items() if k.startswith("model.")}
+    return {}
+
+
 def _legacy_meta(hparams: dict[str, Any]) -> dict[str, Any]:
     return dict(hparams.get("meta") or {"classes": list(hparams.get("classes", []))})
 
@@ -80,20 +89,25 @@ def load_trained(family: TaskFamily, path: str | Path) -> tuple[TaskDef, Trained
             does not validate, weights that do not fit, or a changed frozen backbone.
     """
     path = find_checkpoint(Path(path))
+    if path.suffix == ".onnx":
+        raise VfmError(
+            f"{path} is an exported ONNX graph; this needs a training checkpoint (a run folder or a .ckpt file). "
+            "Exported graphs are accepted by predict (classify, segment)"
+        )
     hparams, state, payload = read_training_checkpoint(path)
     spec = _validated_spec(family, hparams, path)
     taskdef = family.select(spec)
     meta = _legacy_meta(hparams)
-    weights = _model_weights(state)
-    prefix = taskdef.backbone_path + "."
-    record = payload.get(CHECKPOINT_KEY)
-    legacy_omitted = record is None and not any(k.startswith(prefix) for k in weights)
-    model = taskdef.build_model(spec, meta, pretrained=record is not None or legacy_omitted)
-    if record is not None:
-        check_backbone_weights(model, FrozenBackboneRecord.from_dict(record), path)
+    weights = {**_model_weights(state), **_ema_weights(payload)}
+    records = records_of(payload)
+    primary = taskdef.backbone_path + "."
+    legacy_omitted = not records and not any(k.startswith(primary) for k in weights)  # vfmkit 0.1 checkpoints
+    model = taskdef.build_model(spec, meta, pretrained=bool(records) or legacy_omitted)
+    for record in records:
+        check_backbone_weights(model, record, path)
     result = model.load_state_dict(weights, strict=False)
-    omitted = record is not None or legacy_omitted
-    missing = [k for k in result.missing_keys if not (omitted and k.startswith(prefix))]
+    omitted = tuple(f"{r.model_path}." for r in records) + ((primary,) if legacy_omitted else ())
+    missing = [k for k in result.missing_keys if not k.startswith(omitted or ("\0",))]
     if missing or result.unexpected_keys:
         raise WeightsError(
             f"{path}: its weights do not fit the {taskdef.name} model of its spec (missing {missing[:5]}; "

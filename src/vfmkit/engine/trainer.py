@@ -13,8 +13,18 @@ import torch
 
 from vfmkit.engine.callbacks import EMA, MetricsCsv, PlainProgress
 from vfmkit.engine.checkpoint import AtomicCheckpoint
+from vfmkit.engine.loggers import build_loggers
 from vfmkit.errors import VfmError
 from vfmkit.spec.base import TrainSpec
+
+QUIET_WARNINGS = (
+    ".*does not have many workers.*",
+    ".*module\\(s\\) in eval mode.*",
+    ".*LeafSpec.*is deprecated.*",
+    ".*validation_step` but have no `val_dataloader.*",  # runs without a val split: the preflight says so already
+    ".*distributed.nn.functional.all_gather is deprecated.*",  # inside Lightning's all_gather
+)
+"""Lightning warnings about choices vfmkit makes on purpose; they would only confuse users."""
 
 
 def _accelerator(spec: TrainSpec) -> str:
@@ -31,6 +41,7 @@ def build_trainer(
     monitor: str,
     mode: str = "max",
     extra_callbacks: list[pl.Callback] | None = None,
+    task: str = "task",
 ) -> tuple[pl.Trainer, AtomicCheckpoint]:
     """A Trainer that writes checkpoints, metrics.csv and plots into ``run_dir``.
 
@@ -38,14 +49,15 @@ def build_trainer(
         The trainer and its checkpoint callback (``best_path`` / ``last_path``).
     """
     checkpoint = AtomicCheckpoint(Path(run_dir) / "checkpoints", monitor=monitor, mode=mode)
-    callbacks: list[pl.Callback] = [checkpoint, MetricsCsv(run_dir)]
+    # the metrics row of an epoch is made before the checkpoint is written, so the checkpoint carries it
+    callbacks: list[pl.Callback] = [MetricsCsv(run_dir), checkpoint]
     interactive = sys.stdout.isatty()  # progress bars in a terminal, plain periodic lines in logs
     if not interactive:
         callbacks.append(PlainProgress())
     if spec.ema.enabled:
         callbacks.append(EMA(spec.ema.decay))
     callbacks += extra_callbacks or []
-    for pattern in (".*does not have many workers.*", ".*module\\(s\\) in eval mode.*", ".*LeafSpec.*is deprecated.*"):
+    for pattern in QUIET_WARNINGS:
         warnings.filterwarnings("ignore", message=pattern)
     logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
     trainer = pl.Trainer(
@@ -59,7 +71,8 @@ def build_trainer(
         deterministic=spec.deterministic,
         check_val_every_n_epoch=spec.val_every,
         num_sanity_val_steps=0,
-        logger=False,
+        use_distributed_sampler=False,  # vfmkit's samplers shard themselves (exact, resumable, no padded val)
+        logger=build_loggers(spec.loggers, Path(run_dir), task) or False,
         enable_checkpointing=False,
         enable_progress_bar=interactive,
         enable_model_summary=False,

@@ -58,6 +58,19 @@ def build_from_entry(
     return builder(entry, pretrained=pretrained, adaptors=adaptors, **options)
 
 
+def require_model_name(name: str) -> None:
+    """Refuse an empty (or blank) model name, which as a path would mean the current folder.
+
+    Raises:
+        ModelNotFoundError: ``name`` is empty or only whitespace.
+    """
+    if not name.strip():
+        raise ModelNotFoundError(
+            "the model name is empty: expected a registry id or alias (`vfm models` lists them), "
+            "hf-hub:<org>/<repo>, or a checkpoint file or folder"
+        )
+
+
 def load_backbone(
     name_or_path: str | Path,
     adaptors: Sequence[str] | None = None,
@@ -80,10 +93,13 @@ def load_backbone(
         registry entry's published source), or is None for random initialisation.
 
     Raises:
-        ModelNotFoundError: the name resolves to nothing; WeightsError: the checkpoint is unusable.
+        ModelNotFoundError: the name is empty or resolves to nothing; WeightsError: the checkpoint is unusable.
     """
     adaptors = tuple(adaptors or ())
     name = str(name_or_path)
+    require_model_name(name)
+    if checkpoint is not None and not str(checkpoint).strip():
+        raise ModelNotFoundError("checkpoint is empty: expected a local weights file")
     if not name.startswith("hf-hub:") and _is_adapted_folder(name):
         from vfmkit.models.backbones.adapted import load_adapted_backbone
 

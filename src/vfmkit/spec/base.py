@@ -69,6 +69,11 @@ class TrainSpec(Section):
         None, description="weights to start a NEW schedule from (a checkpoint of an earlier run)"
     )
     val_every: int = Field(1, ge=1, description="validate every N epochs")
+    loggers: list[Literal["csv", "tensorboard", "wandb", "mlflow"]] = Field(
+        ["csv"],
+        description="experiment trackers: csv (metrics.csv, always written) and tensorboard / wandb / mlflow "
+        "(pip install 'vfmkit[<name>]'; offline, inside the run folder by default)",
+    )
 
 
 class EvaluateSpec(Section):

@@ -52,12 +52,19 @@ def read_yaml(path: Path) -> dict[str, Any]:
     """A spec file as a dict.
 
     Raises:
-        SpecError: missing file, YAML syntax error (with line), or a top level that is not a mapping.
+        SpecError: missing file, YAML syntax error (with line), a key written twice in one section (naming the key
+            and both lines; YAML would silently keep the last), or a top level that is not a mapping.
     """
+    from vfmkit.utils.strict_yaml import DuplicateKeyError, load_strict
+
     if not path.is_file():
         raise SpecError(f"spec file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = load_strict(path.read_text()) or {}
+    except DuplicateKeyError as err:
+        raise SpecError(
+            f"{path}: key '{err.dotted}' is set twice, on line {err.first_line} and on line {err.line}; keep one"
+        ) from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -148,10 +155,19 @@ def resolve_paths(spec: BaseModel, base_dir: Path, from_file: set[str], prefix: 
         dotted = prefix + name
         if isinstance(value, BaseModel):
             resolve_paths(value, base_dir, from_file, dotted + ".")
+        elif isinstance(value, list) and value and all(isinstance(item, BaseModel) for item in value):
+            # a list of sections (e.g. dataset.train_data_sources): its items come from where the list came from
+            inner = {f"{dotted}.{key}" for key in _all_keys(type(value[0]))} if dotted in from_file else set()
+            for item in value:
+                resolve_paths(item, base_dir, from_file | inner, dotted + ".")
         elif isinstance(value, Path) and _is_spec_path(field):
             root = base_dir if dotted in from_file else Path.cwd()
             resolved = value.expanduser()
             setattr(spec, name, resolved if resolved.is_absolute() else (root / resolved).resolve())
+
+
+def _all_keys(model: type[BaseModel], prefix: str = "") -> set[str]:
+    return set(schema_paths(model, prefix))
 
 
 def load_spec(model: type[BaseModel], path: str | Path | None, overrides: list[str] | None = None) -> BaseModel:

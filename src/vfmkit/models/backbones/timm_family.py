@@ -25,7 +25,9 @@ from vfmkit.errors import ModelNotFoundError, WeightsError
 from vfmkit.models.backbones.base import Backbone, BackboneOutput, Preprocessing, resolve_block_indices
 from vfmkit.models.factory import register_family
 from vfmkit.models.registry import ModelEntry
-from vfmkit.weights.sources import fetch_hub_file, parse_hub
+from vfmkit.utils.text import error_reason
+from vfmkit.weights.safe_load import refused_globals, refused_message
+from vfmkit.weights.sources import HubUnreachableError, fetch_hub_file, parse_hub
 
 HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 """Files a timm Hub repo publishes its weights as, in order of preference."""
@@ -197,7 +199,8 @@ def fetch_hub_weights(source: str, model_id: str, filenames: Sequence[str] = HF_
 
     Raises:
         WeightsError: no candidate is cached or downloadable; the message (from :func:`fetch_hub_file`) names the
-            repo and the cache folder and says how to fetch the files.
+            repo and the cache folder and says how to fetch the files. An unreachable or silent endpoint stops at
+            the first candidate.
     """
     ref = parse_hub(source)
     candidates = (ref.filename,) if ref.filename else tuple(filenames)
@@ -205,6 +208,8 @@ def fetch_hub_weights(source: str, model_id: str, filenames: Sequence[str] = HF_
     for name in candidates:
         try:
             return fetch_hub_file(ref, name)
+        except HubUnreachableError as err:  # the endpoint is silent or unreachable: the other files would be too
+            raise WeightsError(f"weights of {model_id!r}: {err}") from None
         except WeightsError as err:
             first_error = first_error or err
     raise WeightsError(f"weights of {model_id!r}: {first_error}") from None
@@ -223,7 +228,8 @@ def create_timm_model(name: str, kwargs: dict[str, Any], weights: Path | None, m
     """``timm.create_model(name, num_classes=0, **kwargs)``, loading ``weights`` through timm's pretrained loader.
 
     Raises:
-        WeightsError: the file is unreadable or its tensors do not fit the architecture.
+        WeightsError: the file is unreadable, damaged, refused (a pickle needing globals outside the allow-list) or
+            its tensors do not fit the architecture; one line naming the file.
     """
     if weights is None:
         return timm.create_model(name, pretrained=False, num_classes=0, **kwargs)
@@ -233,11 +239,12 @@ def create_timm_model(name: str, kwargs: dict[str, Any], weights: Path | None, m
         return timm.create_model(
             name, pretrained=True, pretrained_cfg_overlay={"file": str(weights)}, num_classes=0, **kwargs
         )
-    except (RuntimeError, KeyError, ValueError, OSError) as exc:
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise WeightsError(
-            f"{weights} does not hold weights for {model_id!r} (timm {name}): {first_line[:500]}"
-        ) from exc
+    except Exception as exc:  # timm reads the file: a damaged or hostile one can raise anything
+        refused = refused_globals(weights) if Path(weights).suffix != ".safetensors" else []
+        if refused:
+            raise WeightsError(refused_message(weights, refused)) from None
+        reason = error_reason(exc, 500)
+        raise WeightsError(f"{weights} does not hold weights for {model_id!r} (timm {name}): {reason}") from None
 
 
 def build_timm(

@@ -26,12 +26,11 @@ from PIL import Image
 
 from vfmkit.data.augment import EpochSeededDataset, sample_seed
 from vfmkit.data.dense_augment import JointAugment, MaskSize, eval_transform
-from vfmkit.data.images import IMAGE_EXTENSIONS, load_image_rgb
+from vfmkit.data.images import IMAGE_EXTENSIONS, image_size, index_by_stem, load_image_rgb
 from vfmkit.data.preprocess import pil_to_tensor
 from vfmkit.errors import DataError
 from vfmkit.spec.dense import DenseAugmentSpec
 from vfmkit.tasks.change.spec import ChangeAugmentSpec, ChangeDataSpec, ChangeSpec
-from vfmkit.tasks.segment.data import image_size, index_by_stem
 
 SPLITS = ("train", "val", "test")
 

@@ -16,7 +16,7 @@ import torch
 from vfmkit.data.dense_augment import collate_dense
 from vfmkit.data.sampling import EpochSeededSampler
 from vfmkit.engine.plots import plot_confusion_matrix
-from vfmkit.engine.runs import make_loader
+from vfmkit.engine.runs import make_eval_loader, make_loader
 from vfmkit.engine.taskdef import ExportPlan, PredictResult, TaskData, TaskDef, Trained
 from vfmkit.errors import DataError, VfmError
 from vfmkit.metrics.dense import ChangeClassifyMeter, ChangeSegMeter
@@ -121,7 +121,7 @@ class ChangeSegmentTask(_ChangeTaskDef):
         """Metrics at the masks' original resolution (logits bilinearly resized back)."""
         model = trained.model.eval()
         dataset = make_dataset(trained.spec, split, train=False, full_masks=True)
-        loader = make_loader(dataset, spec.evaluate.batch_size, 0, collate_fn=collate_dense)
+        loader = make_eval_loader(dataset, spec.evaluate.batch_size, collate_dense)
         meter = ChangeSegMeter(trained.spec.dataset.ignore_index)
         for image_a, image_b, masks, _ in loader:
             logits = model(image_a, image_b)
@@ -179,8 +179,8 @@ class ChangeClassifyTask(_ChangeTaskDef):
         """Accuracy, defect accuracy, false-alarm and miss rates, AUC; the best-accuracy threshold on this split
         (information for calibration; the model's own threshold is what the metrics use); per-sample scores."""
         model = trained.model.eval()
-        loader = make_loader(
-            make_dataset(trained.spec, split, train=False), spec.evaluate.batch_size, 0, collate_fn=collate_dense
+        loader = make_eval_loader(
+            make_dataset(trained.spec, split, train=False), spec.evaluate.batch_size, collate_dense
         )
         meter = ChangeClassifyMeter(trained.spec.threshold)
         for test, golden, labels, _ in loader:

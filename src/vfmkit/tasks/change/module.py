@@ -32,7 +32,7 @@ class _ChangeModule(TaskModule):
 
     def _log_val_loss(self) -> None:
         total, count = self.gather_sum(self._val_loss).tolist()
-        self.log("val/loss", total / count if count else float("nan"))
+        self.log("val/loss", total / count if count else float("nan"), sync_dist=True)
 
 
 class ChangeSegModule(_ChangeModule):
@@ -52,7 +52,7 @@ class ChangeSegModule(_ChangeModule):
         image_a, image_b, mask, _ = batch
         outputs = self.model.forward_all(image_a, image_b)
         loss = multi_output_loss(outputs, mask, self.spec.model.aux_weights, self.class_weights, self.ignore_index)
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(mask))
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(mask), sync_dist=True)
         return loss
 
     def on_validation_epoch_start(self) -> None:
@@ -95,7 +95,7 @@ class ChangeClassifyModule(_ChangeModule):
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         test, golden, labels, _ = batch
         loss, _ = self._loss_and_score(test, golden, labels)
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(labels))
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(labels), sync_dist=True)
         return loss
 
     def on_validation_epoch_start(self) -> None:

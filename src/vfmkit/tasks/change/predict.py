@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from vfmkit.data.images import load_image_rgb
+from vfmkit.data.images import index_by_stem, load_image_rgb
 from vfmkit.data.preprocess import pil_to_tensor, resize
 from vfmkit.engine.run_dir import atomic_write_text
 from vfmkit.engine.taskdef import PredictResult, Trained
@@ -29,7 +29,6 @@ from vfmkit.models.necks.common import resize_to
 from vfmkit.tasks.change.data import make_dataset, trained_layout
 from vfmkit.tasks.change.data_csv import load_change_csv_split
 from vfmkit.tasks.change.spec import ChangeSpec
-from vfmkit.tasks.segment.data import index_by_stem
 
 
 def _source_pairs(spec: ChangeSpec) -> tuple[list[tuple[str, Path, Path]], list[str]]:

@@ -25,7 +25,7 @@ import torch
 from torch.utils.data import Dataset
 
 from vfmkit.data.augment import EpochSeededDataset, TrainAugment, sample_seed
-from vfmkit.data.images import is_image_file, load_image_rgb
+from vfmkit.data.images import is_image_file, iter_files, load_image_rgb
 from vfmkit.data.preprocess import pil_to_tensor, resize
 from vfmkit.errors import DataError
 from vfmkit.tasks.classify.spec import AugmentSpec, ClassifyDataSpec
@@ -174,14 +174,10 @@ def _load_folder_split(spec: ClassifyDataSpec, split: str, classes: list[str]) -
             continue
         if entry.name not in index:
             raise DataError(f"class folder {entry} is not a known class (classes: {preview(classes)})")
-        found = sorted(p for p in entry.rglob("*") if is_image_file(p) and not _hidden(p.relative_to(entry)))
+        found = sorted(p for p in iter_files(entry) if is_image_file(p))  # symlinked folders followed once
         files.extend(found)
         labels.extend([index[entry.name]] * len(found))
     return ClassificationSplit(split, files, np.asarray(labels, dtype=np.int64), list(classes), split_dir)
-
-
-def _hidden(relative: Path) -> bool:
-    return any(part.startswith(".") for part in relative.parts)
 
 
 def _csv_file(spec: ClassifyDataSpec, split: str) -> Path:

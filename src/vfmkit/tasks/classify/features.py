@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader
 
 from vfmkit.models.backbones.base import Backbone
 from vfmkit.tasks.classify.data import ClassificationDataset, ClassificationSplit
+from vfmkit.utils.atomic import atomic_output
 from vfmkit.weights.fingerprint import weights_fingerprint
 
 __all__ = ["cache_key", "cached_summaries", "extract_summaries", "weights_fingerprint"]
@@ -77,8 +78,6 @@ def cached_summaries(
         logger.info("feature cache hit: %s", path)
         return load_file(str(path))["summary"], True
     summaries = extract_summaries(backbone, split, resolution, batch_size, num_workers)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file({"summary": summaries.contiguous()}, str(tmp), metadata={"key": key, "split": split.name})
-    tmp.replace(path)
+    with atomic_output(path) as tmp:  # safetensors writes mode 0600 files: atomic_output gives the umask's mode
+        save_file({"summary": summaries.contiguous()}, str(tmp), metadata={"key": key, "split": split.name})
     return summaries, False

@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader
 
 from vfmkit.data.sampling import EpochSeededSampler
 from vfmkit.engine.plots import plot_confusion_matrix
-from vfmkit.engine.runs import make_loader
+from vfmkit.engine.runs import make_eval_loader, make_loader
 from vfmkit.engine.taskdef import ExportPlan, PredictResult, TaskData, TaskDef, Trained, format_metric
 from vfmkit.errors import DataError, VfmError
 from vfmkit.tasks.classify.data import ClassificationDataset, ClassificationSplit, FeatureDataset, load_split
@@ -85,7 +85,7 @@ class ClassifyTask(TaskDef):
         classes = trained.meta["classes"]
         accumulator = MetricAccumulator(len(classes), trained.spec.top_k)
         dataset = ClassificationDataset(split, trained.spec.model.resolution)
-        loader = make_loader(dataset, spec.evaluate.batch_size, 0)
+        loader = make_eval_loader(dataset, spec.evaluate.batch_size)
         trained.model.eval()
         for images, labels, _ in loader:
             accumulator.update(trained.model(images), labels)
@@ -96,7 +96,7 @@ class ClassifyTask(TaskDef):
         return [plot_confusion_matrix(matrix, trained.meta["classes"], out_dir / "confusion_matrix.png", title)]
 
     def metric_lines(self, split_name: str, metrics: dict, trained: Trained) -> list[str]:
-        k = trained.spec.top_k if f"top{trained.spec.top_k}" in metrics else min(trained.spec.top_k, 1)
+        k = trained.spec.top_k
         lines = [
             f"{split_name}: {metrics['images']} images  top-1 {format_metric('top1', metrics['top1'])}  "
             f"top-{k} {format_metric('topk', metrics.get(f'top{k}'))}"

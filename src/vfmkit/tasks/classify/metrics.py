@@ -15,7 +15,7 @@ class ClassificationMetrics:
     Attributes:
         confusion: (K, K) int64, rows = true class, columns = predicted class.
         topk_hits: images whose true class is among the top-k predictions.
-        k: the k of ``topk_hits`` (capped at K).
+        k: the k asked for (``top<k>`` in the outputs); hits are counted with min(k, K).
         loss_sum: summed cross-entropy.
     """
 
@@ -69,7 +69,7 @@ class MetricAccumulator:
 
     def __init__(self, num_classes: int, k: int = 5):
         self.num_classes = num_classes
-        self.k = min(k, num_classes)
+        self.k = k
         self.reset()
 
     def reset(self) -> None:
@@ -84,7 +84,7 @@ class MetricAccumulator:
         predicted = logits.argmax(dim=1)
         index = labels * self.num_classes + predicted
         self.confusion += torch.bincount(index, minlength=self.num_classes**2).view(self.num_classes, -1)
-        topk = logits.topk(self.k, dim=1).indices
+        topk = logits.topk(min(self.k, self.num_classes), dim=1).indices
         self.hits += int((topk == labels[:, None]).any(dim=1).sum())
         self.loss_sum += float(torch.nn.functional.cross_entropy(logits, labels, reduction="sum"))
 

@@ -32,7 +32,7 @@ class ClassifyModule(TaskModule):
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         inputs, labels, _ = batch
         loss = F.cross_entropy(self._logits(inputs), labels, label_smoothing=self.spec.model.label_smoothing)
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(labels))
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(labels), sync_dist=True)
         return loss
 
     def on_validation_epoch_start(self) -> None:

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
+from vfmkit.data.images import unreadable_files
 from vfmkit.errors import DataError
 from vfmkit.tasks.classify.data import ClassificationSplit, load_split, preview, resolve_classes, split_folder
 from vfmkit.tasks.classify.spec import ClassifyDataSpec
@@ -54,7 +53,7 @@ class PreflightReport:
         lines = ["images per class and split:", *self._table(max_classes)]
         if self.unreadable:
             lines.append(f"unreadable files, left out: {len(self.unreadable)}")
-            lines += [f"  {item.split}: {item.path}: {item.reason}" for item in self.unreadable[:max_unreadable]]
+            lines += [f"  {item.split}: {item.reason}" for item in self.unreadable[:max_unreadable]]
             if len(self.unreadable) > max_unreadable:
                 lines.append(f"  ... and {len(self.unreadable) - max_unreadable} more")
         if self.warnings:
@@ -93,14 +92,14 @@ def preflight(
 ) -> PreflightReport:
     """Check a classification dataset before training and return its cleaned splits.
 
-    Lists every split, counts images per class, optionally opens every image with a cheap header/structure check
-    (``PIL.Image.verify``: no full decode) and leaves the unreadable ones out, and collects warnings. Nothing is
-    written into the dataset folder.
+    Lists every split, counts images per class, optionally decodes every image fully (in parallel threads, with a
+    progress bar on a terminal) and leaves the unreadable ones out, and collects warnings. Nothing is written into
+    the dataset folder.
 
     Args:
         spec: the ``dataset`` spec (absolute paths).
         splits: the splits to check, among ``"train"``, ``"val"``, ``"test"``.
-        check_images: open every image (cheap check) and leave out those that fail.
+        check_images: decode every image and leave out those that fail.
         workers: threads used for the image check.
         classes: the class names to use (e.g. a checkpoint's, when evaluating); default :func:`resolve_classes`.
 
@@ -131,25 +130,14 @@ def preflight(
 
 
 def _drop_unreadable(split: ClassificationSplit, workers: int) -> tuple[ClassificationSplit, list[UnreadableImage]]:
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        reasons = list(pool.map(_image_problem, split.files))
-    pairs = zip(split.files, reasons, strict=True)
-    bad = [UnreadableImage(split.name, file, reason) for file, reason in pairs if reason is not None]
+    """Decode every image of the split (a truncated JPEG fails here, not mid-epoch); the unreadable ones go."""
+    reasons = unreadable_files(list(split.files), workers=workers, what=f"{split.name} images")
+    bad = [
+        UnreadableImage(split.name, file, reason) for file, reason in zip(split.files, reasons, strict=True) if reason
+    ]
     if not bad:
         return split, []
     return split.subset(np.array([reason is None for reason in reasons], dtype=bool)), bad
-
-
-def _image_problem(path: Path) -> str | None:
-    """``None`` when ``path`` opens as an image (header and structure check, no decode), else the reason."""
-    if not path.is_file():
-        return "no such file"
-    try:
-        with Image.open(path) as image:
-            image.verify()
-    except Exception as exc:  # any failure means "unreadable"; the reason is reported
-        return " ".join(str(exc).split()) or type(exc).__name__
-    return None
 
 
 def _check_training(train: ClassificationSplit | None, classes: list[str], unreadable: list[UnreadableImage]) -> None:

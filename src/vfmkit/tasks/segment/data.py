@@ -18,13 +18,14 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from tqdm import tqdm
 
 from vfmkit.data.augment import EpochSeededDataset, sample_seed
 from vfmkit.data.dense_augment import JointAugment, MaskSize, collate_dense, eval_transform
-from vfmkit.data.images import is_image_file, load_image_rgb
+from vfmkit.data.images import index_by_stem, load_image_rgb
 from vfmkit.data.palette import Palette, colorize, default_colors, overlay
 from vfmkit.data.preprocess import pil_to_tensor
-from vfmkit.errors import DataError
+from vfmkit.errors import DataError, UnreadableFileError
 from vfmkit.spec.dense import DenseAugmentSpec
 from vfmkit.tasks.segment.spec import SegmentAugmentSpec, SegmentDataSpec
 
@@ -43,7 +44,6 @@ __all__ = [
 ]
 
 SPLITS = ("train", "val", "test")
-_EXIF_ORIENTATION = 0x0112
 
 
 @dataclass
@@ -80,32 +80,13 @@ class SegmentationSplit:
         """The mask file of sample ``index``."""
         return Path(str(self.masks[index]))
 
+    def subset(self, keep: np.ndarray) -> SegmentationSplit:
+        """The pairs where the boolean (N,) ``keep`` is true."""
+        return SegmentationSplit(self.name, self.images[keep], self.masks[keep], self.source)
+
 
 def _split_folder(spec: SegmentDataSpec, kind: str, split: str) -> Path:
     return Path(spec.root) / getattr(spec, f"{kind}_dir") / getattr(spec, f"{split}_split")
-
-
-def index_by_stem(folder: Path, suffix: str = "") -> dict[str, Path]:
-    """``relative/folder/<stem minus suffix>`` -> file, for every image file below ``folder`` (hidden skipped).
-
-    Raises:
-        DataError: two files with the same key (e.g. ``a.png`` and ``a.jpg``), naming both.
-    """
-    index: dict[str, Path] = {}
-    for path in sorted(folder.rglob("*")):
-        relative = path.relative_to(folder)
-        if any(part.startswith(".") for part in relative.parts) or not is_image_file(path):
-            continue
-        stem = path.stem
-        if suffix:
-            if not stem.endswith(suffix):
-                continue
-            stem = stem[: -len(suffix)]
-        key = (relative.parent / stem).as_posix()
-        if key in index:
-            raise DataError(f"{index[key]} and {path} have the same stem {key!r}; keep one file per stem")
-        index[key] = path
-    return index
 
 
 def load_segment_split(spec: SegmentDataSpec, split: str) -> SegmentationSplit | None:
@@ -167,7 +148,8 @@ def load_mask(path: str | Path, palette: Palette) -> np.ndarray:
     except DataError:
         raise
     except (OSError, SyntaxError, ValueError) as exc:
-        raise DataError(f"cannot read mask {path}: {' '.join(str(exc).split()) or type(exc).__name__}") from exc
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        raise UnreadableFileError(f"cannot read mask {path}: {reason}") from exc
 
 
 @dataclass
@@ -187,6 +169,7 @@ class SegmentationPreflightReport:
     pixel_counts: dict[str, np.ndarray] = field(default_factory=dict)
     ignored_pixels: dict[str, int] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    unreadable: list[str] = field(default_factory=list)
 
     def split(self, name: str) -> SegmentationSplit | None:
         """The split ``name``, or ``None``."""
@@ -203,6 +186,8 @@ class SegmentationPreflightReport:
         widths = [max(len(row[c]) for row in rows) for c in range(len(rows[0]))]
         table = ["  " + "  ".join([r[0].ljust(widths[0]), *map(str.rjust, r[1:], widths[1:])]) for r in rows]
         lines = ["pixels per class and split:", *table]
+        if self.unreadable:
+            lines += [f"unreadable files, left out: {len(self.unreadable)}", *(f"  {u}" for u in self.unreadable[:20])]
         if self.warnings:
             lines += ["warnings:", *(f"  - {w}" for w in self.warnings)]
         return "\n".join(lines)
@@ -213,7 +198,8 @@ def preflight_segmentation(
 ) -> SegmentationPreflightReport:
     """Check a segmentation dataset before training: pairing, sizes, mask values, pixels per class.
 
-    Every mask is decoded (through the palette) and every image header is read (no image decode).
+    Every image and mask is decoded (in parallel threads, with a progress bar on a terminal); pairs whose files do
+    not decode are left out and listed.
 
     Args:
         spec: the ``dataset`` spec (absolute paths).
@@ -224,8 +210,8 @@ def preflight_segmentation(
         The report.
 
     Raises:
-        DataError: any error of :func:`load_segment_split`; an unreadable image or mask, an image and mask of
-            different sizes, or unknown mask values (each naming the file); an empty training split.
+        DataError: any error of :func:`load_segment_split`; an image and mask of different sizes, or unknown mask
+            values (each naming the file); a training split without readable pairs.
     """
     palette = Palette.from_spec(spec)
     loaded = {name: load_segment_split(spec, name) for name in dict.fromkeys(splits)}
@@ -239,7 +225,16 @@ def preflight_segmentation(
                 raise DataError(f"the training split {split.source} holds no images")
             report.warnings.append(f"the {name} split {split.source} holds no images")
         with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-            counts = list(pool.map(lambda i, s=split: _pair_counts(s, i, palette), range(len(split))))
+            checked = pool.map(lambda i, s=split: _pair_counts(s, i, palette), range(len(split)))
+            results = list(tqdm(checked, total=len(split), desc=f"checking {name}", disable=None, leave=False))
+        unreadable = [r for r in results if isinstance(r, str)]
+        if unreadable:  # left out and listed, as embed does; the rest of the split trains
+            report.unreadable += [f"{name}: {reason}" for reason in unreadable]
+            split = loaded[name] = split.subset(np.array([not isinstance(r, str) for r in results]))
+            report.splits[name] = split
+            if name == "train" and not len(split):
+                raise DataError(f"the training split {split.source} holds no readable images")
+        counts = [r for r in results if not isinstance(r, str)]
         total = np.sum(counts, axis=0) if counts else np.zeros(len(palette) + 1, dtype=np.int64)
         report.pixel_counts[name] = total[:-1].astype(np.int64)
         report.ignored_pixels[name] = int(total[-1])
@@ -249,27 +244,15 @@ def preflight_segmentation(
     return report
 
 
-def image_size(path: Path) -> tuple[int, int]:
-    """(W, H) of an image file as :func:`~vfmkit.data.images.load_image_rgb` returns it (EXIF rotation applied),
-    read from the header only.
-
-    Raises:
-        DataError: an unreadable file, naming it.
-    """
-    try:
-        with Image.open(path) as image:
-            width, height = image.size
-            rotated = image.getexif().get(_EXIF_ORIENTATION, 1) in (5, 6, 7, 8)
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise DataError(f"cannot read image {path}: {' '.join(str(exc).split()) or type(exc).__name__}") from exc
-    return (height, width) if rotated else (width, height)
-
-
-def _pair_counts(split: SegmentationSplit, index: int, palette: Palette) -> np.ndarray:
-    """int64 (K + 1,) pixels per class plus ignored pixels of one pair, after checking image and mask sizes."""
+def _pair_counts(split: SegmentationSplit, index: int, palette: Palette) -> np.ndarray | str:
+    """int64 (K + 1,) pixels per class plus ignored pixels of one pair, after decoding both files and checking their
+    sizes; the reason (a string) when one of the files does not decode."""
     image_path, mask_path = split.image_path(index), split.mask_path(index)
-    size = image_size(image_path)
-    mask = load_mask(mask_path, palette)
+    try:
+        size = load_image_rgb(image_path).size  # a full decode: a truncated file fails here, not mid-epoch
+        mask = load_mask(mask_path, palette)
+    except UnreadableFileError as err:
+        return str(err)
     if (mask.shape[1], mask.shape[0]) != size:
         raise DataError(
             f"mask {mask_path} is {mask.shape[1]}x{mask.shape[0]} but image {image_path} is {size[0]}x{size[1]} "

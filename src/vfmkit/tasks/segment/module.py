@@ -46,7 +46,7 @@ class SegmentModule(TaskModule):
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         images, masks, _ = batch
         loss = self._loss(self.model(images), masks)
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(images))
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(images), sync_dist=True)
         return loss
 
     def on_validation_epoch_start(self) -> None:

@@ -14,12 +14,15 @@ from vfmkit.models.backbones.radio.checkpoint import RadioCheckpoint, read_hf_la
 from vfmkit.models.backbones.radio.config import RadioConfig
 from vfmkit.models.backbones.radio.derive import adaptor_head_prefixes, config_from_checkpoint
 from vfmkit.models.backbones.radio.model import RadioBackbone
+from vfmkit.utils.text import error_reason
 from vfmkit.weights.report import LoadReport
 from vfmkit.weights.sources import HUB_PREFIX, fetch_hub_file, local_path, parse_hub
 
 logger = logging.getLogger(__name__)
 
 _TORCHHUB_SUFFIXES = (".pth.tar", ".pth", ".pt", ".tar")
+_DAMAGED_CONTENT_ERRORS = (KeyError, TypeError, ValueError, AttributeError, IndexError, RuntimeError, ArithmeticError)
+"""What a damaged checkpoint that still unpickles / parses can raise (values of the wrong kind, shape or range)."""
 
 
 def read_radio_checkpoint(source: str | Path) -> RadioCheckpoint:
@@ -103,8 +106,16 @@ def load_radio_checkpoint(
         The model in eval mode, float32; ``model.load_report`` tells what happened to every key.
 
     Raises:
-        WeightsError: missing or unexpected backbone keys, shape mismatches, unknown adaptors.
+        WeightsError: missing or unexpected backbone keys, shape mismatches, unknown adaptors, or a damaged file
+            whose content does not describe a RADIO model (one line naming ``source``).
     """
+    try:
+        return _load_radio(source, adaptors, defaults)
+    except _DAMAGED_CONTENT_ERRORS as err:  # a readable pickle/JSON holding values of the wrong kind or shape
+        raise WeightsError(f"{source}: not a usable RADIO checkpoint ({error_reason(err)})") from None
+
+
+def _load_radio(source: str | Path, adaptors: Sequence[str], defaults: dict[str, Any] | None) -> RadioBackbone:
     ckpt = read_radio_checkpoint(source)
     cfg = config_from_checkpoint(ckpt, adaptors, defaults)
     report = LoadReport(source=str(source), ignored=list(ckpt.dropped), converted=list(ckpt.converted))

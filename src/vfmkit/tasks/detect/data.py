@@ -1,0 +1,249 @@
+"""Detection data: sources -> checked splits, the preflight report, the Dataset and the collate function.
+
+Sources are COCO JSON files (``dataset.train_data_sources: [{image_dir, json_file}]`` and ``val_`` / ``test_``) or a
+YOLO folder (:mod:`~vfmkit.tasks.detect.yolo`). Every source of a task must share one category list; it defines
+the contiguous labels 0..C-1 (ascending original id) and the original ids written back in predictions. An explicit
+``dataset.num_classes`` that disagrees with the data is an error naming both.
+
+:class:`DetectionDataset` returns ``(image, target)``: ``image`` float32 (3, R, R) RGB in [0, 1] at the model
+resolution R; ``target`` ``boxes`` (T, 4) float32 cxcywh normalised to [0, 1], ``labels`` (T,) int64 contiguous,
+``image_id`` (int64 scalar, the original id), ``orig_size`` (2,) int64 (height, width) of the original image and
+``index`` (int64 scalar, the sample index). Crowd regions are not training targets (COCO evaluation uses them from
+the ground-truth dict).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torchvision.ops import box_convert
+
+from vfmkit.data.augment import EpochSeededDataset, sample_seed
+from vfmkit.data.box_transforms import DetectionAugment, pick_scale, resize_batch, resize_with_boxes
+from vfmkit.data.coco import (
+    CategoryList,
+    CocoAnnotation,
+    CocoCategory,
+    CocoDataset,
+    CocoImage,
+    coco_dict,
+    merge_categories,
+    read_coco,
+)
+from vfmkit.data.images import load_image_rgb
+from vfmkit.data.preprocess import pil_to_tensor
+from vfmkit.errors import DataError
+from vfmkit.tasks.detect.spec import DetectAugmentSpec, DetectDataSpec
+from vfmkit.tasks.detect.yolo import read_yolo_split
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class DetectionSplit:
+    """The images and objects of one split (its sources concatenated)."""
+
+    name: str
+    sources: list[str]
+    images: list[CocoImage]
+    annotations: dict[int, list[CocoAnnotation]]
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def objects(self, image_id: int, include_crowd: bool = False) -> list[CocoAnnotation]:
+        return [a for a in self.annotations.get(image_id, []) if include_crowd or not a.iscrowd]
+
+
+@dataclass
+class DetectionData(CategoryList):
+    """The checked splits of a detection dataset and their shared categories (``num_classes``, ``class_names``,
+    ``category_ids``: the original id per contiguous label)."""
+
+    format: str
+    categories: list[CocoCategory]
+    splits: dict[str, DetectionSplit] = field(default_factory=dict)
+
+    def split(self, name: str) -> DetectionSplit | None:
+        return self.splits.get(name)
+
+    def ground_truth(self, name: str) -> dict[str, Any]:
+        """COCO dict of split ``name`` (original ids) for :func:`vfmkit.metrics.coco.evaluate_coco`."""
+        split = self.splits[name]
+        return coco_dict(split.images, self.categories, split.annotations)
+
+
+def load_detection_data(spec: DetectDataSpec) -> DetectionData:
+    """Read and check every split the spec names.
+
+    Raises:
+        DataError: any problem in a source (see :mod:`vfmkit.data.coco` and :mod:`~vfmkit.tasks.detect.yolo`),
+            categories that differ between sources, an image id used twice in a split, no training images, or a
+            ``num_classes`` that disagrees with the data.
+    """
+    per_split: dict[str, list[CocoDataset]] = {}
+    if spec.format == "coco":
+        for name in SPLITS:
+            sources = getattr(spec, f"{name}_data_sources") or []
+            if sources:
+                per_split[name] = [read_coco(s.json_file, s.image_dir) for s in sources]
+    else:
+        for name in SPLITS:
+            dataset = read_yolo_split(spec.root, getattr(spec, f"{name}_split"), list(spec.names))
+            if dataset is not None:
+                per_split[name] = [dataset]
+    if not per_split.get("train") or not sum(len(d.images) for d in per_split["train"]):
+        where = spec.root if spec.format == "yolo" else "dataset.train_data_sources"
+        raise DataError(f"no training images found ({where})")
+    categories = merge_categories([d for datasets in per_split.values() for d in datasets])
+    if spec.num_classes is not None and spec.num_classes != len(categories):
+        raise DataError(
+            f"dataset.num_classes is {spec.num_classes} but the data has {len(categories)} categories "
+            f"({', '.join(c.name for c in categories[:10])}{' ...' if len(categories) > 10 else ''}); "
+            "remove num_classes (it is derived) or fix the data"
+        )
+    data = DetectionData(spec.format, categories)
+    for name, datasets in per_split.items():
+        data.splits[name] = _merge_split(name, datasets)
+    return data
+
+
+def _merge_split(name: str, datasets: Sequence[CocoDataset]) -> DetectionSplit:
+    images, annotations, owner = [], {}, {}
+    for dataset in datasets:
+        for image in dataset.images:
+            if image.id in owner:
+                raise DataError(
+                    f"{dataset.json_file}: image id {image.id} is also used in {owner[image.id]} ({name} split); "
+                    "image ids must be unique across the sources of a split"
+                )
+            owner[image.id] = dataset.json_file
+            images.append(image)
+            annotations[image.id] = dataset.annotations.get(image.id, [])
+    return DetectionSplit(name, [str(d.json_file) for d in datasets], images, annotations)
+
+
+def format_report(data: DetectionData) -> str:
+    """The preflight table: per split its images, negatives (images without objects), boxes, crowd regions and
+    boxes per class; then warnings (e.g. classes without training boxes)."""
+    names = data.class_names
+    header = ["split", "images", "negatives", "boxes", "crowd", *names]
+    rows = [header]
+    per_class_train = [0] * len(names)
+    for name, split in data.splits.items():
+        counts = [0] * len(names)
+        crowd = negatives = 0
+        for image in split.images:
+            objects = split.annotations.get(image.id, [])
+            negatives += not objects
+            for obj in objects:
+                crowd += obj.iscrowd
+                counts[obj.label] += not obj.iscrowd
+        if name == "train":
+            per_class_train = counts
+        rows.append([name, len(split), negatives, sum(counts), crowd, *counts])
+    widths = [max(len(str(row[i])) for row in rows) for i in range(len(header))]
+    lines = [
+        f"detection dataset ({data.format}): {data.num_classes} classes: "
+        + ", ".join(f"{c.name} (id {c.id})" for c in data.categories)
+    ]
+    lines += ["  ".join(str(v).rjust(w) for v, w in zip(row, widths, strict=True)) for row in rows]
+    missing = [n for n, count in zip(names, per_class_train, strict=True) if count == 0]
+    if missing:
+        lines.append(f"warning: {len(missing)} class(es) have no training boxes: {', '.join(missing[:10])}")
+    return "\n".join(lines)
+
+
+def preflight_detection(spec: DetectDataSpec, log: Callable[[str], None] = print) -> DetectionData:
+    """Load and check the data (see :func:`load_detection_data`), then ``log`` the :func:`format_report` table."""
+    data = load_detection_data(spec)
+    log(format_report(data))
+    return data
+
+
+def build_train_augment(augment: DetectAugmentSpec, resolution: int) -> DetectionAugment:
+    """The training augmentation of ``dataset.augment`` at the model resolution."""
+    return DetectionAugment(
+        resolution,
+        photometric=augment.photometric,
+        zoom_out=augment.zoom_out,
+        iou_crop=augment.iou_crop,
+        hflip=augment.hflip,
+        min_box_size=augment.min_box_size,
+    )
+
+
+class DetectionDataset(EpochSeededDataset):
+    """Samples of one split (see the module docstring for the output format).
+
+    Args:
+        split: the split.
+        resolution: model resolution R (square output).
+        augment: training augmentation (None: resize only, for evaluation).
+        seed: the run seed; augmentation is seeded by ``(seed, epoch, index)``.
+    """
+
+    def __init__(self, split: DetectionSplit, resolution: int, augment: DetectionAugment | None = None, seed: int = 0):
+        super().__init__()
+        self.split = split
+        self.resolution = int(resolution)
+        self.augment = augment
+        self.seed = int(seed)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        info = self.split.images[index]
+        image = pil_to_tensor(load_image_rgb(info.path))
+        height, width = image.shape[-2:]
+        if (width, height) != (info.width, info.height):
+            raise DataError(
+                f"{info.path}: the image is {width}x{height} but its annotation says {info.width}x{info.height} "
+                f"(image id {info.id}); boxes would be misplaced"
+            )
+        objects = self.split.objects(info.id)
+        boxes = torch.tensor([a.bbox for a in objects], dtype=torch.float32).reshape(-1, 4)
+        boxes = box_convert(boxes, "xywh", "xyxy")
+        labels = torch.tensor([a.label for a in objects], dtype=torch.int64)
+        size = (self.resolution, self.resolution)
+        if self.augment is not None:
+            image, boxes, labels = self.augment(image, boxes, labels, sample_seed(self.seed, self.epoch, index))
+        else:
+            image, boxes = resize_with_boxes(image, boxes, size)
+        scale = torch.tensor([size[1], size[0], size[1], size[0]], dtype=torch.float32)
+        target = {
+            "boxes": box_convert(boxes / scale, "xyxy", "cxcywh").clamp(0.0, 1.0),
+            "labels": labels,
+            "image_id": torch.tensor(info.id, dtype=torch.int64),
+            "orig_size": torch.tensor([height, width], dtype=torch.int64),
+            "index": torch.tensor(index, dtype=torch.int64),
+        }
+        return image, target
+
+
+def collate_detection(
+    batch: Sequence[tuple[torch.Tensor, dict[str, torch.Tensor]]],
+) -> tuple[torch.Tensor, list[dict[str, torch.Tensor]]]:
+    """Samples -> ``images`` (B, 3, R, R) and the list of target dicts."""
+    images, targets = zip(*batch, strict=True)
+    return torch.stack(images), list(targets)
+
+
+class MultiScaleCollate:
+    """Collate, then resize the batch to a size drawn from ``scales`` per batch, reproducibly from
+    ``(seed, epoch, first sample index)`` (boxes are normalised, so targets are unchanged).
+
+    Args:
+        scales: square sizes (multiples of 32).
+        dataset: the training dataset (its ``seed`` and current ``epoch`` are read).
+    """
+
+    def __init__(self, scales: Sequence[int], dataset: DetectionDataset):
+        self.scales = [int(s) for s in scales]
+        self.dataset = dataset
+
+    def __call__(self, batch):
+        images, targets = collate_detection(batch)
+        size = pick_scale(self.scales, self.dataset.seed, self.dataset.epoch, int(targets[0]["index"]))
+        return resize_batch(images, size), targets

@@ -1,0 +1,88 @@
+"""Atomic file output: a temporary file in the target's folder, renamed onto the target with ``os.replace`` only
+once it is complete, so readers never see a half-written file and a failure (or a kill) never replaces the previous
+version.
+
+Finished files get the mode a plain ``open(path, "w")`` would give them (``0o666`` minus the process umask), whatever
+the writer did: ``tempfile.mkstemp`` and ``safetensors.save_file`` create files with mode ``0o600``.
+
+Temporary files are named ``.<target name>.<random>.tmp`` beside the target; a process killed mid-write leaves one
+behind, which :func:`stale_temp_files` finds.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+TEMP_SUFFIX = ".tmp"
+
+
+def current_umask() -> int:
+    """The process umask (e.g. ``0o022``), read without changing it where the OS allows (Linux ``/proc``)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)  # elsewhere: set and restore (the only portable way to read it)
+    os.umask(mask)
+    return mask
+
+
+def default_file_mode() -> int:
+    """The mode a newly created regular file gets: ``0o666`` minus the umask (``0o644`` with umask ``0o022``)."""
+    return 0o666 & ~current_umask()
+
+
+@contextmanager
+def atomic_output(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path to write ``path``'s new content to; on success it replaces ``path`` atomically.
+
+    The folder of ``path`` is created. Whatever the block writes to the temporary path (``torch.save``,
+    ``safetensors.save_file``, ``PIL.Image.save`` with an explicit format, plain ``open``), the finished file gets
+    :func:`default_file_mode` and is renamed onto ``path``. When the block raises (or is interrupted), the temporary
+    file is removed, ``path`` is left as it was and the exception propagates.
+
+    Example::
+
+        with atomic_output(run_dir / "last.ckpt") as tmp:
+            torch.save(state, tmp)
+
+    Raises:
+        OSError: the folder cannot be created or written, or the rename fails (e.g. ``path`` is a folder).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        os.chmod(tmp, default_file_mode())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (see :func:`atomic_output`)."""
+    with atomic_output(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def atomic_write_text(path: str | Path, text: str, encoding: str = "utf-8") -> None:
+    """Write ``text`` to ``path`` atomically (see :func:`atomic_output`)."""
+    with atomic_output(path) as tmp:
+        tmp.write_text(text, encoding=encoding)
+
+
+def stale_temp_files(folder: str | Path, name: str | None = None) -> list[Path]:
+    """Temporary files :func:`atomic_output` left in ``folder`` (a killed writer), optionally only those of the
+    target ``name``; sorted. Remove them only when no other process can be writing to the folder."""
+    pattern = f".{name}.*{TEMP_SUFFIX}" if name else f".*{TEMP_SUFFIX}"
+    return sorted(p for p in Path(folder).glob(pattern) if p.is_file())

@@ -1,0 +1,226 @@
+"""COCO-panoptic reading (sparse category ids), preflight refusals, OneFormer-style per-task targets and the dataset."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from tests.tasks.universal.universal_data import BLOCK, DISC, GROUND, SKY, make_panoptic_dataset, split_paths
+
+from vfmkit.data.palette import Palette
+from vfmkit.errors import DataError
+from vfmkit.metrics.panoptic import id2rgb, read_panoptic_png
+from vfmkit.models.heads.mask2former import task_tokens
+from vfmkit.spec.dense import DenseAugmentSpec
+from vfmkit.tasks.universal.categories import CategoryTable, SegmentInfo
+from vfmkit.tasks.universal.data import (
+    UniversalDataset,
+    collate_universal,
+    load_coco_panoptic_split,
+    preflight_universal,
+    semantic_mask_split,
+)
+from vfmkit.tasks.universal.targets import (
+    draw_task,
+    resolve_task_prob,
+    semantic_map,
+    target_texts,
+    task_targets,
+)
+
+
+@pytest.fixture(scope="module")
+def dataset_root(tmp_path_factory):
+    return make_panoptic_dataset(tmp_path_factory.mktemp("pan"), {"train": 4, "val": 2})
+
+
+def load(root, split="train"):
+    return load_coco_panoptic_split(split, *split_paths(root, split))
+
+
+def rewrite(root, tmp_path, edit) -> tuple:
+    """A copy of the train split's JSON changed by ``edit(data)``; returns the split paths with the new JSON."""
+    images, json_file, pngs = split_paths(root, "train")
+    data = json.loads(json_file.read_text())
+    edit(data)
+    new_json = tmp_path / "panoptic_train.json"
+    new_json.write_text(json.dumps(data))
+    return images, new_json, pngs
+
+
+def test_sparse_category_ids_map_to_contiguous_indices_and_back(dataset_root):
+    split = load(dataset_root)
+    table = split.categories
+    assert table.original_ids == [DISC, BLOCK, SKY, GROUND] and table.names == ["disc", "block", "sky", "ground"]
+    assert table.isthing == [True, True, False, False]
+    assert table.index(SKY) == 2 and table.index(99) is None
+    assert CategoryTable.from_meta(json.loads(json.dumps(table.as_meta()))).original_ids == table.original_ids
+    assert len(split) == 4 and split.samples[0].image.endswith("000.png")
+    crowd = [s for s in split.samples[0].segments if s.iscrowd]
+    assert len(crowd) == 1 and crowd[0].category == table.index(DISC)
+
+
+def test_preflight_counts_segments_crowd_and_void(dataset_root):
+    report = preflight_universal({"train": load(dataset_root), "val": load(dataset_root, "val"), "test": None})
+    assert report.crowd["train"] == 1 and report.void_pixels["train"] > 0 and report.void_pixels["val"] > 0
+    assert report.segments["train"][2] == 4  # one sky segment per image
+    text = report.format()
+    assert "sky (12)" in text and "(crowd segments)" in text and "no test split" in text
+
+
+def test_a_png_id_missing_from_segments_info_is_named(dataset_root, tmp_path):
+    def drop_block(data):
+        info = data["annotations"][2]["segments_info"]
+        data["annotations"][2]["segments_info"] = [s for s in info if s["category_id"] != GROUND]
+
+    split = load_coco_panoptic_split("train", *rewrite(dataset_root, tmp_path, drop_block))
+    with pytest.raises(DataError, match=r"002\.png: segment id\(s\) 25002 \(\d+ px\) are not in segments_info"):
+        preflight_universal({"train": split})
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda d: d["annotations"][1]["segments_info"][0].update(id=0), r"001\.png: segment id 0 must be > 0"),
+        (lambda d: d["annotations"][1]["segments_info"][0].update(id=-5), r"segment id -5 must be > 0"),
+        (lambda d: d["annotations"][1]["segments_info"][0].update(category_id=40), r"category_id 40, which is missing"),
+        (lambda d: d["categories"][0].update(id=0), r"category 'disc' has id 0; ids must be > 0"),
+        (lambda d: d["annotations"][0].update(image_id=999), r"image_id 999 which is not in 'images'"),
+        (lambda d: d.pop("categories"), r"missing 'categories' list"),
+    ],
+)
+def test_bad_annotations_are_refused_with_file_and_id(dataset_root, tmp_path, edit, message):
+    with pytest.raises(DataError, match=message):
+        load_coco_panoptic_split("train", *rewrite(dataset_root, tmp_path, edit))
+
+
+def test_a_png_of_another_size_than_its_image_is_refused(dataset_root, tmp_path):
+    images, json_file, pngs = split_paths(dataset_root, "train")
+    copy = tmp_path / "pngs"
+    copy.mkdir()
+    for png in pngs.iterdir():
+        copy.joinpath(png.name).write_bytes(png.read_bytes())
+    ids = read_panoptic_png(copy / "003.png")
+    Image.fromarray(id2rgb(ids[:, :48])).save(copy / "003.png")
+    split = load_coco_panoptic_split("train", images, json_file, copy)
+    with pytest.raises(DataError, match=r"003\.png is 48x64 but its image .*003\.png is 64x64"):
+        preflight_universal({"train": split})
+
+
+def test_missing_files_are_named(dataset_root, tmp_path):
+    with pytest.raises(DataError, match="does not exist"):
+        load_coco_panoptic_split("train", dataset_root, tmp_path / "nope.json")
+    images, json_file, _ = split_paths(dataset_root, "train")
+    split = load_coco_panoptic_split("train", images, json_file, tmp_path / "no_pngs")
+    with pytest.raises(DataError, match="no_pngs"):
+        preflight_universal({"train": split})
+
+
+def segments_fixture():
+    """4 x 4 ids: two things of class 0 (ids 5, 6), one crowd of class 0 (7), stuff class 1 split in two (8, 9)."""
+    ids = torch.tensor([[5, 5, 8, 8], [6, 6, 8, 8], [7, 0, 9, 9], [7, 0, 9, 9]])
+    segments = [
+        SegmentInfo(5, 0),
+        SegmentInfo(6, 0),
+        SegmentInfo(7, 0, iscrowd=True),
+        SegmentInfo(8, 1),
+        SegmentInfo(9, 1),
+        SegmentInfo(11, 1),
+    ]
+    return ids, segments
+
+
+def test_per_task_targets_follow_the_oneformer_mapper():
+    ids, segments = segments_fixture()
+    isthing = [True, False]
+    labels, masks = task_targets(ids, segments, isthing, "panoptic")
+    assert labels.tolist() == [0, 0, 1, 1] and masks.dtype == torch.bool  # crowd and empty (11) segments dropped
+    assert [int(m.sum()) for m in masks] == [2, 2, 4, 4]
+    labels, masks = task_targets(ids, segments, isthing, "instance")
+    assert labels.tolist() == [0, 0]  # things only
+    labels, masks = task_targets(ids, segments, isthing, "semantic")
+    assert labels.tolist() == [0, 1] and [int(m.sum()) for m in masks] == [4, 8]  # one mask per class, no crowd
+    empty_labels, empty_masks = task_targets(torch.zeros(4, 4, dtype=torch.int64), segments, isthing, "panoptic")
+    assert empty_labels.shape == (0,) and empty_masks.shape == (0, 4, 4)
+
+
+def test_semantic_ground_truth_texts_and_task_draws():
+    ids, segments = segments_fixture()
+    semantic = semantic_map(ids.numpy(), segments)
+    assert semantic.tolist() == [[0, 0, 1, 1], [0, 0, 1, 1], [0, -1, 1, 1], [0, -1, 1, 1]]  # crowd keeps its class
+    assert target_texts([1, 0, 0], ["car", "sky"], "instance", 5) == [
+        "a photo with a car",
+        "a photo with a car",
+        "a photo with a sky",
+        "an instance photo",
+        "an instance photo",
+    ]
+    assert target_texts([0, 1], ["car", "sky"], "panoptic", 1) == ["a photo with a car"]
+    thresholds = resolve_task_prob({"semantic": 0.33, "instance": 0.33, "panoptic": 0.34})
+    assert thresholds == pytest.approx((0.33, 0.66))
+    draws = Counter(draw_task(thresholds, seed) for seed in range(3000))
+    assert all(abs(draws[task] / 3000 - 1 / 3) < 0.04 for task in ("semantic", "instance", "panoptic"))
+    assert {draw_task(resolve_task_prob({"panoptic": 1.0}), s) for s in range(50)} == {"panoptic"}
+    with pytest.raises(ValueError, match="add up to 1"):
+        resolve_task_prob({"semantic": 0.5, "panoptic": 0.6})
+
+
+def test_training_items_are_augmented_jointly_and_reproducibly(dataset_root):
+    split = load(dataset_root)
+    augment = DenseAugmentSpec(scale_range=(0.5, 1.5), hflip=0.5)
+    probs = {"semantic": 0.33, "instance": 0.33, "panoptic": 0.34}
+    dataset = UniversalDataset(split, 48, True, augment, seed=3, task_prob=probs, num_texts=5, text_context_length=16)
+    item = dataset[0]
+    assert item["image"].shape == (3, 48, 48) and item["masks"].shape[1:] == (48, 48)
+    assert len(item["labels"]) == len(item["masks"]) and item["text_tokens"].shape == (5, 16)
+    assert torch.equal(item["task_tokens"], task_tokens([item["task"]])[0])
+    again = dataset[0]
+    assert item["task"] == again["task"] and torch.equal(item["masks"], again["masks"])
+    dataset.set_epoch(1)
+    tasks = {dataset[i]["task"] for i in range(4)} | {item["task"]}
+    assert len(tasks) >= 2
+    batch = collate_universal([dataset[i] for i in range(3)])
+    assert batch["images"].shape == (3, 3, 48, 48) and batch["task_tokens"].shape == (3, 77)
+    assert len(batch["targets"]) == 3 and batch["indices"] == [0, 1, 2] and len(batch["task"]) == 3
+
+
+def test_augmented_masks_come_from_the_segments(dataset_root):
+    split = load(dataset_root)
+    dataset = UniversalDataset(split, 64, True, DenseAugmentSpec(scale_range=(0.3, 2.0), hflip=0.5), seed=1)
+    for index in range(len(split)):
+        item = dataset[index]
+        covered = item["masks"].sum(0)
+        assert int(covered.max()) <= 1  # panoptic targets never overlap
+        assert item["labels"].tolist() and set(item["labels"].tolist()) <= {0, 1, 2, 3}
+
+
+def test_evaluation_items_keep_full_resolution_ground_truth(dataset_root):
+    split = load(dataset_root, "val")
+    item = UniversalDataset(split, 32)[1]
+    assert item["image"].shape == (3, 32, 32) and item["ids"].shape == (64, 64) and item["semantic"].shape == (64, 64)
+    assert int((item["semantic"] == -1).sum()) == int((item["ids"] == 0).sum()) > 0  # the VOID region
+    assert {s.id for s in item["segments"]} >= set(np.unique(item["ids"].numpy()).tolist()) - {0}
+
+
+def test_semantic_mask_pairs_become_stuff_segments(tmp_path):
+    image = np.zeros((8, 8, 3), dtype=np.uint8)
+    mask = np.zeros((8, 8), dtype=np.uint8)
+    mask[:, 4:] = 2
+    mask[0, 0] = 255
+    Image.fromarray(image).save(tmp_path / "a.png")
+    Image.fromarray(mask, mode="L").save(tmp_path / "a_mask.png")
+    palette = Palette(["bg", "cat", "dog"], ids=[0, 1, 2])
+    split = semantic_mask_split("train", [tmp_path / "a.png"], [tmp_path / "a_mask.png"], palette, tmp_path)
+    assert split.categories.names == ["bg", "cat", "dog"] and split.categories.isthing == [False] * 3
+    report = preflight_universal({"train": split})
+    assert report.void_pixels["train"] == 1 and report.segments["train"].tolist() == [1, 0, 1]
+    item = UniversalDataset(split, 8, True, DenseAugmentSpec(scale_range=None, hflip=0.0), task_prob={"semantic": 1})[0]
+    assert item["labels"].tolist() == [0, 2] and [int(m.sum()) for m in item["masks"]] == [31, 32]
+    mask[1, 1] = 7
+    Image.fromarray(mask, mode="L").save(tmp_path / "a_mask.png")
+    with pytest.raises(DataError, match=r"a_mask\.png: unknown id value"):
+        preflight_universal({"train": split})
