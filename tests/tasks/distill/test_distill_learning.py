@@ -120,7 +120,7 @@ def test_two_teachers_on_scales_1e6_apart_need_phi_s(data):
     phi_s, colour, pattern = _two_teachers(data, "phi_s")
     heads = phi_s.student.adaptors
     assert (heads["colour"].cfg.token_slot, heads["pattern"].cfg.token_slot) == (0, 1)  # one cls slot each
-    assert phi_s.student.cfg.summary_idxs == (0, 1)
+    assert phi_s.student.backbone.cfg.summary_idxs == (0, 1)
     assert colour >= 90.0 and pattern >= 90.0, (colour, pattern)
     _, raw_colour, raw_pattern = _two_teachers(data, "none")
     assert raw_colour >= 90.0, raw_colour

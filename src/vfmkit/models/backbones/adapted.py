@@ -54,7 +54,12 @@ ADAPTOR_PREFIX = "adaptors."
 
 
 class AdaptedBackbone(Backbone):
-    """A non-RADIO backbone with teacher heads on its summary (cls slot 0 = the summary) and patch tokens.
+    """A backbone with teacher heads outside it: on its summary (cls slot 0 = the summary; a RADIO backbone's heads
+    read their own cls slot from ``out.cls_tokens``) and patch tokens.
+
+    Non-RADIO students always carry their heads this way; a RADIO student is wrapped while it trains (so the
+    backbone itself holds no head: it can stay frozen, and be left out of checkpoints, while the heads train) and
+    gets its heads natively when saved and loaded again (:func:`save_adapted_backbone`), with the same outputs.
 
     Output: the wrapped backbone's :class:`BackboneOutput` with one :class:`AdaptorOutput` per head in ``adaptors``.
     Every other part of the backbone surface (preprocessing, token-level view, intermediates) is the wrapped
@@ -72,11 +77,17 @@ class AdaptedBackbone(Backbone):
 
     def add_adaptors(self, configs: Sequence[AdaptorConfig]) -> None:
         """Attach more heads (names must be new; summary heads read slot 0, the summary)."""
+        slots = self.backbone.cfg.num_cls_tokens if isinstance(self.backbone, RadioBackbone) else 1
         for cfg in configs:
-            if cfg.token_slot != 0:
+            if slots == 1 and cfg.token_slot != 0:
                 raise VfmError(
                     f"head {cfg.name!r}: summary_token_idx {cfg.token_slot} needs a RADIO student with several cls "
                     "tokens; other backbones have one summary (use 0)"
+                )
+            if not 0 <= cfg.token_slot < slots:
+                raise VfmError(
+                    f"head {cfg.name!r}: summary_token_idx {cfg.token_slot} is not a cls slot of this RADIO student "
+                    f"(it has {slots}: 0..{slots - 1})"
                 )
             self.adaptors[cfg.name] = Adaptor(cfg, num_heads=self.num_heads)
         self.adaptor_names = tuple(self.adaptors)
@@ -93,7 +104,7 @@ class AdaptedBackbone(Backbone):
         return self._with_heads(self.backbone(images))
 
     def _with_heads(self, out: BackboneOutput) -> BackboneOutput:
-        slots = out.summary[:, None]
+        slots = out.cls_tokens if out.cls_tokens is not None else out.summary[:, None]
         heads = {name: adaptor(slots, out.features, out.grid) for name, adaptor in self.adaptors.items()}
         out.adaptors = {**out.adaptors, **heads}
         return out
@@ -135,11 +146,14 @@ def attention_heads(backbone: Backbone) -> int:
     return next(h for h in (16, 8, 4, 2, 1) if backbone.embed_dim % h == 0)
 
 
-def attach_adaptors(backbone: Backbone, configs: Sequence[AdaptorConfig], num_heads: int | None = None) -> Backbone:
+def attach_adaptors(
+    backbone: Backbone, configs: Sequence[AdaptorConfig], num_heads: int | None = None, wrap: bool = False
+) -> Backbone:
     """Attach teacher heads to a student and return the model that computes them.
 
-    RADIO students get them in ``backbone.adaptors`` (each summary head reads cls slot ``token_slot``); others are
-    wrapped in :class:`AdaptedBackbone` (or extended, when already wrapped).
+    RADIO students get them in ``backbone.adaptors`` (each summary head reads cls slot ``token_slot``) unless
+    ``wrap``; others (and wrapped RADIO students) are wrapped in :class:`AdaptedBackbone` (or extended, when already
+    wrapped).
 
     Raises:
         VfmError: a head name already taken, or a cls slot the student does not have.
@@ -153,7 +167,7 @@ def attach_adaptors(backbone: Backbone, configs: Sequence[AdaptorConfig], num_he
     if isinstance(backbone, AdaptedBackbone):
         backbone.add_adaptors(configs)
         return backbone
-    if not isinstance(backbone, RadioBackbone):
+    if wrap or not isinstance(backbone, RadioBackbone):
         return AdaptedBackbone(backbone, configs, num_heads)
     for cfg in configs:
         if not 0 <= cfg.token_slot < backbone.cfg.num_cls_tokens:

@@ -66,12 +66,15 @@ class BackboneOutput:
         features: (B, h * w, D) patch features in raster order (prefix tokens removed).
         grid: (h, w) = (H / patch, W / patch).
         adaptors: adaptor name -> :class:`AdaptorOutput` for the adaptors the model was loaded with.
+        cls_tokens: (B, C, D) every cls token of a model that has several (RADIO), before the summary selection;
+            None for other models. Heads attached outside the model read their cls slot from it.
     """
 
     summary: torch.Tensor
     features: torch.Tensor
     grid: tuple[int, int]
     adaptors: dict[str, AdaptorOutput] = field(default_factory=dict)
+    cls_tokens: torch.Tensor | None = None
 
     def spatial(self) -> torch.Tensor:
         """Features as an NCHW map: (B, D, h, w)."""

@@ -77,8 +77,8 @@ def head_config(
 
 
 def set_trainable_blocks(student: Backbone, trainable_blocks: int | None) -> None:
-    """Heads always train; the student trains whole (None) or only its last ``trainable_blocks`` blocks and what
-    follows them (final norm). Layers are told apart by :func:`vfmkit.engine.optim.layer_id`."""
+    """Heads always train; the student trains whole (None), not at all (0) or only its last ``trainable_blocks``
+    blocks and what follows them (final norm). Layers are told apart by :func:`vfmkit.engine.optim.layer_id`."""
     depth = plain_backbone(student).num_blocks
     wrapped = isinstance(student, AdaptedBackbone)
     for name, param in student.named_parameters():
@@ -86,7 +86,8 @@ def set_trainable_blocks(student: Backbone, trainable_blocks: int | None) -> Non
             param.requires_grad_(True)
             continue
         inner = name.removeprefix("backbone.") if wrapped else name
-        param.requires_grad_(trainable_blocks is None or layer_id(inner, depth) > depth - trainable_blocks)
+        trains = trainable_blocks is None or (trainable_blocks > 0 and layer_id(inner, depth) > depth - trainable_blocks)
+        param.requires_grad_(trains)
 
 
 def head_parameters(student: Backbone) -> list[tuple[str, nn.Parameter]]:

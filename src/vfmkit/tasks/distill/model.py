@@ -180,22 +180,40 @@ def student_resolution(student: Backbone, resolution: int | None) -> tuple[int, 
     return nearest_supported_resolution(resolution, resolution, prep.resolution_step)
 
 
-def build_student(spec: DistillSpec) -> Backbone:
-    """The student backbone (no heads yet), float32 on the CPU."""
-    return load_backbone(spec.model.backbone, pretrained=spec.model.pretrained)
+TEACHER_SEED = 1729
+"""Seed of a randomly initialised teacher (``pretrained: false``, tests): teachers are never saved in checkpoints,
+so one rebuilt from the spec must come out identical."""
+
+
+def build_student(spec: DistillSpec, pretrained: bool = True) -> Backbone:
+    """The student backbone (no heads yet), float32 on the CPU; published weights when ``pretrained`` and
+    ``model.pretrained`` (a local checkpoint path always loads its file)."""
+    return load_backbone(spec.model.backbone, pretrained=pretrained and spec.model.pretrained)
+
+
+def on_meta_device() -> bool:
+    """True inside ``with torch.device("meta")`` (a dry build: nothing is loaded)."""
+    return torch.empty(0).device.type == "meta"
 
 
 def build_teacher(
-    teacher: TeacherSpec, student_size: tuple[int, int], backbone: Backbone | None = None
+    teacher: TeacherSpec, student_size: tuple[int, int], backbone: Backbone | None = None, index: int = 0
 ) -> FrozenTeacher:
-    """A frozen teacher from its spec (``backbone`` given: use that module instead of loading one)."""
+    """A frozen teacher from its spec (``backbone`` given: use that module instead of loading one).
+
+    Teachers are never part of a checkpoint, so they load their weights whenever ``teacher.pretrained`` (except in
+    a dry build on the meta device); a random one is initialised from ``TEACHER_SEED + index``, without touching the
+    global random stream.
+    """
     if backbone is None:
-        backbone = load_backbone(
-            teacher.backbone,
-            adaptors=[teacher.adaptor] if teacher.adaptor else None,
-            pretrained=teacher.pretrained,
-            checkpoint=teacher.pretrained_teacher_model_path,
-        )
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(TEACHER_SEED + index)
+            backbone = load_backbone(
+                teacher.backbone,
+                adaptors=[teacher.adaptor] if teacher.adaptor else None,
+                pretrained=teacher.pretrained and not on_meta_device(),
+                checkpoint=teacher.pretrained_teacher_model_path,
+            )
     size = student_size if teacher.match_student_resolution else None
     if size is None and teacher.input_size is not None:
         size = (teacher.input_size, teacher.input_size)
@@ -207,8 +225,12 @@ def build_distill_model(
     student: Backbone | None = None,
     teacher_backbones: Mapping[str, Backbone] | None = None,
     cache_dir: str | Path | None = None,
+    pretrained: bool = True,
 ) -> DistillModel:
     """Everything a run trains with, from the spec.
+
+    The student carries its heads in an :class:`~vfmkit.models.backbones.adapted.AdaptedBackbone` wrapper
+    (``model.student.backbone`` is the plain student, ``model.student.adaptors`` the heads).
 
     Args:
         spec: the distill spec.
@@ -216,19 +238,21 @@ def build_distill_model(
         teacher_backbones: head name -> backbone to use instead of loading that teacher's ``backbone``.
         cache_dir: teacher-output cache folder when ``distill.cache_teacher_outputs`` (default
             ``distill.cache_dir``; one of them is required then).
+        pretrained: False builds the student without its published weights (they come from a checkpoint).
 
     Raises:
         VfmError: a cache without a folder, or heads that do not fit the student (cls slots, names).
     """
-    student = student if student is not None else build_student(spec)
+    student = student if student is not None else build_student(spec, pretrained)
     size = student_resolution(student, spec.model.resolution)
     distill = spec.distill
-    teachers = [build_teacher(t, size, (teacher_backbones or {}).get(t.head_name)) for t in distill.teacher]
+    given = teacher_backbones or {}
+    teachers = [build_teacher(t, size, given.get(t.head_name), i) for i, t in enumerate(distill.teacher)]
     pairs = list(zip(distill.teacher, teachers, strict=True))
     configs = [_head_config(t, teacher, student, index) for index, (t, teacher) in enumerate(pairs)]
     losses = {teacher.name: _teacher_loss(t, teacher) for t, teacher in pairs}
     standardizers = {t.name: _standardizers(t, distill.feature_normalization, distill.phi_s) for t in teachers}
-    student = attach_adaptors(student, configs)
+    student = attach_adaptors(student, configs, wrap=True)
     if spec.model.summary_from_teachers:
         set_summary_slots(student, sorted({c.token_slot for c in configs if c.summary_mlp is not None}))
     set_trainable_blocks(student, spec.model.trainable_blocks)

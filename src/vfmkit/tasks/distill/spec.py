@@ -125,7 +125,10 @@ class DistillModelSpec(Section):
     )
     pretrained: bool = Field(True, description="start from the student's published weights (False: random init)")
     trainable_blocks: int | None = Field(
-        None, ge=1, description="train only the last N blocks (and everything after them); null: the whole student"
+        None,
+        ge=0,
+        description="train only the last N blocks (and everything after them); 0: the student stays frozen and only "
+        "its heads train; null: the whole student",
     )
     resolution: int | None = Field(
         None, ge=16, description="student input side in pixels (null: the student's preferred resolution)"
