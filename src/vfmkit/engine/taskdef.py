@@ -213,6 +213,11 @@ class TaskDef:
         if trained.spec.model_dump().get("task_type") != spec.model_dump().get("task_type"):
             raise VfmError(f"train.init_from {trained.checkpoint}: it holds another variant of the {self.name} task")
 
+    def after_train(self, run_dir: Path, best: Path, trained: Trained | None) -> None:
+        """Write what a finished run offers besides its checkpoints (e.g. the backbone a distillation made), from
+        the best checkpoint ``best``; ``trained`` is that checkpoint already reloaded (None when the run had no
+        validation, so nothing reloaded it). Runs on rank 0 only, before the model card. Default: nothing."""
+
     # --- evaluation ------------------------------------------------------------------------------------------------
 
     def check_compatible(self, spec: BaseModel, trained: Trained) -> None:

@@ -93,12 +93,13 @@ def _fit_and_evaluate(family, taskdef, spec, data, model, run_dir, resume_from, 
     checkpoints = fit(
         spec, run_dir, module, train_loader, val_loader, resume_from, taskdef.monitor, taskdef.monitor_mode
     )
-    val = None
+    val, trained = None, None
     if leader and val_loader is not None:
         _, trained = load_trained(family, checkpoints.best_path)
         title = f"val, best checkpoint ({checkpoints.best_path.name})"
         val = evaluate_and_write(taskdef, trained, data.split("val"), spec, "val", run_dir / "evaluate" / "val", title)
     if leader:
+        taskdef.after_train(run_dir, checkpoints.best_path, trained)
         _write_card(taskdef, spec, run_dir, data, val)
     return TrainResult(run_dir, checkpoints.best_path, checkpoints.last_path, taskdef.monitor, val)
 
