@@ -10,8 +10,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.synthetic import make_segmentation_dataset, make_shapes_dataset
+from tests.synthetic import make_segmentation_dataset, make_shapes_dataset, save_tiny_radio_checkpoint
 from tests.tasks.change.change_data import make_golden_csv, make_levir
+from tests.tasks.distill.distill_data import make_pattern_dataset
 
 PALETTE = "[{name: background, id: 0}, {name: circle, id: 1}, {name: square, id: 2}]"
 COMMON = ["train.num_workers=0", "train.epochs=2", "train.batch_size=4", "evaluate.batch_size=4"]
@@ -88,6 +89,23 @@ def _golden_predict(root: Path) -> tuple[list[str], int]:
     return [f"predict.source={root / 'val.csv'}"], 4
 
 
+def _distill_data(root: Path) -> list[str]:
+    data = make_pattern_dataset(root, {"train": 1, "val": 1})  # 16 + 16 images, 4 pattern classes
+    teacher = save_tiny_radio_checkpoint(root / "teacher.pth.tar", noise=0.5, seed=1)
+    return [
+        f"dataset.train_nolabel.folder_path={data.unlabeled}",
+        f"dataset.knn_validation.root={data.by_pattern}",
+        f"dataset.control.root={data.by_colour}",
+        f"distill.teacher=[{{backbone: {teacher}, name: tiny, mode: combo}}]",
+    ]
+
+
+def _distill_predict(root: Path) -> tuple[list[str], int]:
+    return [f"predict.source={root / 'images' / 'val'}"], 16
+
+
+DISTILL_TEACHER = "{backbone: test-radio-v2-tiny, pretrained: false, name: tiny"
+
 DENSE = ["model.resolution=32", "model.neck_channels=16", "model.decoder_channels=16"]
 NECKS = [["model.neck=vit_adapter"], ["model.neck=simple_pyramid"]]
 GOLDEN = ["dataset.format=csv", "dataset.train_csv=none.csv"]
@@ -131,5 +149,20 @@ CASES: dict[tuple[str, str | None], ContractCase] = {
         config=GOLDEN,
         heads=[[*neck, f"model.difference={d}"] for neck in NECKS for d in ("learnable", "euclidean")],
         meta={"classes": ["PASS", "FAIL"]},
+    ),
+    ("distill", None): ContractCase(
+        "distill",
+        None,
+        _distill_data,
+        _distill_predict,
+        frozen=["model.trainable_blocks=0"],
+        extra=["model.resolution=32", "distill.phi_s.freeze_after=2", "distill.phi_s.update_period=1"],
+        config=["dataset.train_nolabel.folder_path=none", f"distill.teacher=[{DISTILL_TEACHER}}}]"],
+        heads=[
+            [f"distill.teacher=[{DISTILL_TEACHER}, mode: combo}}]"],
+            [f"distill.teacher=[{DISTILL_TEACHER}, mode: spatial, spatial_mlp_version: attn}}]"],
+            [f"distill.teacher=[{DISTILL_TEACHER}, mode: summary}}]", "model.trainable_blocks=1"],
+        ],
+        meta={"teachers": ["tiny"]},
     ),
 }

@@ -137,7 +137,8 @@ def rotation_matrix(n: int) -> tuple[torch.Tensor, bool]:
     Falls back to :func:`random_orthogonal` (logged as a warning) for orders without a construction: the channel
     variances after PHI-S are then equal only in expectation, not exactly.
     """
-    matrix = hadamard_matrix(n)
+    with torch.device("cpu"):  # a constant: built on the CPU also inside a meta-device (dry) build
+        matrix = hadamard_matrix(n)
     if matrix is not None:
         return matrix, True
     logger.warning(
@@ -145,4 +146,5 @@ def rotation_matrix(n: int) -> tuple[torch.Tensor, bool]:
         "rotation instead, so standardised channel variances are equal only on average",
         n,
     )
-    return random_orthogonal(n), False
+    with torch.device("cpu"):
+        return random_orthogonal(n), False

@@ -13,7 +13,7 @@ from typing import ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from vfmkit.spec.base import EvaluateSpec, ExportSpec, RunSpec, Section, SpecPath, TrainSpec
+from vfmkit.spec.base import EvaluateSpec, ExportSpec, PredictSpec, RunSpec, Section, SpecPath, TrainSpec
 
 _HEAD_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
 
@@ -98,7 +98,7 @@ class DistillSection(Section):
     cache_teacher_outputs: bool = Field(
         False, description="store teacher outputs on disk so later epochs and students do not run the teachers"
     )
-    cache_dir: SpecPath | None = Field(None, description="teacher-output cache folder (null: <results_dir>/cache)")
+    cache_dir: SpecPath | None = Field(None, description="teacher-output cache folder (null: <results_dir>/.cache/distill)")
     cache_dtype: Literal["float32", "bfloat16", "float16"] = Field(
         "bfloat16", description="dtype of cached teacher outputs"
     )
@@ -164,7 +164,7 @@ class DistillDataSpec(Section):
 
 
 class DistillSpec(RunSpec):
-    """Spec of ``vfm distill train|evaluate|export``."""
+    """Spec of ``vfm distill train|evaluate|predict|export`` (predict: embeddings of the adapted student)."""
 
     task: Literal["distill"] = Field("distill", description="the task this spec is for")
 
@@ -179,4 +179,5 @@ class DistillSpec(RunSpec):
     dataset: DistillDataSpec
     train: TrainSpec = Field(default_factory=TrainSpec)
     evaluate: EvaluateSpec = Field(default_factory=EvaluateSpec)
+    predict: PredictSpec = Field(default_factory=PredictSpec)
     export: ExportSpec = Field(default_factory=ExportSpec)

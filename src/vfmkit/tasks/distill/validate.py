@@ -52,6 +52,21 @@ def knn_top1(
         student.train(was_training)
 
 
+def head_fidelity(model: DistillModel, name: str, head, target) -> dict[str, torch.Tensor]:
+    """Per image, the cosine similarity in teacher space of head ``name``'s outputs (standardisation inverse applied)
+    to its teacher's ``target`` (:class:`~vfmkit.tasks.distill.teachers.TeacherTargets`): ``{"summary_cosine": (B,),
+    "feature_cosine": (B,)}`` for the kinds the teacher produces (features: mean over tokens on the coarser grid)."""
+    kinds, scores = model.standardizers[name], {}
+    if target.summary is not None:
+        scores["summary_cosine"] = F.cosine_similarity(kinds["summary"].inverse(head.summary), target.summary, dim=-1)
+    if target.features is not None:
+        student, teacher_tokens, _ = match_token_grids(
+            kinds["features"].inverse(head.features), head.grid, target.features, target.grid
+        )
+        scores["feature_cosine"] = F.cosine_similarity(student, teacher_tokens, dim=-1).mean(dim=1)
+    return scores
+
+
 @torch.no_grad()
 def teacher_fidelity(
     model: DistillModel,
@@ -65,8 +80,7 @@ def teacher_fidelity(
     The heads' standardised outputs are mapped back with the standardisers' inverses (what export folds in).
 
     Returns:
-        ``{teacher: {"summary_cosine": float, "feature_cosine": float}}`` (the kinds the teacher's mode uses; the
-        feature cosine is averaged over tokens on the coarser of the two grids).
+        ``{teacher: {"summary_cosine": float, "feature_cosine": float}}`` (see :func:`head_fidelity`).
     """
     dataset = DistillImages(files, student_size, model.teacher_sizes())
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_distill)
@@ -79,17 +93,9 @@ def teacher_fidelity(
         for batch in loader:
             out = model.student(batch["student"].to(device))
             for name, teacher in model.teachers.items():
-                targets = teacher(batch["teachers"][name]["images"].to(device))
-                head, kinds, scores = out.adaptors[name], model.standardizers[name], sums[name]
-                if targets.summary is not None:
-                    cos = F.cosine_similarity(kinds["summary"].inverse(head.summary), targets.summary, dim=-1)
-                    scores["summary_cosine"] = scores.get("summary_cosine", 0.0) + float(cos.sum())
-                if targets.features is not None:
-                    student, teacher_tokens, _ = match_token_grids(
-                        kinds["features"].inverse(head.features), head.grid, targets.features, targets.grid
-                    )
-                    cos = F.cosine_similarity(student, teacher_tokens, dim=-1).mean(dim=1)
-                    scores["feature_cosine"] = scores.get("feature_cosine", 0.0) + float(cos.sum())
+                target = teacher(batch["teachers"][name]["images"].to(device))
+                for kind, cos in head_fidelity(model, name, out.adaptors[name], target).items():
+                    sums[name][kind] = sums[name].get(kind, 0.0) + float(cos.sum())
             count += batch["student"].shape[0]
     finally:
         model.train(was_training)

@@ -1,0 +1,247 @@
+"""The distill task definition: domain adaptation of a student backbone from unlabeled images, with frozen teachers.
+
+- train: unlabeled images (``dataset.train_nolabel.folder_path``); validation every epoch is k-NN top-1 of the
+  student's summary on ``dataset.knn_validation`` (the monitored ``val/knn_top1``) and ``dataset.control``, plus
+  per-teacher fidelity. A finished run is itself an adapted backbone: ``<run>/vfmkit_backbone.json`` +
+  ``<run>/model.safetensors`` (best checkpoint, heads in teacher space), so ``load_backbone(run_dir)`` and
+  ``--model runs/distill/exp`` load it.
+- evaluate: the same metrics plus k-NN of the student before distillation (``*_before``) on the domain and control
+  sets.
+- predict: embeddings (summary + each head's teacher-space summary) of every image of ``predict.source``, written
+  as ``vfm embed`` writes them (``embeddings.safetensors`` + index).
+- export: ONNX of the student with its teacher-space heads, and the adapted-backbone folder beside it
+  (``<export>/backbone/``).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+
+from vfmkit.data.images import list_image_files
+from vfmkit.data.sampling import EpochSeededSampler
+from vfmkit.engine.runs import make_eval_loader, make_loader
+from vfmkit.engine.taskdef import ExportPlan, PredictResult, TaskData, TaskDef, Trained, format_metric
+from vfmkit.errors import DataError, VfmError
+from vfmkit.models.registry import find_entry
+from vfmkit.tasks.distill.data import DistillImages, collate_distill
+from vfmkit.tasks.distill.export import ExportableStudent, export_adapted_student
+from vfmkit.tasks.distill.heads import teacher_space_student
+from vfmkit.tasks.distill.metrics import DistillMeter, KnnImages, KnnSet, collate_knn
+from vfmkit.tasks.distill.model import (
+    DistillModel,
+    build_distill_model,
+    build_student,
+    student_resolution,
+    teacher_metadata,
+)
+from vfmkit.tasks.distill.module import MONITOR, DistillModule
+from vfmkit.tasks.distill.spec import DistillSpec
+
+HEADLINE = ("knn_top1", "knn_top1_before", "control_knn_top1", "control_knn_top1_before")
+BEFORE_SEED = 0
+"""Seed of a randomly initialised student rebuilt as it was before distillation (so ``*_before`` is reproducible)."""
+
+
+class DistillTask(TaskDef):
+    """Distillation of one or many frozen teachers into a student backbone, on unlabeled domain images."""
+
+    name = "distill"
+    spec_class = DistillSpec
+    monitor = MONITOR
+    headline = HEADLINE
+    backbone_path = "student.backbone"
+    metric_notes = {
+        "knn_top1": "no dataset.knn_validation",
+        "control_knn_top1": "no dataset.control set",
+    }
+
+    def resolution(self, spec: DistillSpec) -> int:
+        if spec.model.resolution is not None:
+            return int(spec.model.resolution)
+        entry = find_entry(spec.model.backbone)
+        if entry is None:
+            raise VfmError(
+                f"model.resolution: set it for the student {spec.model.backbone} (only registry backbones have a "
+                "known preferred resolution)"
+            )
+        return int(entry.preferred_resolution)
+
+    # --- training --------------------------------------------------------------------------------------------------
+
+    def prepare(self, spec: DistillSpec, splits) -> TaskData:
+        files = list_image_files(spec.dataset.train_nolabel.folder_path)
+        sets = knn_sets(spec, "val") if spec.dataset.knn_validation is not None else None
+        print(f"unlabeled images: {len(files)} ({spec.dataset.train_nolabel.folder_path})")
+        for knn_set in sets or []:
+            memory = knn_set.roles.count(0)
+            print(f"k-NN {knn_set.name}: {len(knn_set.classes)} classes, {memory} memory, {len(knn_set) - memory} query")
+        if sets is None:
+            print("no dataset.knn_validation: the best checkpoint is the one with the lowest training loss")
+        summary = {"unlabeled images": len(files), "teachers": ", ".join(t.head_name for t in spec.distill.teacher)}
+        if sets:
+            summary["k-NN sets"] = {s.name: len(s) for s in sets}
+        meta = {"teachers": [t.head_name for t in spec.distill.teacher]}
+        return TaskData({"train": files, "val": sets}, meta, summary)
+
+    def build_model(self, spec: DistillSpec, meta: dict[str, Any], pretrained: bool) -> DistillModel:
+        cache_dir = spec.distill.cache_dir or Path(spec.results_dir) / ".cache" / "distill"
+        return build_distill_model(spec, cache_dir=cache_dir, pretrained=pretrained)
+
+    def loaders(self, spec: DistillSpec, data: TaskData, model: DistillModel) -> tuple[DataLoader, DataLoader | None]:
+        size = student_resolution(model.student, spec.model.resolution)
+        batch, workers, seed = spec.train.batch_size, spec.train.num_workers, spec.train.seed
+        train_set = DistillImages(
+            data.split("train"),
+            size,
+            model.teacher_sizes(),
+            cache=model.cache,
+            color_jitter=spec.dataset.augment.color_jitter,
+            seed=seed,
+        )
+        sampler = EpochSeededSampler(len(train_set), seed, dataset=train_set)
+        train_loader = make_loader(train_set, batch, workers, sampler, seed=seed, collate_fn=collate_distill)
+        sets = data.split("val")
+        if not sets:
+            return train_loader, None
+        val_set = KnnImages(sets, size, model.teacher_sizes())
+        return train_loader, make_loader(val_set, batch, workers, seed=seed, collate_fn=collate_knn)
+
+    def lightning_module(self, spec: DistillSpec, model: DistillModel, meta: dict[str, Any]) -> DistillModule:
+        return DistillModule(model, spec, meta, self)
+
+    def after_train(self, run_dir: Path, best: Path, trained: Trained | None) -> None:
+        """The run folder becomes an adapted-backbone folder of its best checkpoint."""
+        if trained is None:
+            from vfmkit.engine.trained import load_trained
+
+            _, trained = load_trained(TASK, best)
+        manifest = export_adapted(trained, run_dir)
+        print(f"adapted backbone: {manifest} (load it with --model {run_dir})")
+
+    # --- evaluation ------------------------------------------------------------------------------------------------
+
+    def eval_split(self, spec: DistillSpec, trained: Trained, split: str) -> list[KnnSet]:
+        if spec.dataset.knn_validation is None:
+            raise DataError("dataset.knn_validation.root is required to evaluate (labelled class folders)")
+        return knn_sets(spec, split)
+
+    @torch.inference_mode()
+    def evaluate_split(self, trained: Trained, split: list[KnnSet], spec: DistillSpec) -> dict:
+        model = trained.model.eval()
+        size = student_resolution(model.student, trained.spec.model.resolution)
+        loader = make_eval_loader(KnnImages(split, size, model.teacher_sizes()), spec.evaluate.batch_size, collate_knn)
+        distill = trained.spec.distill
+        after = DistillMeter(split, list(model.teachers), distill.knn_k, distill.knn_temperature)
+        before = DistillMeter(split, [], distill.knn_k, distill.knn_temperature)
+        original = student_before(trained.spec).eval()
+        for batch in loader:
+            after.update(model, batch)
+            before.index.append(batch["index"])
+            before.summaries.append(original(batch["student"]).summary.float())
+        metrics = after.compute()
+        for key, value in before.compute().items():
+            metrics[f"{key}_before"] = value
+        return metrics
+
+    def metric_lines(self, split_name: str, metrics: dict, trained: Trained) -> list[str]:
+        def pair(key: str) -> str:
+            return f"{format_metric(key, metrics.get(key))} (before {format_metric(key, metrics.get(key + '_before'))})"
+
+        lines = [f"{split_name}: k-NN top-1 domain {pair('knn_top1')}  control {pair('control_knn_top1')}"]
+        for name in trained.model.teachers:
+            scores = [f"{kind} {metrics[f'{name}/{kind}']:.4f}" for kind in ("summary_cosine", "feature_cosine")
+                      if f"{name}/{kind}" in metrics]
+            lines.append(f"  teacher {name}: " + "  ".join(scores))
+        return lines
+
+    # --- prediction and export -------------------------------------------------------------------------------------
+
+    def predictor(self, trained: Trained) -> tuple[Any, int]:
+        student = teacher_space_student(trained.model.student, trained.model.standardizers)
+        student.model_id = str(trained.checkpoint)
+        return student, self.resolution(trained.spec)
+
+    def predict(self, spec: DistillSpec, predictor, out: Path | None, default_out: Path) -> PredictResult:
+        from vfmkit.features.embed import embed_source
+
+        if spec.predict.source is None:
+            raise VfmError("predict.source (image folder, glob pattern or list file) is required")
+        student, resolution = predictor
+        target = Path(out or default_out)
+        target = target if target.suffix == ".safetensors" else target / "embeddings.safetensors"
+        result = embed_source(
+            spec.predict.source, student, target, resolution, spec.predict.batch_size, progress=False
+        )
+        skipped = [f"{item.path}: {item.error}" for item in result.embeddings.skipped]
+        print(f"embeddings of {len(result.embeddings.files)} images: {result.out}")
+        return PredictResult(result.out, len(result.embeddings.files), skipped)
+
+    def export_plan(self, trained: Trained, resolution: int) -> ExportPlan:
+        module = ExportableStudent(teacher_space_student(trained.model.student, trained.model.standardizers)).eval()
+        metadata = {
+            "input": f"image: float32 (batch, 3, {resolution}, {resolution}) RGB in [0, 1], resized (bilinear, "
+            "antialiased); mean/std are applied inside the model",
+            "outputs": json.dumps(module.output_names),
+            "teachers": json.dumps(teacher_metadata(trained.spec, trained.model)),
+        }
+        example = (torch.rand(2, 3, resolution, resolution),)
+        return ExportPlan(module, example, ["image"], module.output_names, metadata)
+
+    def after_export(self, trained: Trained, files: list[Path]) -> None:
+        manifest = export_adapted(trained, files[0].parent / "backbone")
+        print(f"adapted backbone: {manifest}")
+
+    def verification_inputs(self, spec: DistillSpec, trained: Trained, resolution: int, count: int = 4):
+        files = list_image_files(spec.dataset.train_nolabel.folder_path)[:count]
+        dataset = DistillImages(files, (resolution, resolution), {})
+        return (torch.stack([dataset[i]["student"] for i in range(len(dataset))]),)
+
+    def card_notes(self, spec: DistillSpec, meta: dict[str, Any]) -> list[str]:
+        return [
+            f"a {spec.model.backbone} student adapted to the unlabeled images above by distilling "
+            f"{', '.join(meta['teachers'])}; the run folder loads as a backbone (--model <run>), with one adaptor "
+            "head per teacher in the teacher's space",
+            "knn_top1 / control_knn_top1: k-NN top-1 of the summary on the domain / control set after distillation; "
+            "*_before: the same for the student before distillation",
+        ]
+
+
+def knn_sets(spec: DistillSpec, split: str) -> list[KnnSet]:
+    """The domain k-NN set (queries from ``split``: ``val`` -> ``knn_validation.val_split``, ``test`` -> ``test``)
+    and the control set when ``dataset.control`` is given.
+
+    Raises:
+        DataError: ``split`` = train (k-NN needs a memory and separate queries), or a missing/empty folder.
+    """
+    if split == "train":
+        raise DataError("evaluate.split=train: distill evaluates k-NN queries (val or test) against the train split")
+    sets = []
+    for name, labelled, key in (
+        ("domain", spec.dataset.knn_validation, "dataset.knn_validation.root"),
+        ("control", spec.dataset.control, "dataset.control.root"),
+    ):
+        if labelled is not None:
+            queries = labelled.val_split if split == "val" else split
+            sets.append(KnnSet.from_folders(name, labelled.root, labelled.train_split, queries, key))
+    return sets
+
+
+def student_before(spec: DistillSpec):
+    """The student as it was before distillation (published weights, or a seeded random initialisation)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(BEFORE_SEED)
+        return build_student(spec)
+
+
+def export_adapted(trained: Trained, folder: Path) -> Path:
+    """Write the trained student (heads in teacher space) as an adapted-backbone folder; the manifest path."""
+    model = trained.model
+    return export_adapted_student(folder, model.student, model.standardizers, teacher_metadata(trained.spec, model))
+
+
+TASK = DistillTask()

@@ -1,0 +1,61 @@
+"""The Lightning module of distillation: the teachers' standardised targets meet the student's heads (no labels);
+validation is k-NN on labelled images and per-teacher fidelity (:mod:`vfmkit.tasks.distill.metrics`)."""
+
+from __future__ import annotations
+
+import torch
+
+from vfmkit.engine.module import TaskModule
+from vfmkit.engine.taskdef import TaskDef
+from vfmkit.tasks.distill.metrics import DistillMeter
+from vfmkit.tasks.distill.model import DistillModel
+from vfmkit.tasks.distill.spec import DistillSpec
+
+MONITOR = "val/knn_top1"
+
+
+class DistillModule(TaskModule):
+    """Trains a :class:`~vfmkit.tasks.distill.model.DistillModel`.
+
+    Training batches are :func:`~vfmkit.tasks.distill.data.collate_distill` batches; validation batches are
+    :func:`~vfmkit.tasks.distill.metrics.collate_knn` batches of the labelled k-NN sets. Logs ``train/loss`` and
+    ``train/<teacher>/<summary|features>``, ``val/knn_top1`` (monitored), ``val/control_knn_top1`` and the
+    fidelity ``val/<teacher>/<summary|feature>_cosine``, all fractions.
+
+    The validation meter is made from the validation loader's :class:`~vfmkit.tasks.distill.metrics.KnnImages`.
+    """
+
+    def __init__(self, model: DistillModel, spec: DistillSpec, meta: dict, taskdef: TaskDef):
+        super().__init__(model, spec, meta, taskdef)
+        self.meter: DistillMeter | None = None
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        losses = self.model(batch)
+        size = batch["student"].shape[0]
+        self.log(
+            "train/loss", losses["loss"], on_step=True, on_epoch=True, prog_bar=True, batch_size=size, sync_dist=True
+        )
+        for key, value in losses.items():
+            if key != "loss":
+                self.log(f"train/{key}", value, on_step=False, on_epoch=True, batch_size=size, sync_dist=True)
+        return losses["loss"]
+
+    def on_validation_epoch_start(self) -> None:
+        if self.meter is None:
+            sets = self.trainer.val_dataloaders.dataset.sets
+            distill = self.spec.distill
+            self.meter = DistillMeter(sets, list(self.model.teachers), distill.knn_k, distill.knn_temperature)
+        self.meter.reset()
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self.meter.update(self.model, batch)
+
+    def on_validation_epoch_end(self) -> None:
+        meter = self.meter
+        index, summaries = meter.gathered()
+        width = summaries.shape[1]
+        index = self.gather_cat(index)
+        summaries = self.gather_cat(summaries.flatten()).view(-1, width)
+        meter.fidelity = self.gather_sum(meter.fidelity)
+        metrics = meter.compute(index, summaries)
+        self.log_metrics(metrics, tuple(metrics), monitor=MONITOR)
