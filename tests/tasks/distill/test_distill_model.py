@@ -15,8 +15,8 @@ from tests.tasks.distill.distill_data import (
 from vfmkit import load_backbone
 from vfmkit.errors import VfmError
 from vfmkit.models.backbones.adapted import AdaptedBackbone
-from vfmkit.models.backbones.radio.adaptors import AttnFeatureHead
 from vfmkit.models.backbones.base import is_frozen
+from vfmkit.models.backbones.radio.adaptors import AttnFeatureHead
 from vfmkit.tasks.distill.data import DistillImages, collate_distill
 from vfmkit.tasks.distill.heads import backbone_parameters, head_parameters
 from vfmkit.tasks.distill.model import build_distill_model

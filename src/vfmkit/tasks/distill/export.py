@@ -1,6 +1,7 @@
-"""Export of a distilled student: the adapted-backbone folder (what ``load_backbone`` / ``--model`` read) and ONNX.
+"""Export of a distilled student: the adapted-backbone folder (what ``load_backbone`` / ``--model`` read) and the
+module the engine exports to ONNX (``vfm distill export``; :meth:`~vfmkit.tasks.distill.hooks.DistillTask.export_plan`).
 
-Both are written from the student with its heads in the teacher's space (:func:`teacher_space_student`).
+Both are made from the student with its heads in the teacher's space (:func:`teacher_space_student`).
 
 ONNX graph (:class:`ExportableStudent`): input ``image`` float32 (batch, 3, H, W) RGB in [0, 1] at a fixed H, W (the
 model normalises inside); outputs ``summary`` (batch, C), ``features`` (batch, h*w, D) and, per head ``<name>``,
@@ -9,7 +10,6 @@ model normalises inside); outputs ``summary`` (batch, C), ``features`` (batch, h
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -66,48 +66,3 @@ class ExportableStudent(nn.Module):
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
         out = self.student(image)
         return (out.summary, out.features, *(getattr(out.adaptors[name], kind) for name, kind in self.heads))
-
-
-def export_student_onnx(
-    student: Backbone,
-    path: str | Path,
-    resolution: tuple[int, int],
-    opset: int = 17,
-    teacher_info: dict[str, dict[str, Any]] | None = None,
-    verify_images: torch.Tensor | None = None,
-    tolerance: float = 1e-4,
-) -> Path:
-    """Export a student (heads already in teacher space) to ONNX and, given real images, verify it.
-
-    Args:
-        student: e.g. :func:`teacher_space_student` of the trained one, or ``load_backbone(folder, adaptors=[...])``.
-        path: the ``.onnx`` file.
-        resolution: (H, W) of the graph input.
-        opset: ONNX operator set (>= 17).
-        teacher_info: per head, metadata stored in the file.
-        verify_images: float32 (B, 3, H, W) real preprocessed images to compare onnxruntime with PyTorch on.
-        tolerance: largest max abs difference accepted by the verification.
-
-    Raises:
-        ExportError: export or verification failure.
-    """
-    from vfmkit.export.onnx import export_onnx
-    from vfmkit.export.verify import verify_onnx
-
-    module = ExportableStudent(student).eval()
-    prep = student.preprocessing
-    height, width = resolution
-    metadata = {
-        "task": "distill",
-        "resolution": f"{height}x{width}",
-        "input": f"image: float32 (batch, 3, {height}, {width}) RGB in [0, 1]; mean/std are applied inside the model",
-        "outputs": json.dumps(module.output_names),
-        "mean": json.dumps(list(prep.mean)),
-        "std": json.dumps(list(prep.std)),
-        "teachers": json.dumps(teacher_info or {}),
-    }
-    example = torch.rand(2, 3, height, width)
-    export_onnx(module, (example,), path, ["image"], module.output_names, metadata, opset=opset)
-    if verify_images is not None:
-        verify_onnx(path, module, (verify_images,), tolerance=tolerance)
-    return Path(path)

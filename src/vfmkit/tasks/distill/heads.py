@@ -86,7 +86,9 @@ def set_trainable_blocks(student: Backbone, trainable_blocks: int | None) -> Non
             param.requires_grad_(True)
             continue
         inner = name.removeprefix("backbone.") if wrapped else name
-        trains = trainable_blocks is None or (trainable_blocks > 0 and layer_id(inner, depth) > depth - trainable_blocks)
+        trains = trainable_blocks is None or (
+            trainable_blocks > 0 and layer_id(inner, depth) > depth - trainable_blocks
+        )
         param.requires_grad_(trains)
 
 

@@ -79,7 +79,9 @@ class DistillTask(TaskDef):
         print(f"unlabeled images: {len(files)} ({spec.dataset.train_nolabel.folder_path})")
         for knn_set in sets or []:
             memory = knn_set.roles.count(0)
-            print(f"k-NN {knn_set.name}: {len(knn_set.classes)} classes, {memory} memory, {len(knn_set) - memory} query")
+            print(
+                f"k-NN {knn_set.name}: {len(knn_set.classes)} classes, {memory} memory, {len(knn_set) - memory} query"
+            )
         if sets is None:
             print("no dataset.knn_validation: the best checkpoint is the one with the lowest training loss")
         summary = {"unlabeled images": len(files), "teachers": ", ".join(t.head_name for t in spec.distill.teacher)}
@@ -154,8 +156,11 @@ class DistillTask(TaskDef):
 
         lines = [f"{split_name}: k-NN top-1 domain {pair('knn_top1')}  control {pair('control_knn_top1')}"]
         for name in trained.model.teachers:
-            scores = [f"{kind} {metrics[f'{name}/{kind}']:.4f}" for kind in ("summary_cosine", "feature_cosine")
-                      if f"{name}/{kind}" in metrics]
+            scores = [
+                f"{kind} {metrics[f'{name}/{kind}']:.4f}"
+                for kind in ("summary_cosine", "feature_cosine")
+                if f"{name}/{kind}" in metrics
+            ]
             lines.append(f"  teacher {name}: " + "  ".join(scores))
         return lines
 
@@ -174,9 +179,7 @@ class DistillTask(TaskDef):
         student, resolution = predictor
         target = Path(out or default_out)
         target = target if target.suffix == ".safetensors" else target / "embeddings.safetensors"
-        result = embed_source(
-            spec.predict.source, student, target, resolution, spec.predict.batch_size, progress=False
-        )
+        result = embed_source(spec.predict.source, student, target, resolution, spec.predict.batch_size, progress=False)
         skipped = [f"{item.path}: {item.error}" for item in result.embeddings.skipped]
         print(f"embeddings of {len(result.embeddings.files)} images: {result.out}")
         return PredictResult(result.out, len(result.embeddings.files), skipped)

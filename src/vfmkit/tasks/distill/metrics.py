@@ -54,7 +54,9 @@ class KnnSet:
         if not memory.files or not queries.files:
             raise DataError(f"{key} {root}: no images in {memory_split}/<class>/ or {query_split}/<class>/")
         roles = [MEMORY] * len(memory.files) + [QUERY] * len(queries.files)
-        return cls(name, list(memory.classes), [*memory.files, *queries.files], [*memory.labels, *queries.labels], roles)
+        return cls(
+            name, list(memory.classes), [*memory.files, *queries.files], [*memory.labels, *queries.labels], roles
+        )
 
     def __len__(self) -> int:
         return len(self.files)

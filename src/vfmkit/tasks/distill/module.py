@@ -19,7 +19,7 @@ class DistillModule(TaskModule):
 
     Training batches are :func:`~vfmkit.tasks.distill.data.collate_distill` batches; validation batches are
     :func:`~vfmkit.tasks.distill.metrics.collate_knn` batches of the labelled k-NN sets. Logs ``train/loss`` and
-    ``train/<teacher>/<summary|features>``, ``val/knn_top1`` (monitored), ``val/control_knn_top1`` and the
+    ``train/<teacher>/<summary|features>_loss``, ``val/knn_top1`` (monitored), ``val/control_knn_top1`` and the
     fidelity ``val/<teacher>/<summary|feature>_cosine``, all fractions.
 
     The validation meter is made from the validation loader's :class:`~vfmkit.tasks.distill.metrics.KnnImages`.
@@ -37,7 +37,7 @@ class DistillModule(TaskModule):
         )
         for key, value in losses.items():
             if key != "loss":
-                self.log(f"train/{key}", value, on_step=False, on_epoch=True, batch_size=size, sync_dist=True)
+                self.log(f"train/{key}_loss", value, on_step=False, on_epoch=True, batch_size=size, sync_dist=True)
         return losses["loss"]
 
     def on_validation_epoch_start(self) -> None:

@@ -30,7 +30,8 @@ class TeacherSpec(Section):
         None, description="head name on the student and adaptor name of the result (null: the adaptor or backbone id)"
     )
     backbone: str = Field(
-        description="teacher: registry id/alias (`vfm models`), hf-hub:<repo>, a path or an adapted folder"
+        min_length=1,
+        description="teacher: registry id/alias (`vfm models`), hf-hub:<repo>, a path or an adapted folder",
     )
     pretrained: bool = Field(True, description="load the teacher's published weights (False: random init, tests only)")
     pretrained_teacher_model_path: SpecPath | None = Field(
@@ -98,7 +99,9 @@ class DistillSection(Section):
     cache_teacher_outputs: bool = Field(
         False, description="store teacher outputs on disk so later epochs and students do not run the teachers"
     )
-    cache_dir: SpecPath | None = Field(None, description="teacher-output cache folder (null: <results_dir>/.cache/distill)")
+    cache_dir: SpecPath | None = Field(
+        None, description="teacher-output cache folder (null: <results_dir>/.cache/distill)"
+    )
     cache_dtype: Literal["float32", "bfloat16", "float16"] = Field(
         "bfloat16", description="dtype of cached teacher outputs"
     )
@@ -121,7 +124,7 @@ class DistillSection(Section):
 
 class DistillModelSpec(Section):
     backbone: str = Field(
-        "c-radio-v3-b", description="student: registry id/alias (`vfm models`), hf-hub:<repo> or a path"
+        "c-radio-v3-b", min_length=1, description="student: registry id/alias (`vfm models`), hf-hub:<repo> or a path"
     )
     pretrained: bool = Field(True, description="start from the student's published weights (False: random init)")
     trainable_blocks: int | None = Field(

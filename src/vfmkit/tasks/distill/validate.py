@@ -7,17 +7,14 @@ neighbours voting with ``exp(cos / T)``, T = 0.07), run on the student in eval m
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader
 
 from vfmkit.features.knn import KnnResult, knn_evaluate
 from vfmkit.models.backbones.base import Backbone
 from vfmkit.models.losses.distill import match_token_grids
-from vfmkit.tasks.distill.data import DistillImages, collate_distill
 from vfmkit.tasks.distill.model import DistillModel
 
 
@@ -65,38 +62,3 @@ def head_fidelity(model: DistillModel, name: str, head, target) -> dict[str, tor
         )
         scores["feature_cosine"] = F.cosine_similarity(student, teacher_tokens, dim=-1).mean(dim=1)
     return scores
-
-
-@torch.no_grad()
-def teacher_fidelity(
-    model: DistillModel,
-    files: Sequence[str | Path],
-    student_size: tuple[int, int],
-    batch_size: int = 32,
-    num_workers: int = 0,
-) -> dict[str, dict[str, float]]:
-    """Mean cosine similarity, in teacher space, of each head's outputs to its teacher's on ``files``.
-
-    The heads' standardised outputs are mapped back with the standardisers' inverses (what export folds in).
-
-    Returns:
-        ``{teacher: {"summary_cosine": float, "feature_cosine": float}}`` (see :func:`head_fidelity`).
-    """
-    dataset = DistillImages(files, student_size, model.teacher_sizes())
-    loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_distill)
-    was_training = model.training
-    model.eval()
-    device = next(model.student.parameters()).device
-    sums: dict[str, dict[str, float]] = {name: {} for name in model.teachers}
-    count = 0
-    try:
-        for batch in loader:
-            out = model.student(batch["student"].to(device))
-            for name, teacher in model.teachers.items():
-                target = teacher(batch["teachers"][name]["images"].to(device))
-                for kind, cos in head_fidelity(model, name, out.adaptors[name], target).items():
-                    sums[name][kind] = sums[name].get(kind, 0.0) + float(cos.sum())
-            count += batch["student"].shape[0]
-    finally:
-        model.train(was_training)
-    return {name: {key: value / max(count, 1) for key, value in scores.items()} for name, scores in sums.items()}

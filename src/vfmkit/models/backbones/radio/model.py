@@ -128,9 +128,7 @@ class RadioBackbone(Backbone):
         if self.feature_normalizer is not None:
             features = self.feature_normalizer(features)
         adaptors = {name: adaptor(cls_tokens, features, grid) for name, adaptor in self.adaptors.items()}
-        return BackboneOutput(
-            summary=summary, features=features, grid=grid, adaptors=adaptors, cls_tokens=cls_tokens
-        )
+        return BackboneOutput(summary=summary, features=features, grid=grid, adaptors=adaptors, cls_tokens=cls_tokens)
 
     def forward_intermediates(
         self,
