@@ -13,7 +13,7 @@ from tests.tasks.distill.distill_data import (
 )
 
 from vfmkit import load_backbone
-from vfmkit.errors import VfmError
+from vfmkit.errors import VfmError, WeightsError
 from vfmkit.models.backbones.adapted import AdaptedBackbone
 from vfmkit.models.backbones.base import is_frozen
 from vfmkit.models.backbones.radio.adaptors import AttnFeatureHead
@@ -147,3 +147,15 @@ def test_state_leaves_the_teachers_out_and_reloads_strictly(data):
     wrapped = torch.nn.ModuleDict({"model": model})  # nested, as inside a LightningModule
     assert not any(".teachers." in k for k in wrapped.state_dict())
     torch.nn.ModuleDict({"model": build()}).load_state_dict(wrapped.state_dict(), strict=True)
+
+
+def test_checkpoints_keep_teacher_fingerprints_and_refuse_other_teacher_weights(data):
+    spec = distill_spec(data, [{"backbone": "pattern-oracle", "name": "pattern"}])
+    model = build_distill_model(spec, teacher_backbones={"pattern": PatternTeacher()})
+    state = model.state_dict()
+    assert not any(key.startswith("teachers.") for key in state)  # teachers are rebuilt from the spec, not saved
+    same = build_distill_model(spec, teacher_backbones={"pattern": PatternTeacher()})
+    same.load_state_dict(state)
+    other = build_distill_model(spec, teacher_backbones={"pattern": ColourTeacher()})  # same widths, other weights
+    with pytest.raises(WeightsError, match=r"teacher 'pattern'.*other teacher weights"):
+        other.load_state_dict(state)

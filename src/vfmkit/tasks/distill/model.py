@@ -12,7 +12,9 @@ One training step is ``losses = model(batch)`` on a :func:`~vfmkit.tasks.distill
 4. ``losses["loss"] = sum_t loss_lambda_t * L_t / #teachers``.
 
 Checkpoints hold the student, its heads and the standardisers' statistics, never the teachers: they are rebuilt
-from the spec (``state_dict`` leaves ``teachers.*`` out and ``load_state_dict`` keeps the teachers it has).
+from the spec (``state_dict`` leaves ``teachers.*`` out and ``load_state_dict`` keeps the teachers it has). What
+they hold instead is each teacher's weights fingerprint (``teacher_fingerprints``, sha256 bytes per teacher): a
+reload whose rebuilt teacher has other weights (the file at its source was replaced) stops with a WeightsError.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from vfmkit.errors import VfmError
+from vfmkit.errors import VfmError, WeightsError
 from vfmkit.models.backbones.adapted import attach_adaptors, set_summary_slots
 from vfmkit.models.backbones.base import Backbone, nearest_supported_resolution
 from vfmkit.models.backbones.radio.config import AdaptorConfig
@@ -65,9 +67,13 @@ class DistillModel(nn.Module):
         self.cache = cache
         self.cache_hits = 0
         self.cache_misses = 0
+        self.register_buffer("teacher_fingerprints", torch.zeros(len(teachers), 32, dtype=torch.uint8))
 
     def state_dict(self, *args: Any, destination=None, prefix: str = "", keep_vars: bool = False):
-        """The state without the teachers' tensors (see the module docstring)."""
+        """The state without the teachers' tensors, with their fingerprints (see the module docstring)."""
+        for row, teacher in enumerate(self.teachers.values()):
+            fingerprint = torch.frombuffer(bytearray.fromhex(teacher.fingerprint), dtype=torch.uint8)
+            self.teacher_fingerprints[row] = fingerprint.to(self.teacher_fingerprints.device)
         state = super().state_dict(*args, destination=destination, prefix=prefix, keep_vars=keep_vars)
         for key in [k for k in state if k.startswith(prefix + TEACHER_PREFIX)]:
             del state[key]
@@ -77,7 +83,24 @@ class DistillModel(nn.Module):
         # a saved state has no teacher tensors: the teachers loaded from the spec stay as they are
         for key, value in self.teachers.state_dict(prefix=prefix + TEACHER_PREFIX, keep_vars=True).items():
             state_dict.setdefault(key, value)
+        saved = state_dict.get(prefix + "teacher_fingerprints")
+        if saved is not None and saved.shape == self.teacher_fingerprints.shape:
+            self._check_teachers(saved)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def _check_teachers(self, saved: torch.Tensor) -> None:
+        """Refuse rebuilt teachers whose weights differ from those the saved state was trained with."""
+        for row, (name, teacher) in enumerate(self.teachers.items()):
+            expected = bytes(saved[row].cpu().tolist()).hex()
+            if expected != "00" * 32 and expected != teacher.fingerprint:
+                source = getattr(teacher.backbone, "weights_source", None) or getattr(
+                    teacher.backbone, "model_id", name
+                )
+                raise WeightsError(
+                    f"teacher {name!r} ({source}): this checkpoint was trained with other teacher weights (sha256 "
+                    f"{expected[:16]}..., now {teacher.fingerprint[:16]}...); restore the teacher's weights or train "
+                    "again"
+                )
 
     def teacher_targets(self, batch: dict[str, Any]) -> dict[str, TeacherTargets]:
         """Raw (teacher-space) float32 targets of every teacher for the batch, on the student's device."""
