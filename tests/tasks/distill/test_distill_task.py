@@ -144,3 +144,31 @@ def test_export_writes_onnx_and_the_adapted_folder(single, tmp_path):
     manifest = json.loads((out.parent / "backbone" / "vfmkit_backbone.json").read_text())
     assert manifest["adaptors"]["pattern"]["space"] == "teacher"
     assert manifest["adaptors"]["pattern"]["teacher"]["backbone"] == "pattern-oracle"
+
+
+def test_teacher_cache_serves_later_epochs_and_other_students(data, oracles, tmp_path):
+    unlabeled = tmp_path / "unlabeled"
+    unlabeled.mkdir()
+    for path in data.files["val"][:16]:
+        (unlabeled / path.name).write_bytes(path.read_bytes())
+    teacher = "{backbone: pattern-oracle, name: pattern}"
+    common = [
+        *STUDENT,
+        *SCHEDULE,
+        f"dataset.train_nolabel.folder_path={unlabeled}",
+        f"distill.teacher=[{teacher}]",
+        "distill.cache_teacher_outputs=true",
+        f"distill.cache_dir={tmp_path / 'cache'}",
+        "train.batch_size=8",
+        f"results_dir={tmp_path / 'runs'}",
+    ]
+
+    def hit_rates(*more: str) -> list[float]:
+        result = Task("distill", None, [*common, *more]).train()
+        rows = (result.run_dir / "metrics.csv").read_text().splitlines()
+        column = rows[0].split(",").index("train/teacher_cache_hit_rate")
+        return [float(row.split(",")[column]) for row in rows[1:]]
+
+    assert hit_rates("train.epochs=2") == [0.0, 1.0]  # epoch 1 fills the cache, epoch 2 never runs the teacher
+    assert len(list((tmp_path / "cache").rglob("*.safetensors"))) == 16
+    assert hit_rates("train.epochs=1", "model.trainable_blocks=1", "train.seed=7") == [1.0]  # another student

@@ -18,9 +18,10 @@ class DistillModule(TaskModule):
     """Trains a :class:`~vfmkit.tasks.distill.model.DistillModel`.
 
     Training batches are :func:`~vfmkit.tasks.distill.data.collate_distill` batches; validation batches are
-    :func:`~vfmkit.tasks.distill.metrics.collate_knn` batches of the labelled k-NN sets. Logs ``train/loss`` and
-    ``train/<teacher>/<summary|features>_loss``, ``val/knn_top1`` (monitored), ``val/control_knn_top1`` and the
-    fidelity ``val/<teacher>/<summary|feature>_cosine``, all fractions.
+    :func:`~vfmkit.tasks.distill.metrics.collate_knn` batches of the labelled k-NN sets. Logs ``train/loss``,
+    ``train/<teacher>/<summary|features>_loss``, ``train/teacher_cache_hit_rate`` (with the teacher cache: the
+    fraction of teacher targets read from it), and the fractions ``val/knn_top1`` (monitored),
+    ``val/control_knn_top1`` and the fidelity ``val/<teacher>/<summary|feature>_cosine``.
 
     The validation meter is made from the validation loader's :class:`~vfmkit.tasks.distill.metrics.KnnImages`.
     """
@@ -30,8 +31,20 @@ class DistillModule(TaskModule):
         self.meter: DistillMeter | None = None
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        before = (self.model.cache_hits, self.model.cache_misses)
         losses = self.model(batch)
         size = batch["student"].shape[0]
+        if self.model.cache is not None:  # epoch mean weighted by targets: the epoch's hit fraction
+            hits, misses = self.model.cache_hits - before[0], self.model.cache_misses - before[1]
+            rate = hits / max(hits + misses, 1)
+            self.log(
+                "train/teacher_cache_hit_rate",
+                rate,
+                on_step=False,
+                on_epoch=True,
+                batch_size=hits + misses,
+                sync_dist=True,
+            )
         self.log(
             "train/loss", losses["loss"], on_step=True, on_epoch=True, prog_bar=True, batch_size=size, sync_dist=True
         )
