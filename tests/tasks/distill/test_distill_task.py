@@ -34,7 +34,12 @@ from vfmkit.tasks import get_task
 from vfmkit.tasks.distill.validate import knn_top1
 
 CHANCE = 1.0 / len(PATTERNS)
-ORACLES = {"pattern-oracle": PatternTeacher, "colour-oracle": ColourTeacher}
+ORACLES = {
+    "pattern-oracle": PatternTeacher,
+    "colour-oracle": ColourTeacher,
+    "colour-x1e3": lambda: ColourTeacher(scale=1e3),
+    "pattern-x1e-3": lambda: PatternTeacher(scale=1e-3),
+}
 STUDENT = ["model.backbone=test-radio-v2-tiny", "model.pretrained=false", f"model.resolution={SIZE}"]
 SCHEDULE = [
     "train.num_workers=0",
@@ -172,3 +177,31 @@ def test_teacher_cache_serves_later_epochs_and_other_students(data, oracles, tmp
     assert hit_rates("train.epochs=2") == [0.0, 1.0]  # epoch 1 fills the cache, epoch 2 never runs the teacher
     assert len(list((tmp_path / "cache").rglob("*.safetensors"))) == 16
     assert hit_rates("train.epochs=1", "model.trainable_blocks=1", "train.seed=7") == [1.0]  # another student
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("normalization", ["phi_s", "none"])
+def test_two_teachers_on_scales_1e6_apart_through_the_engine(data, oracles, tmp_path, normalization):
+    """The engine version of ``test_distill_learning``'s comparison (colour k-NN on the control set)."""
+    teachers = [
+        "{backbone: colour-x1e3, name: colour, loss_type: mse, summary_loss_type: mse}",
+        "{backbone: pattern-x1e-3, name: pattern, loss_type: mse, summary_loss_type: mse}",
+    ]
+    overrides = [
+        *STUDENT,
+        *SCHEDULE,
+        f"dataset.train_nolabel.folder_path={data.unlabeled}",
+        f"dataset.knn_validation.root={data.by_pattern}",
+        f"dataset.control.root={data.by_colour}",
+        f"distill.teacher=[{', '.join(teachers)}]",
+        f"distill.feature_normalization={normalization}",
+        "train.epochs=16",
+        "train.val_every=16",
+        f"results_dir={tmp_path}",
+    ]
+    val = Task("distill", None, overrides).train().val
+    pattern, colour = val["knn_top1"], val["control_knn_top1"]
+    if normalization == "phi_s":
+        assert colour >= 0.9 and pattern >= 0.9, val
+    else:  # raw MSE: the x1e-3 teacher is lost (the phi_s run of the same test reaches >= 0.9 on it)
+        assert colour >= 0.9 and pattern <= 0.9 - 0.2, val
