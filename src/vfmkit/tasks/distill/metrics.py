@@ -49,7 +49,7 @@ class KnnSet:
         try:
             memory = list_class_folders(Path(root) / memory_split)
             queries = list_class_folders(Path(root) / query_split, classes=memory.classes)
-        except Exception as err:  # the knn helpers raise VfmError/DataError/OSError with the folder named
+        except DataError as err:  # it names the folder; the message adds the spec key
             raise DataError(f"{key} {root}: {err}") from None
         if not memory.files or not queries.files:
             raise DataError(f"{key} {root}: no images in {memory_split}/<class>/ or {query_split}/<class>/")
