@@ -3,16 +3,21 @@ without the post-processing, matching PyTorch under onnxruntime on real preproce
 
 from __future__ import annotations
 
+import copy
+
 import onnx
 import pytest
 import torch
 from tests.tasks.detect.detect_data import make_detection_dataset
 from tests.tasks.detect.train_helper import TINY_HEAD
 
+from vfmkit import load_backbone
 from vfmkit.export.onnx import export_onnx
 from vfmkit.export.runtime import OnnxModel
 from vfmkit.export.verify import verify_onnx
+from vfmkit.models.heads.detr import build_detector
 from vfmkit.tasks.detect.data import DetectionDataset, collate_detection, load_detection_data
+from vfmkit.tasks.detect.export import pin_position_grids
 from vfmkit.tasks.detect.model import ExportableDetector, build_model
 from vfmkit.tasks.detect.postprocess import postprocess_detections
 from vfmkit.tasks.detect.spec import DetectDataSpec, DetectModelSpec
@@ -74,3 +79,33 @@ def test_postprocessed_outputs(batch, tmp_path):
         raw = module.detector(images)
         expected = postprocess_detections(raw["pred_logits"], raw["pred_boxes"], orig_sizes, 5, torch.tensor([1, 3, 7]))
     assert (outputs["labels"] == expected[2].numpy()).all()
+
+
+@pytest.mark.parametrize("name", ["test-dinov2-tiny", "test-openclip-tiny"])
+def test_pinned_position_grid_gives_the_same_features(name):
+    """timm / open_clip ViTs resize their position embedding (antialiased bicubic, no opset-17 operator) at a grid
+    other than their own; a pinned copy holds the resized embedding and computes the same features."""
+    backbone = load_backbone(name)
+    images = torch.rand(2, 3, 48, 80)  # grid 6 x 10 (patch 8) vs the position grid 8 x 8
+    pinned = copy.deepcopy(backbone)
+    pinned.pin_position_grid((6, 10))
+    with torch.no_grad():
+        expected, got = backbone(images), pinned(images)
+    torch.testing.assert_close(got.features, expected.features, rtol=0, atol=0)
+    torch.testing.assert_close(got.summary, expected.summary, rtol=0, atol=0)
+
+
+def test_timm_backbones_export_at_any_resolution(batch, tmp_path):
+    """A timm ViT main backbone and a timm frozen foundation model at grids other than their position grids."""
+    torch.manual_seed(0)
+    detector, _ = build_detector(
+        3, "rtdetr", backbone="test-dinov2-tiny", frozen_fm="test-siglip-tiny", **{**SPEC_HEAD, "dn_number": 0}
+    )
+    module = ExportableDetector(detector.eval())
+    images = torch.nn.functional.interpolate(batch[1], size=(96, 96), mode="bilinear")
+    pinned = pin_position_grids(module, (images,))
+    assert pinned is not module and module.detector.source.backbone.model.patch_embed.grid_size == (8, 8)
+    assert pinned.detector.source.backbone.model.patch_embed.grid_size == (12, 12)
+    assert pinned.detector.frozen_fm.backbone.model.patch_embed.grid_size == (6, 6)  # input scale 0.5
+    path = export_onnx(pinned, (images[:1],), tmp_path / "det.onnx", module.input_names, module.output_names, {})
+    assert verify_onnx(path, module, (images,), tolerance=1e-4).max_abs_diff <= 1e-4  # against the unpinned model
