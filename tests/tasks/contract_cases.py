@@ -107,6 +107,7 @@ def _detect_predict(root: Path) -> tuple[list[str], int]:
     return [f"predict.source={root / 'val' / 'images'}", "predict.conf_threshold=0.0"], 3
 
 
+DETECT_FM = ["model.frozen_fm.enabled=true", "model.frozen_fm.backbone=test-radio-v3-tiny"]
 DETECT_TINY = [
     "model.resolution=64",
     "model.hidden_dim=32",
@@ -117,7 +118,12 @@ DETECT_TINY = [
     "model.dim_feedforward=32",
     "model.dn_number=4",
 ]
-DETECT_HEADS = [[f"model.head={head}", f"model.neck={neck}"] for head in ("rtdetr", "dino") for neck in NECKS_NAMES]
+DETECT_HEADS = [
+    [f"model.head={head}", f"model.neck={neck}", *([] if (head, neck) != ("dino", "simple_pyramid") else DETECT_FM)]
+    for head in ("rtdetr", "dino")
+    for neck in NECKS_NAMES
+]
+"""Both presets on both necks; one of them with the frozen foundation-model branch beside the main backbone."""
 GOLDEN = ["dataset.format=csv", "dataset.train_csv=none.csv"]
 
 CASES: dict[tuple[str, str | None], ContractCase] = {
@@ -167,10 +173,7 @@ CASES: dict[tuple[str, str | None], ContractCase] = {
         _detect_predict,
         extra=DETECT_TINY,
         config=["dataset.train_data_sources=[{image_dir: none, json_file: none.json}]"],
-        heads=[
-            *DETECT_HEADS,
-            ["model.frozen_fm.enabled=true", "model.frozen_fm.backbone=test-radio-v3-tiny"],
-        ],
+        heads=DETECT_HEADS,
         meta={"classes": ["circle", "square", "triangle"], "category_ids": [1, 3, 7]},
     ),
 }
