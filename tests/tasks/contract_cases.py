@@ -12,6 +12,7 @@ from pathlib import Path
 
 from tests.synthetic import make_segmentation_dataset, make_shapes_dataset
 from tests.tasks.change.change_data import make_golden_csv, make_levir
+from tests.tasks.detect.detect_data import make_detection_dataset
 
 PALETTE = "[{name: background, id: 0}, {name: circle, id: 1}, {name: square, id: 2}]"
 COMMON = ["train.num_workers=0", "train.epochs=2", "train.batch_size=4", "evaluate.batch_size=4"]
@@ -89,7 +90,40 @@ def _golden_predict(root: Path) -> tuple[list[str], int]:
 
 
 DENSE = ["model.resolution=32", "model.neck_channels=16", "model.decoder_channels=16"]
-NECKS = [["model.neck=vit_adapter"], ["model.neck=simple_pyramid"]]
+NECKS_NAMES = ("vit_adapter", "simple_pyramid")
+NECKS = [[f"model.neck={neck}"] for neck in NECKS_NAMES]
+
+
+def _detect_data(root: Path) -> list[str]:
+    train = make_detection_dataset(root / "train", num_images=6, size=64, seed=0)
+    val = make_detection_dataset(root / "val", num_images=3, size=64, seed=1, negatives=1)
+    return [
+        f"dataset.train_data_sources=[{{image_dir: {train[0]}, json_file: {train[1]}}}]",
+        f"dataset.val_data_sources=[{{image_dir: {val[0]}, json_file: {val[1]}}}]",
+    ]
+
+
+def _detect_predict(root: Path) -> tuple[list[str], int]:
+    return [f"predict.source={root / 'val' / 'images'}", "predict.conf_threshold=0.0"], 3
+
+
+DETECT_FM = ["model.frozen_fm.enabled=true", "model.frozen_fm.backbone=test-radio-v3-tiny"]
+DETECT_TINY = [
+    "model.resolution=64",
+    "model.hidden_dim=32",
+    "model.nheads=2",
+    "model.num_queries=10",
+    "model.num_select=10",
+    "model.dec_layers=1",
+    "model.dim_feedforward=32",
+    "model.dn_number=4",
+]
+DETECT_HEADS = [
+    [f"model.head={head}", f"model.neck={neck}", *([] if (head, neck) != ("dino", "simple_pyramid") else DETECT_FM)]
+    for head in ("rtdetr", "dino")
+    for neck in NECKS_NAMES
+]
+"""Both presets on both necks; one of them with the frozen foundation-model branch beside the main backbone."""
 GOLDEN = ["dataset.format=csv", "dataset.train_csv=none.csv"]
 
 CASES: dict[tuple[str, str | None], ContractCase] = {
@@ -131,5 +165,15 @@ CASES: dict[tuple[str, str | None], ContractCase] = {
         config=GOLDEN,
         heads=[[*neck, f"model.difference={d}"] for neck in NECKS for d in ("learnable", "euclidean")],
         meta={"classes": ["PASS", "FAIL"]},
+    ),
+    ("detect", None): ContractCase(
+        "detect",
+        None,
+        _detect_data,
+        _detect_predict,
+        extra=DETECT_TINY,
+        config=["dataset.train_data_sources=[{image_dir: none, json_file: none.json}]"],
+        heads=DETECT_HEADS,
+        meta={"classes": ["circle", "square", "triangle"], "category_ids": [1, 3, 7]},
     ),
 }
