@@ -20,9 +20,10 @@ TASK_MODULES: dict[str, str] = {
     "classify": "vfmkit.tasks.classify.hooks",
     "segment": "vfmkit.tasks.segment.hooks",
     "change": "vfmkit.tasks.change.hooks",
+    "universal": "vfmkit.tasks.universal.hooks",
 }
 
-ALIASES: dict[str, str] = {}
+ALIASES: dict[str, str] = {"oneformer": "universal"}
 """Other names accepted for a task (e.g. TAO's)."""
 
 

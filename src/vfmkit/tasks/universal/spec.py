@@ -23,7 +23,7 @@ from vfmkit.spec.base import (
     TrainSpec,
 )
 from vfmkit.spec.dense import DenseAugmentSpec
-from vfmkit.tasks.segment.spec import SegmentDataSpec
+from vfmkit.tasks.segment.spec import SegmentDataSpec  # universal reads the segment task's mask folders
 
 Task = Literal["semantic", "instance", "panoptic"]
 
@@ -57,7 +57,8 @@ class SemanticMasksSpec(SegmentDataSpec):
 
     @model_validator(mode="after")
     def _augment_elsewhere(self) -> SemanticMasksSpec:
-        if "augment" in self.model_fields_set:
+        # the default is accepted: a saved spec (checkpoints, spec.resolved.yaml) writes every field
+        if self.augment != type(self).model_fields["augment"].default_factory():
             raise ValueError("dataset.semantic.augment is not used by the universal task; set dataset.augment")
         return self
 
