@@ -107,7 +107,7 @@ class UniversalTask(TaskDef):
         return UniversalModule(model, spec, meta, self)
 
     def check_init_from(self, spec: UniversalSpec, trained: Trained, meta: dict[str, Any]) -> None:
-        if trained.meta["categories"] != meta["categories"]:
+        if _identity(trained.meta["categories"]) != _identity(meta["categories"]):
             raise VfmError(
                 f"train.init_from {trained.checkpoint}: it was trained on other categories "
                 f"({[c['name'] for c in trained.meta['categories']]}) than this dataset's"
@@ -216,9 +216,13 @@ class UniversalTask(TaskDef):
 _SUMMARY = ("pq", "pq_things", "pq_stuff", "sq", "rq", "miou", "mask_ap", "mask_ap50")
 
 
+def _identity(categories: list[dict]) -> list[tuple]:
+    """(id, name, isthing) of each category, in order: what a model's outputs mean (colours are only display)."""
+    return [(int(c["id"]), str(c["name"]), bool(c["isthing"])) for c in categories]
+
+
 def _check_same_categories(split: UniversalSplit, expected: CategoryTable, what: str) -> None:
-    found = [(c.id, c.name, c.isthing) for c in split.categories.categories]
-    wanted = [(c.id, c.name, c.isthing) for c in expected.categories]
+    found, wanted = _identity(split.categories.as_meta()), _identity(expected.as_meta())
     if found != wanted:
         diff = sorted(set(found) ^ set(wanted))[:4] or "their order"
         raise DataError(

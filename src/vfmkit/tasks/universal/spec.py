@@ -97,7 +97,8 @@ class UniversalDataSpec(Section):
     task_prob: TaskProbSpec | None = Field(
         None,
         description="training task probabilities {semantic, instance, panoptic} (null: OneFormer's 0.33 / 0.33 / "
-        "0.34 for oneformer on coco data, panoptic for mask2former, semantic for semantic_masks)",
+        "0.34 for oneformer on coco_panoptic, panoptic for mask2former; instance for coco_instances, semantic for "
+        "semantic_masks)",
     )
     augment: UniversalAugmentSpec = Field(default_factory=UniversalAugmentSpec, description="joint augmentation")
 
@@ -259,6 +260,8 @@ class UniversalSpec(RunSpec):
             return self.dataset.task_prob.as_dict()
         if self.dataset.format == "semantic_masks":
             return {"semantic": 1.0, "instance": 0.0, "panoptic": 0.0}
+        if self.dataset.format == "coco_instances":  # things only, most pixels unannotated
+            return {"semantic": 0.0, "instance": 1.0, "panoptic": 0.0}
         if self.model.head == "mask2former":
             return {"semantic": 0.0, "instance": 0.0, "panoptic": 1.0}
         return TaskProbSpec().as_dict()
