@@ -13,6 +13,7 @@ from pathlib import Path
 from tests.synthetic import make_segmentation_dataset, make_shapes_dataset
 from tests.tasks.change.change_data import make_golden_csv, make_levir
 from tests.tasks.detect.detect_data import make_detection_dataset
+from tests.tasks.universal.universal_data import CATEGORIES, make_panoptic_dataset, split_paths
 
 PALETTE = "[{name: background, id: 0}, {name: circle, id: 1}, {name: square, id: 2}]"
 COMMON = ["train.num_workers=0", "train.epochs=2", "train.batch_size=4", "evaluate.batch_size=4"]
@@ -88,6 +89,40 @@ def _golden_data(root: Path) -> list[str]:
 def _golden_predict(root: Path) -> tuple[list[str], int]:
     return [f"predict.source={root / 'val.csv'}"], 4
 
+
+def _universal_data(root: Path) -> list[str]:
+    make_panoptic_dataset(root, {"train": 6, "val": 3}, size=32)
+    overrides = []
+    for split in ("train", "val"):
+        images, annotations, _ = split_paths(root, split)
+        overrides += [f"dataset.{split}.images={images}", f"dataset.{split}.annotations={annotations}"]
+    return overrides
+
+
+def _universal_predict(root: Path) -> tuple[list[str], int]:
+    return [f"predict.source={root / 'images' / 'val'}"], 3
+
+
+UNIVERSAL = [
+    "model.resolution=32",
+    "model.neck_channels=16",
+    "model.num_object_queries=6",
+    "model.hidden_dim=16",
+    "model.nheads=2",
+    "model.dim_feedforward=32",
+    "model.dec_layers=2",
+    "model.pixel_decoder.transformer_enc_layers=1",
+    "model.pixel_decoder.conv_dim=16",
+    "model.pixel_decoder.mask_dim=16",
+    "model.pixel_decoder.dim_feedforward=32",
+    "model.pixel_decoder.norm=ln",  # GroupNorm of 16 channels has 1 value per group on the 1x1 map of stride 32
+    "model.text_encoder.width=16",
+    "model.text_encoder.num_layers=1",
+    "model.text_encoder.context_length=8",
+    "model.text_encoder.n_ctx=2",
+    "model.train_num_points=64",
+]
+"""A tiny OneFormer (the default head) at 32 px."""
 
 DENSE = ["model.resolution=32", "model.neck_channels=16", "model.decoder_channels=16"]
 NECKS_NAMES = ("vit_adapter", "simple_pyramid")
@@ -175,5 +210,15 @@ CASES: dict[tuple[str, str | None], ContractCase] = {
         config=["dataset.train_data_sources=[{image_dir: none, json_file: none.json}]"],
         heads=DETECT_HEADS,
         meta={"classes": ["circle", "square", "triangle"], "category_ids": [1, 3, 7]},
+    ),
+    ("universal", None): ContractCase(
+        "universal",
+        None,
+        _universal_data,
+        _universal_predict,
+        extra=UNIVERSAL,
+        config=["dataset.train.images=none", "dataset.train.annotations=none.json"],
+        heads=[[*neck, f"model.head={head}"] for neck in NECKS for head in ("mask2former", "oneformer")],
+        meta={"categories": [{**c, "isthing": bool(c["isthing"])} for c in CATEGORIES], "format": "coco_panoptic"},
     ),
 }

@@ -21,9 +21,10 @@ TASK_MODULES: dict[str, str] = {
     "segment": "vfmkit.tasks.segment.hooks",
     "change": "vfmkit.tasks.change.hooks",
     "detect": "vfmkit.tasks.detect.hooks",
+    "universal": "vfmkit.tasks.universal.hooks",
 }
 
-ALIASES: dict[str, str] = {}
+ALIASES: dict[str, str] = {"oneformer": "universal"}
 """Other names accepted for a task (e.g. TAO's)."""
 
 
