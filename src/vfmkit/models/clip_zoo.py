@@ -298,11 +298,23 @@ def _register_tests() -> None:
     )
     CLIP_MODELS.register(
         ClipEntry(
+            "test-nvclip-clip-tiny",
+            "open_clip",
+            "tiny random-init NV-CLIP-style (SigLIP-CLIPA) CLIP: average-pool open_clip image tower (64 px, 32-d) + "
+            "SigLIP-style text tower",
+            vision="test-nvclip-tiny",
+            adaptor_texts={None: "test-siglip-text-tiny"},
+            sigmoid=True,
+            **test,
+        )
+    )
+    CLIP_MODELS.register(
+        ClipEntry(
             "test-siglip2-clip-tiny",
             "open_clip",
             "tiny random-init SigLIP2-style CLIP: timm MAP-head ViT (64 px, 64-d) + SigLIP-style text tower",
             vision="test-siglip-tiny",
-            adaptor_texts={None: "test-siglip-text-tiny"},
+            adaptor_texts={None: "test-siglip2-text-tiny"},
             sigmoid=True,
             **test,
         )

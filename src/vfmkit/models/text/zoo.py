@@ -150,7 +150,7 @@ def build_text_entry(
 
     Args:
         entry: the registry entry.
-        pretrained: load the published text weights (test towers are always a seeded random init).
+        pretrained: load the published text weights (test towers are a seeded random init unless ``checkpoint``).
         checkpoint: a local full CLIP checkpoint used instead of the published source.
 
     Returns:
@@ -160,7 +160,7 @@ def build_text_entry(
         WeightsError: the weights are not available offline or do not fit.
     """
     config = text_model_config(entry)
-    if entry.test_only:
+    if entry.test_only and checkpoint is None:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
             return build_text_tower(config, entry.id).eval(), {}
@@ -279,8 +279,9 @@ def _register_test_towers() -> None:
 
     TEXT_TOWERS.register(tiny("test-clip-text-tiny", "CLIP-style (causal mask, argmax pooling)", 32, _TINY_TEXT, "lower"))
     siglip = "SigLIP-style (bidirectional, last-token pooling, canonicalised text)"
-    TEXT_TOWERS.register(tiny("test-siglip-text-tiny", siglip, 64, _TINY_SIGLIP_TEXT, "canonicalize"))
-    TEXT_TOWERS.register(tiny("test-radio-siglip-text-tiny", siglip, 40, _TINY_SIGLIP_TEXT, "canonicalize"))
+    # SigLIP-style towers differ only in their output width, which must match the tiny image towers they pair with
+    for model_id, width in (("test-siglip-text-tiny", 32), ("test-siglip2-text-tiny", 64), ("test-radio-siglip-text-tiny", 40)):
+        TEXT_TOWERS.register(tiny(model_id, siglip, width, _TINY_SIGLIP_TEXT, "canonicalize"))
 
 
 _register()

@@ -1,0 +1,147 @@
+"""Encoding pair sets: image and caption embeddings, retrieval evaluation, and the frozen-vision embedding cache.
+
+A frozen image tower does not change during training, so its embeddings are computed once with the classification
+feature cache (:func:`vfmkit.tasks.classify.features.cached_summaries`, keyed by the tower's weights, preprocessing,
+resolution and every file's identity) and training runs the text tower only (:class:`CachedPairDataset`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from vfmkit.data.classification import ClassificationSplit
+from vfmkit.errors import DataError
+from vfmkit.models.backbones.base import Backbone, BackboneOutput, Preprocessing
+from vfmkit.models.clip import ClipModel, ImageTower
+from vfmkit.tasks.clip.data import CaptionPairs, PairDataset, pick_caption
+from vfmkit.tasks.clip.metrics import DEFAULT_KS, retrieval_metrics
+
+CacheFunction = Callable[..., tuple[torch.Tensor, bool]]
+"""``cached_summaries(backbone, split, resolution, cache_dir, batch_size=, num_workers=) -> (summaries, hit)``."""
+
+
+@torch.no_grad()
+def encode_captions(model: ClipModel, captions: Sequence[str], batch_size: int = 256) -> torch.Tensor:
+    """float32 (N_txt, D) L2-normalised caption embeddings, on the CPU."""
+    device = next(model.parameters()).device
+    rows = []
+    for start in range(0, len(captions), batch_size):
+        ids = model.tokenize(list(captions[start : start + batch_size])).to(device)
+        rows.append(model.encode_text(ids).float().cpu())
+    return torch.cat(rows) if rows else torch.zeros(0, model.embed_dim)
+
+
+@torch.no_grad()
+def encode_pair_images(
+    model: ClipModel, pairs: CaptionPairs, resolution: int, batch_size: int = 64, num_workers: int = 0
+) -> torch.Tensor:
+    """float32 (N_img, D) L2-normalised image embeddings of a pair set (evaluation resize to R x R), on the CPU."""
+    device = next(model.parameters()).device
+    loader = DataLoader(PairDataset(pairs, resolution), batch_size=batch_size, num_workers=num_workers)
+    rows = [model.encode_image(images.to(device)).float().cpu() for images, _, _ in loader]
+    return torch.cat(rows) if rows else torch.zeros(0, model.embed_dim)
+
+
+def evaluate_retrieval(
+    model: ClipModel,
+    pairs: CaptionPairs,
+    resolution: int,
+    batch_size: int = 64,
+    ks: Sequence[int] = DEFAULT_KS,
+    image_embeddings: torch.Tensor | None = None,
+) -> dict[str, float]:
+    """Bidirectional retrieval metrics of a pair set (see :func:`~vfmkit.tasks.clip.metrics.retrieval_metrics`).
+
+    Args:
+        image_embeddings: precomputed normalised (N_img, D) embeddings (e.g. from the frozen-vision cache).
+    """
+    model.eval()
+    images = image_embeddings if image_embeddings is not None else encode_pair_images(model, pairs, resolution, batch_size)
+    texts = encode_captions(model, pairs.captions)
+    return retrieval_metrics(images @ texts.T, pairs.relevance(), ks)
+
+
+class ImageTowerBackbone(Backbone):
+    """An image tower seen as a backbone whose ``summary`` is the (unnormalised) image embedding, so the
+    classification feature cache can store it."""
+
+    def __init__(self, tower: ImageTower) -> None:
+        super().__init__()
+        self.tower = tower
+        self.embed_dim = self.summary_dim = tower.output_dim
+        self.num_blocks = tower.backbone.num_blocks
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        return self.tower.preprocessing
+
+    def forward(self, images: torch.Tensor) -> BackboneOutput:
+        summary = self.tower(images)
+        return BackboneOutput(summary=summary, features=summary.new_zeros(len(summary), 0, self.embed_dim), grid=(0, 0))
+
+
+def cached_image_embeddings(
+    model: ClipModel,
+    pairs: CaptionPairs,
+    resolution: int,
+    cache_dir: Path,
+    cache_fn: CacheFunction | None = None,
+    batch_size: int = 64,
+    num_workers: int = 0,
+) -> tuple[torch.Tensor, bool]:
+    """(N_img, D) float32 L2-normalised embeddings of the pair images from the feature cache (computed on a miss).
+
+    Args:
+        model: the CLIP model whose (frozen) image tower is encoded.
+        pairs: the pairs; images must be files (WebDataset members are not cached).
+        resolution: evaluation resize side.
+        cache_dir: the cache folder.
+        cache_fn: the cache function; default :func:`vfmkit.tasks.classify.features.cached_summaries`.
+
+    Returns:
+        The embeddings and whether they came from the cache.
+
+    Raises:
+        DataError: images inside WebDataset shards.
+    """
+    if cache_fn is None:
+        from vfmkit.tasks.classify.features import cached_summaries as cache_fn
+    if any(image.member is not None for image in pairs.images):
+        raise DataError(f"{pairs.source}: the frozen-vision embedding cache needs image files, not WebDataset shards")
+    split = ClassificationSplit(
+        name="clip-images",
+        files=[image.path for image in pairs.images],
+        labels=np.zeros(len(pairs.images), dtype=np.int64),
+        classes=["image"],
+    )
+    backbone = ImageTowerBackbone(model.visual)
+    embeddings, hit = cache_fn(backbone, split, resolution, Path(cache_dir), batch_size=batch_size, num_workers=num_workers)
+    return torch.nn.functional.normalize(embeddings.float(), dim=-1), hit
+
+
+class CachedPairDataset(Dataset):
+    """Training items from cached image embeddings: ``(embedding (D,), caption index, image index)``, the caption
+    drawn per (seed, epoch, image) as :class:`~vfmkit.tasks.clip.data.PairDataset` does."""
+
+    def __init__(self, embeddings: torch.Tensor, pairs: CaptionPairs, seed: int = 0) -> None:
+        if embeddings.shape[0] != len(pairs.images):
+            raise ValueError(f"{embeddings.shape[0]} embeddings for {len(pairs.images)} images")
+        self.embeddings = embeddings
+        self.owners = pairs.captions_of()
+        self.seed = int(seed)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.owners)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int]:
+        index = int(index)
+        return self.embeddings[index], pick_caption(self.owners[index], self.seed, self.epoch, index, True), index
