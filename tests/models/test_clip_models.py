@@ -106,7 +106,7 @@ def test_clip_namespace_is_separate_from_backbones() -> None:
     assert entry.family == "radio" and entry.default_adaptor == "siglip2-g"
     assert entry.text_id("clip") == "dfn-clip-h14-378-text"
     assert resolve_entry("c-radio_v3-h").id == "c-radio-v3-h"
-    assert load_backbone("test-radio-v2-tiny").summary_dim == 128
+    assert load_backbone("test-radio-v2-tiny").summary_dim == 192
     assert CLIP_MODELS.resolve("siglip2-so400m-patch16-256").id == "siglip2-so400m-p16-256"
     assert CLIP_MODELS.resolve("ViT-H-14-SigLIP-CLIPA-224").id == "nv-clip-vit-h14-224"
     radio = {e.id for e in CLIP_MODELS.entries() if e.family == "radio"}

@@ -57,13 +57,27 @@ def evaluate_retrieval(
 ) -> dict[str, float]:
     """Bidirectional retrieval metrics of a pair set (see :func:`~vfmkit.tasks.clip.metrics.retrieval_metrics`).
 
+    Identical caption texts are merged into one query/item relevant to every image they describe: a model cannot
+    tell them apart, so keeping them separate would only create ties.
+
     Args:
         image_embeddings: precomputed normalised (N_img, D) embeddings (e.g. from the frozen-vision cache).
     """
     model.eval()
     images = image_embeddings if image_embeddings is not None else encode_pair_images(model, pairs, resolution, batch_size)
-    texts = encode_captions(model, pairs.captions)
-    return retrieval_metrics(images @ texts.T, pairs.relevance(), ks)
+    texts, relevance = unique_captions(pairs)
+    return retrieval_metrics(images @ encode_captions(model, texts).T, relevance, ks)
+
+
+def unique_captions(pairs: CaptionPairs) -> tuple[list[str], np.ndarray]:
+    """The distinct caption texts (first-appearance order) and bool (N_img, N_unique) relevance."""
+    index: dict[str, int] = {}
+    for text in pairs.captions:
+        index.setdefault(text, len(index))
+    relevance = np.zeros((len(pairs.images), len(index)), dtype=bool)
+    for text, image in zip(pairs.captions, pairs.caption_image.tolist(), strict=True):
+        relevance[image, index[text]] = True
+    return list(index), relevance
 
 
 class ImageTowerBackbone(Backbone):

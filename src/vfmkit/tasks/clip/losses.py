@@ -115,7 +115,7 @@ def prepare_logit_params(
         if loss_type == "clip":
             model.logit_bias.zero_()
     model.logit_bias.requires_grad_(loss_type == "siglip")
-    return max(LOGIT_SCALE_CEILING, float(model.logit_scale))
+    return max(LOGIT_SCALE_CEILING, float(model.logit_scale.detach()))
 
 
 @torch.no_grad()

@@ -7,7 +7,7 @@ queries the images). Two conventions of recall are reported, named in the keys, 
 - ``any`` (CLIP_benchmark, the CLIP paper's COCO/Flickr numbers): a query scores a hit at k when ANY of its relevant
   items is in its top k (an image with 5 captions needs one of them);
 - ``1cap`` (open_clip's evaluation): one caption per image, the first one; the (N_img, N_img) sub-matrix of those
-  captions is ranked with the diagonal as the only relevant item, in both directions.
+  captions is ranked with the diagonal as the only relevant item, in both directions (it assumes distinct captions).
 
 ``mAP`` (mean average precision over every relevant item), ``MedR`` / ``MeanR`` (median and mean 1-based rank of the
 first relevant item) and ``NDCG`` (binary relevance, whole ranking) use every relevant item (``any`` semantics).
