@@ -71,7 +71,9 @@ def test_open_clip_checkpoint_loads_both_towers_exactly(tmp_path) -> None:
     model = load_clip_model("test-openclip-clip-tiny", checkpoint=file)
     images = torch.rand(2, 3, 64, 64)
     ids = model.tokenize(["a red circle", "two blue squares"])
-    normalised = (images - torch.tensor(OPENAI_CLIP_MEAN).view(1, 3, 1, 1)) / torch.tensor(OPENAI_CLIP_STD).view(1, 3, 1, 1)
+    normalised = (images - torch.tensor(OPENAI_CLIP_MEAN).view(1, 3, 1, 1)) / torch.tensor(OPENAI_CLIP_STD).view(
+        1, 3, 1, 1
+    )
     with torch.no_grad():
         torch.testing.assert_close(model.encode_image(images), reference.encode_image(normalised, normalize=True))
         torch.testing.assert_close(model.encode_text(ids), reference.encode_text(ids, normalize=True))
@@ -110,7 +112,14 @@ def test_clip_namespace_is_separate_from_backbones() -> None:
     assert CLIP_MODELS.resolve("siglip2-so400m-patch16-256").id == "siglip2-so400m-p16-256"
     assert CLIP_MODELS.resolve("ViT-H-14-SigLIP-CLIPA-224").id == "nv-clip-vit-h14-224"
     radio = {e.id for e in CLIP_MODELS.entries() if e.family == "radio"}
-    assert {"c-radio-v2-b", "radio-v2.5-h", "c-radio-v3-b", "c-radio-v3-g", "c-radio-v4-h", "c-radio-v4-so400m"} <= radio
+    assert {
+        "c-radio-v2-b",
+        "radio-v2.5-h",
+        "c-radio-v3-b",
+        "c-radio-v3-g",
+        "c-radio-v4-h",
+        "c-radio-v4-so400m",
+    } <= radio
     with pytest.raises(ModelNotFoundError, match="did you mean"):
         CLIP_MODELS.resolve("c-radio_v3-hh")
 

@@ -40,7 +40,7 @@ def test_clip_bpe_pads_truncates_and_masks() -> None:
 
 
 def _hf_folder(tmp_path, *, sep: bool = False):
-    """A word-level tokenizer.json (+ tokenizer_config.json) like SigLIP2's Gemma (no BOS, EOS) or BERT ([CLS] [SEP])."""
+    """A word-level tokenizer.json + tokenizer_config.json like SigLIP2 (no BOS, EOS) or BERT ([CLS] [SEP])."""
     vocab = {"<pad>": 0, "</s>": 1, "<bos>": 2, "[UNK]": 3, "[CLS]": 4, "[SEP]": 5, "a": 6, "red": 7, "circle": 8}
     tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
     tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()

@@ -6,8 +6,8 @@ import json
 
 import pytest
 import torch
-
 from tests.tasks.clip.clip_data import make_images, write_caption_folders, write_coco, write_csv, write_shard
+
 from vfmkit.errors import DataError
 from vfmkit.models.text.tokenizers import ClipBpeTokenizer
 from vfmkit.tasks.clip.data import PairCollate, PairDataset, preflight, read_pairs
@@ -40,7 +40,9 @@ def test_csv_jsonl_duplicates_and_missing_images(tmp_path) -> None:
     pairs = read_pairs("csv", file=csv_file)
     assert pairs.caption_image.tolist() == [0, 0, 1] and preflight(pairs)["captions"] == 3
     bad = write_csv(tmp_path, [("0.png", "x"), ("0.png", "x"), ("9.png", "y")], name="bad.csv")
-    with pytest.raises(DataError, match=r"2 problem\(s\).*bad.csv:3: duplicate of .*bad.csv:2.*bad.csv:4: image .*9.png does"):
+    with pytest.raises(
+        DataError, match=r"2 problem\(s\).*bad.csv:3: duplicate of .*bad.csv:2.*bad.csv:4: image .*9.png does"
+    ):
         preflight(read_pairs("csv", file=bad))
     (tmp_path / "no_header.csv").write_text("0.png,x\n")
     with pytest.raises(DataError, match="must name the columns 'image' and 'caption'"):
@@ -83,7 +85,7 @@ def test_dataset_and_collate_drop_duplicate_captions(tmp_path) -> None:
     pairs = read_pairs("coco", file=write_coco(tmp_path, captions_per_image=3), root=tmp_path / "images")
     dataset = PairDataset(pairs, 32, train=True, crop_scale=(0.5, 1.0), seed=3)
     image, caption, index = dataset[5]
-    assert image.shape == (3, 32, 32) and 0.0 <= image.min() and image.max() <= 1.0
+    assert image.shape == (3, 32, 32) and image.min() >= 0.0 and image.max() <= 1.0
     assert pairs.caption_image[caption] == index == 5
     chosen = {dataset[5][1] for _ in range(2)}
     assert len(chosen) == 1  # the caption is a function of (seed, epoch, image)

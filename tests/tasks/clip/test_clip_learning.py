@@ -12,8 +12,8 @@ import math
 
 import pytest
 import torch
-
 from tests.tasks.clip.clip_data import CLASS_NAMES, write_caption_folders
+
 from vfmkit.models.clip_zoo import load_clip_model
 from vfmkit.tasks.clip.data import PairCollate, PairDataset, read_pairs
 from vfmkit.tasks.clip.embeddings import CachedPairDataset, cached_image_embeddings, evaluate_retrieval
@@ -53,7 +53,10 @@ def _optimizer(model, vision_lr: float, text_lr: float) -> torch.optim.Optimizer
     groups = [
         {"params": [p for _, p in model.vision_parameters() if p.requires_grad], "lr": vision_lr},
         {"params": [p for _, p in model.text_parameters() if p.requires_grad], "lr": text_lr},
-        {"params": [p for p in (model.logit_scale, model.logit_bias) if p is not None and p.requires_grad], "lr": text_lr},
+        {
+            "params": [p for p in (model.logit_scale, model.logit_bias) if p is not None and p.requires_grad],
+            "lr": text_lr,
+        },
     ]
     return torch.optim.AdamW([g for g in groups if g["params"]], weight_decay=0.0, betas=(0.9, 0.98), fused=True)
 

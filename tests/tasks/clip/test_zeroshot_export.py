@@ -7,8 +7,8 @@ import csv
 import pytest
 import torch
 from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
-
 from tests.tasks.clip.clip_data import CLASS_NAMES, make_images, write_class_folders
+
 from vfmkit.data.preprocess import pil_to_tensor
 from vfmkit.errors import DataError
 from vfmkit.export.runtime import OnnxModel
@@ -53,7 +53,15 @@ def test_zeroshot_source_writes_csv_and_accuracy_for_class_folders(model, tmp_pa
     assert set(result.metrics) == {"images", "top1", "top5", "mean_per_class_recall"}
     with open(result.csv_path, newline="") as handle:
         rows = list(csv.DictReader(handle))
-    assert len(rows) == 12 and set(rows[0]) == {"image", "prediction", "score", "top_k", "top_k_scores", "label", "correct"}
+    assert len(rows) == 12 and set(rows[0]) == {
+        "image",
+        "prediction",
+        "score",
+        "top_k",
+        "top_k_scores",
+        "label",
+        "correct",
+    }
     assert rows[0]["prediction"] in CLASS_NAMES and len(rows[0]["top_k"].split(";")) == 5
     top1 = sum(int(r["correct"]) for r in rows) / 12
     assert result.metrics["top1"] == pytest.approx(top1)
@@ -61,7 +69,9 @@ def test_zeroshot_source_writes_csv_and_accuracy_for_class_folders(model, tmp_pa
     assert flat.labels is None and flat.metrics is None and flat.top_scores.shape == (1, 3)
 
 
-@pytest.mark.parametrize(("name", "encoder_type"), [("test-nvclip-clip-tiny", "separate"), ("test-radio-clip-tiny", "combined")])
+@pytest.mark.parametrize(
+    ("name", "encoder_type"), [("test-nvclip-clip-tiny", "separate"), ("test-radio-clip-tiny", "combined")]
+)
 def test_onnx_export_matches_pytorch(tmp_path, name: str, encoder_type: str) -> None:
     model = load_clip_model(name)
     images = torch.stack([pil_to_tensor(image) for image in make_images(1, 0)[0][:3]])
@@ -78,7 +88,11 @@ def test_onnx_export_matches_pytorch(tmp_path, name: str, encoder_type: str) -> 
     if encoder_type == "separate":
         assert set(result.files) == {"vision", "text"}
         vision, text = OnnxModel(result.files["vision"]), OnnxModel(result.files["text"])
-        assert vision.input_names == ["image"] and vision.output_names == ["image_embedding", "logit_scale", "logit_bias"]
+        assert vision.input_names == ["image"] and vision.output_names == [
+            "image_embedding",
+            "logit_scale",
+            "logit_bias",
+        ]
         assert text.input_names == ["input_ids", "attention_mask"]
         assert text.output_names == ["text_embedding", "logit_scale", "logit_bias"]
         outputs = {**vision(images), **text(ids.input_ids, ids.attention_mask)}

@@ -27,7 +27,14 @@ from vfmkit.weights.report import LoadReport
 
 logger = logging.getLogger(__name__)
 
-_TOP_LEVEL_TEXT = ("token_embedding.", "positional_embedding", "transformer.", "ln_final.", "text_projection", "cls_emb")
+_TOP_LEVEL_TEXT = (
+    "token_embedding.",
+    "positional_embedding",
+    "transformer.",
+    "ln_final.",
+    "text_projection",
+    "cls_emb",
+)
 LOGIT_KEYS = ("logit_scale", "logit_bias")
 """Scalars of a CLIP checkpoint kept beside the text weights (the pre-trained temperature and bias)."""
 
@@ -87,7 +94,9 @@ def build_text_tower(model_cfg: dict[str, Any], model_id: str) -> TextTower:
     if not text_cfg:
         raise ModelNotFoundError(f"{model_id}: the open_clip config has no text_cfg")
     if text_cfg.get("hf_model_name"):
-        raise ModelNotFoundError(f"{model_id}: Hugging Face text models ({text_cfg['hf_model_name']}) are not supported")
+        raise ModelNotFoundError(
+            f"{model_id}: Hugging Face text models ({text_cfg['hf_model_name']}) are not supported"
+        )
     cfg = {k: v for k, v in text_cfg.items() if k not in ("hf_tokenizer_name", "tokenizer_kwargs", "tokenizer_mode")}
     text = _build_text_tower(model_cfg["embed_dim"], cfg, quick_gelu=model_cfg.get("quick_gelu", False))
     return TextTower(text)

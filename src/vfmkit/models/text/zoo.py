@@ -8,6 +8,7 @@ SigLIP2-g/16-384 (open_clip's ``ViT-gopt-16-SigLIP2-384``).
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -105,7 +106,11 @@ def tokenizer_spec(entry: TextEntry) -> TokenizerSpec:
     context = int(text_cfg.get("context_length", 77))
     if text_cfg.get("hf_tokenizer_name"):
         return TokenizerSpec(
-            "hf", context, kwargs.get("clean", "whitespace"), text_cfg["hf_tokenizer_name"], kwargs.get("strip_sep_token", False)
+            "hf",
+            context,
+            kwargs.get("clean", "whitespace"),
+            text_cfg["hf_tokenizer_name"],
+            kwargs.get("strip_sep_token", False),
         )
     return TokenizerSpec("clip_bpe", context, kwargs.get("clean", "lower"))
 
@@ -136,10 +141,8 @@ def _fetch_tokenizer_folder(repo: str) -> Path:
     ref = parse_hub(f"hf-hub:{repo}")
     path = fetch_hub_file(ref, "tokenizer.json")
     for optional in ("tokenizer_config.json", "special_tokens_map.json"):
-        try:
+        with contextlib.suppress(WeightsError):
             fetch_hub_file(ref, optional)
-        except WeightsError:
-            pass
     return path.parent
 
 
@@ -277,10 +280,16 @@ def _register_test_towers() -> None:
             test_only=True,
         )
 
-    TEXT_TOWERS.register(tiny("test-clip-text-tiny", "CLIP-style (causal mask, argmax pooling)", 32, _TINY_TEXT, "lower"))
+    TEXT_TOWERS.register(
+        tiny("test-clip-text-tiny", "CLIP-style (causal mask, argmax pooling)", 32, _TINY_TEXT, "lower")
+    )
     siglip = "SigLIP-style (bidirectional, last-token pooling, canonicalised text)"
     # SigLIP-style towers differ only in their output width, which must match the tiny image towers they pair with
-    for model_id, width in (("test-siglip-text-tiny", 32), ("test-siglip2-text-tiny", 64), ("test-radio-siglip-text-tiny", 40)):
+    for model_id, width in (
+        ("test-siglip-text-tiny", 32),
+        ("test-siglip2-text-tiny", 64),
+        ("test-radio-siglip-text-tiny", 40),
+    ):
         TEXT_TOWERS.register(tiny(model_id, siglip, width, _TINY_SIGLIP_TEXT, "canonicalize"))
 
 

@@ -234,7 +234,9 @@ def read_coco_captions(file: Path, root: Path) -> CaptionPairs:
     try:
         data = json.loads(_read_text(file))
         images = {int(img["id"]): img["file_name"] for img in data["images"]}
-        annotations = [(int(a["image_id"]), a.get("caption"), a.get("id", n)) for n, a in enumerate(data["annotations"])]
+        annotations = [
+            (int(a["image_id"]), a.get("caption"), a.get("id", n)) for n, a in enumerate(data["annotations"])
+        ]
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
         raise DataError(
             f"{file}: not a COCO captions file ({type(err).__name__}: {err}); expected 'images' with id/file_name "

@@ -64,7 +64,9 @@ def evaluate_retrieval(
         image_embeddings: precomputed normalised (N_img, D) embeddings (e.g. from the frozen-vision cache).
     """
     model.eval()
-    images = image_embeddings if image_embeddings is not None else encode_pair_images(model, pairs, resolution, batch_size)
+    images = (
+        image_embeddings if image_embeddings is not None else encode_pair_images(model, pairs, resolution, batch_size)
+    )
     texts, relevance = unique_captions(pairs)
     return retrieval_metrics(images @ encode_captions(model, texts).T, relevance, ks)
 
@@ -134,7 +136,9 @@ def cached_image_embeddings(
         classes=["image"],
     )
     backbone = ImageTowerBackbone(model.visual)
-    embeddings, hit = cache_fn(backbone, split, resolution, Path(cache_dir), batch_size=batch_size, num_workers=num_workers)
+    embeddings, hit = cache_fn(
+        backbone, split, resolution, Path(cache_dir), batch_size=batch_size, num_workers=num_workers
+    )
     return torch.nn.functional.normalize(embeddings.float(), dim=-1), hit
 
 

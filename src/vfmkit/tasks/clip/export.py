@@ -34,7 +34,10 @@ from vfmkit.models.clip import ClipModel
 EncoderType = Literal["combined", "separate"]
 VISION_IO = (("image",), ("image_embedding", "logit_scale", "logit_bias"))
 TEXT_IO = (("input_ids", "attention_mask"), ("text_embedding", "logit_scale", "logit_bias"))
-COMBINED_IO = (("image", "input_ids", "attention_mask"), ("image_embedding", "text_embedding", "logit_scale", "logit_bias"))
+COMBINED_IO = (
+    ("image", "input_ids", "attention_mask"),
+    ("image_embedding", "text_embedding", "logit_scale", "logit_bias"),
+)
 
 
 def _scalars(model: ClipModel, rows: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -141,7 +144,12 @@ def export_clip_onnx(
     graphs: dict[str, tuple[nn.Module, tuple[torch.Tensor, ...], tuple[tuple[str, ...], tuple[str, ...]], Path]] = {}
     if encoder_type == "separate":
         graphs["vision"] = (VisionGraph(model), (image,), VISION_IO, Path(f"{stem}_vision.onnx"))
-        graphs["text"] = (TextGraph(model), (tokens.input_ids, tokens.attention_mask), TEXT_IO, Path(f"{stem}_text.onnx"))
+        graphs["text"] = (
+            TextGraph(model),
+            (tokens.input_ids, tokens.attention_mask),
+            TEXT_IO,
+            Path(f"{stem}_text.onnx"),
+        )
     elif encoder_type == "combined":
         rows = min(len(image), len(tokens.input_ids))
         inputs = (image[:rows], tokens.input_ids[:rows], tokens.attention_mask[:rows])

@@ -24,7 +24,10 @@ from vfmkit.models.clip import ClipModel
 
 LossType = Literal["siglip", "clip"]
 LOSS_TYPES = ("siglip", "clip")
-INIT_LOGIT_PARAMS: dict[str, tuple[float, float]] = {"siglip": (math.log(10.0), -10.0), "clip": (math.log(1 / 0.07), 0.0)}
+INIT_LOGIT_PARAMS: dict[str, tuple[float, float]] = {
+    "siglip": (math.log(10.0), -10.0),
+    "clip": (math.log(1 / 0.07), 0.0),
+}
 """loss type -> (initial log scale, initial bias)."""
 LOGIT_SCALE_CEILING = math.log(100.0)
 

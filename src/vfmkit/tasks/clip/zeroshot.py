@@ -101,7 +101,10 @@ def load_class_names(path: str | Path) -> list[str]:
 
 @torch.no_grad()
 def build_classifier(
-    model: ClipModel, class_names: Sequence[str], templates: str | Path | Sequence[str] = "openai", batch_classes: int = 10
+    model: ClipModel,
+    class_names: Sequence[str],
+    templates: str | Path | Sequence[str] = "openai",
+    batch_classes: int = 10,
 ) -> torch.Tensor:
     """float (D, C) zero-shot classifier: per class, the renormalised mean of its normalised template embeddings.
 
@@ -206,12 +209,23 @@ def zeroshot_source(
     labels = folder_labels(Path(source).expanduser(), files, names)
     metrics = zeroshot_metrics(logits, labels) if labels is not None else None
     result = ZeroShotResult(
-        files, names, top_indices, top_scores, labels, metrics, templates=str(templates) if isinstance(templates, (str, Path)) else "custom"
+        files,
+        names,
+        top_indices,
+        top_scores,
+        labels,
+        metrics,
+        templates=str(templates) if isinstance(templates, (str, Path)) else "custom",
     )
     if out_csv is not None:
         result.csv_path = write_predictions_csv(result, Path(out_csv))
     if metrics is not None:
-        logger.info("zero-shot on %s: top1 %.4f, mean per-class recall %.4f", source, metrics["top1"], metrics["mean_per_class_recall"])
+        logger.info(
+            "zero-shot on %s: top1 %.4f, mean per-class recall %.4f",
+            source,
+            metrics["top1"],
+            metrics["mean_per_class_recall"],
+        )
     return result
 
 
