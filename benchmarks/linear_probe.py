@@ -22,12 +22,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tests.synthetic import make_shapes_dataset  # noqa: E402
 
-from vfmkit.data.classification import preflight  # noqa: E402
-from vfmkit.data.sampling import ClassificationDataset, EpochSeededSampler, FeatureDataset  # noqa: E402
-from vfmkit.spec.classify import ClassifySpec  # noqa: E402
+from vfmkit.data.sampling import EpochSeededSampler  # noqa: E402
+from vfmkit.tasks.classify.data import ClassificationDataset, FeatureDataset  # noqa: E402
 from vfmkit.tasks.classify.features import cached_summaries  # noqa: E402
-from vfmkit.tasks.classify.model import Classifier, set_trainable  # noqa: E402
+from vfmkit.tasks.classify.hooks import TASK  # noqa: E402
 from vfmkit.tasks.classify.module import ClassifyModule  # noqa: E402
+from vfmkit.tasks.classify.preflight import preflight  # noqa: E402
+from vfmkit.tasks.classify.spec import ClassifySpec  # noqa: E402
 
 
 def _fit(module: ClassifyModule, train: DataLoader, val: DataLoader, epochs: int) -> float:
@@ -58,21 +59,22 @@ def run(args: argparse.Namespace, root: Path) -> dict[str, float]:
     report = preflight(spec.dataset)
     train, val = report.split("train"), report.split("val")
     pl.seed_everything(0, verbose=False)
-    classifier = Classifier(__import__("vfmkit").load_backbone(args.backbone, pretrained=False), len(report.classes))
-    set_trainable(classifier, "linear_probe")
+    meta = {"classes": report.classes}
+    classifier = TASK.build_model(spec, meta, pretrained=False)  # linear_probe: frozen backbone
     batch, res = args.batch_size, args.resolution
 
     start = time.perf_counter()
     features = [cached_summaries(classifier.backbone, s, res, root / "cache", batch)[0] for s in (train, val)]
     extraction = time.perf_counter() - start
-    cached_module = ClassifyModule(classifier, spec, report.classes, on_features=True)
+    cached_module = ClassifyModule(classifier, spec, meta, TASK)
     cached_fit = _fit(
         cached_module,
         DataLoader(FeatureDataset(features[0], train.labels), batch, sampler=EpochSeededSampler(len(train), 0)),
         DataLoader(FeatureDataset(features[1], val.labels), batch),
         args.epochs,
     )
-    recompute_module = ClassifyModule(classifier, spec, report.classes, on_features=False)
+    recompute_module = ClassifyModule(classifier, spec, meta, TASK)
+    recompute_module.on_features = False  # the same frozen head, recomputing the backbone every epoch
     recompute = _fit(
         recompute_module,
         DataLoader(ClassificationDataset(train, res), batch, sampler=EpochSeededSampler(len(train), 0)),

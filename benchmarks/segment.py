@@ -15,8 +15,7 @@ import torch
 
 import vfmkit.models.necks.msdeform_attn as msda
 from vfmkit import load_backbone
-from vfmkit.spec.segment import SegmentModelSpec
-from vfmkit.tasks.segment.model import Segmenter
+from vfmkit.models.heads.segformer import Segmenter
 
 
 def timed_core() -> list[float]:
@@ -43,8 +42,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     torch.manual_seed(0)
-    spec = SegmentModelSpec(backbone=args.backbone, neck=args.neck, resolution=args.resolution, neck_channels=None)
-    model = Segmenter(load_backbone(args.backbone, pretrained=False), 19, spec).eval()
+    model = Segmenter(load_backbone(args.backbone, pretrained=False), 19, neck=args.neck).eval()
     images = torch.rand(args.batch, 3, args.resolution, args.resolution)
     spent = timed_core()
     with torch.inference_mode():

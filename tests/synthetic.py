@@ -82,3 +82,34 @@ def make_segmentation_dataset(
             Image.fromarray(pixels).save(Path(root) / "images" / split / f"{i:03d}.png")
             Image.fromarray(mask, mode="L").save(Path(root) / "masks" / split / f"{i:03d}.png")
     return Path(root)
+
+
+def save_tiny_radio_checkpoint(path: Path, noise: float = 0.0, seed: int = 0) -> Path:
+    """The ``test-radio-v2-tiny`` weights (without adaptors) as a torch.hub-layout RADIO ``.pth.tar`` file: a
+    backbone with a named local source. ``noise`` > 0 perturbs every tensor (other weights, same architecture)."""
+    import argparse
+
+    import torch
+
+    from vfmkit import load_backbone
+
+    generator = torch.Generator().manual_seed(seed)
+    state = {}
+    for key, value in load_backbone("test-radio-v2-tiny").state_dict().items():
+        if key.startswith("adaptors."):
+            continue
+        if noise and value.is_floating_point() and "input_conditioner" not in key:
+            value = value + noise * torch.randn(value.shape, generator=generator)
+        state[("base_" + key) if key.startswith("model.") else key] = value
+    teachers = [{"name": name, "use_summary": name != "sam"} for name in ("clip", "siglip", "dino_v2", "sam")]
+    args = argparse.Namespace(
+        model="vit_tiny_patch16_224",
+        model_kwargs={"depth": 2, "embed_dim": 64, "num_heads": 2},
+        cls_token_per_teacher=True,
+        cpe_max_size=256,
+        teachers=teachers,
+        register_multiple=8,
+    )
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"args": args, "state_dict": state}, path)
+    return Path(path)

@@ -8,6 +8,7 @@ from vfmkit.models.factory import load_backbone
 from vfmkit.models.registry import ModelEntry, list_backbones, resolve_entry
 
 __all__ = [
+    "Task",
     "AdaptorOutput",
     "Backbone",
     "BackboneOutput",
@@ -22,3 +23,12 @@ __all__ = [
     "preprocess_images",
     "resolve_entry",
 ]
+
+
+def __getattr__(name: str):
+    # vfmkit.Task imports the task registry and the engine only when used, so `import vfmkit` stays light
+    if name == "Task":
+        from vfmkit.task import Task
+
+        return Task
+    raise AttributeError(f"module 'vfmkit' has no attribute {name!r}")

@@ -21,3 +21,8 @@ class WeightsError(VfmError):
 
 class DataError(VfmError):
     """An input dataset, image source or image file that is missing or malformed."""
+
+
+class ConfigurationError(VfmError):
+    """A combination of settings that cannot work (e.g. a neck the chosen backbone does not support); the message
+    names the spec key to change."""

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from vfmkit.spec.classify import ClassifySpec
 from vfmkit.spec.loader import SpecError, load_spec, parse_overrides
 from vfmkit.spec.render import render_spec_template
+from vfmkit.tasks.classify.spec import ClassifySpec
 
 
 def _write(path: Path, data: dict) -> Path:

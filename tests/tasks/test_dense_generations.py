@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from vfmkit import load_backbone
-from vfmkit.spec.change import ChangeSpec
-from vfmkit.spec.segment import SegmentModelSpec
 from vfmkit.tasks.change.model import build_change_model
+from vfmkit.tasks.change.spec import ChangeSpec
 from vfmkit.tasks.segment.model import Segmenter
+from vfmkit.tasks.segment.spec import SegmentModelSpec
 
 GENERATIONS = ["test-radio-v2-tiny", "test-radio-v3-tiny", "test-radio-v4-tiny", "test-radio-v2.5g-tiny"]
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vfmkit.tasks.dense_metrics import ChangeClassifyMeter, ChangeSegMeter, SegmentationMeter, roc_curve
+from vfmkit.metrics.dense import ChangeClassifyMeter, ChangeSegMeter, SegmentationMeter, roc_curve
 
 TARGET = torch.tensor([[[0, 0, 1], [1, 2, 255]]])
 PRED = torch.tensor([[[0, 1, 1], [1, 1, 2]]])

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from vfmkit import load_backbone
+from vfmkit.engine.optim import build_optimizer, build_scheduler, layer_id, lr_lambda, param_groups
 from vfmkit.spec.base import OptimizerSpec, SchedulerSpec
-from vfmkit.tasks.optim import build_optimizer, build_scheduler, layer_id, lr_lambda, param_groups
 
 
 @pytest.mark.parametrize(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vfmkit.tasks.sliding_window import sliding_window_logits
+from vfmkit.tasks.segment.sliding_window import sliding_window_logits
 
 
 @pytest.fixture(scope="module")

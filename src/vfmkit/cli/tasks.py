@@ -20,7 +20,7 @@ def _task_group(task: str) -> typer.Typer:
         def command(
             ctx: typer.Context, config: Path | None = typer.Option(None, "--config", "-c", help=SPEC_HELP)
         ) -> None:
-            from vfmkit.engine.task import Task
+            from vfmkit.task import Task
 
             Task(task, config, ctx.args).run(action)
 
@@ -39,9 +39,9 @@ def spec_init(
     force: bool = typer.Option(False, "--force", help="overwrite an existing file"),
 ) -> None:
     """Write a commented starting spec with every key, its default and what it means."""
-    from vfmkit.engine.task import spec_class
     from vfmkit.errors import VfmError
     from vfmkit.spec.render import render_spec_template
+    from vfmkit.task import spec_class
 
     schema = spec_class(task)
     text = render_spec_template(schema, task, getattr(schema, "example", {}))
@@ -61,8 +61,8 @@ def spec_show(
     task: str | None = typer.Option(None, "--task", "-t", help="task of the spec (default: the one it validates as)"),
 ) -> None:
     """Print the resolved spec: defaults <- file <- key=value overrides, validated, paths made absolute."""
-    from vfmkit.engine.task import Task, infer_task
     from vfmkit.spec.render import render_resolved
+    from vfmkit.task import Task, infer_task
 
     task = task or infer_task(config, ctx.args)
     typer.echo(render_resolved(Task(task, config, ctx.args).spec), nl=False)
@@ -70,8 +70,10 @@ def spec_show(
 
 def register(app: typer.Typer) -> None:
     """Add ``spec`` and one group per task to the ``vfm`` app."""
-    from vfmkit.engine.task import TASKS
+    from vfmkit.tasks import ALIASES, task_names
 
     app.add_typer(spec_app, name="spec")
-    for task in TASKS:
+    for task in task_names():
         app.add_typer(_task_group(task), name=task)
+    for alias, task in ALIASES.items():
+        app.add_typer(_task_group(task), name=alias, hidden=True)

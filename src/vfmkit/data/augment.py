@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sized
+from typing import Protocol
 
 import torch
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
 from vfmkit.data.preprocess import resize
-from vfmkit.spec.classify import AugmentSpec
 
 _SEED_MASK = (1 << 63) - 1
 
@@ -38,17 +38,25 @@ def sample_seed(seed: int, epoch: int, index: int, stream: str = "augment") -> i
     return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") & _SEED_MASK
 
 
+class AugmentOptions(Protocol):
+    """What :class:`TrainAugment` reads (the classification spec's ``dataset.augment`` section has these fields)."""
+
+    random_resized_crop: tuple[float, float] | None
+    hflip: float
+    color_jitter: float
+
+
 class TrainAugment:
     """Random resized crop, horizontal flip and colour jitter of one float image, reproducible from a seed.
 
     Args:
         resolution: output side R in pixels.
-        augment: the ``dataset.augment`` spec: ``random_resized_crop`` area-scale range (``None``: plain resize,
-            identical to evaluation resizing), ``hflip`` probability, ``color_jitter`` strength (brightness,
-            contrast and saturation factors drawn from [1 - s, 1 + s]; 0 disables it).
+        augment: the options (e.g. the ``dataset.augment`` spec section): ``random_resized_crop`` area-scale
+            range (``None``: plain resize, identical to evaluation resizing), ``hflip`` probability, ``color_jitter``
+            strength (brightness, contrast and saturation factors drawn from [1 - s, 1 + s]; 0 disables it).
     """
 
-    def __init__(self, resolution: int, augment: AugmentSpec) -> None:
+    def __init__(self, resolution: int, augment: AugmentOptions) -> None:
         self.resolution = int(resolution)
         steps: list[torch.nn.Module] = []
         if augment.random_resized_crop is not None:

@@ -11,7 +11,7 @@ depends only on that seed; the global RNG state is left as it was.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
+from typing import Literal, Protocol
 
 import torch
 from torchvision import tv_tensors
@@ -19,7 +19,6 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
 from vfmkit.data.preprocess import resize
-from vfmkit.spec.dense import DenseAugmentSpec
 
 MaskSize = Literal["full", "resized"]
 
@@ -32,17 +31,28 @@ def as_size(size: int | Sequence[int]) -> tuple[int, int]:
     return pair
 
 
+class JointAugmentOptions(Protocol):
+    """What :class:`JointAugment` reads (the dense tasks' ``dataset.augment`` spec sections have these fields)."""
+
+    scale_range: tuple[float, float] | None
+    scale_reference: Literal["crop", "image"]
+    crop_size: int | None
+    hflip: float
+    vflip: float
+    color_jitter: float
+
+
 class JointAugment:
     """Random scale, crop, flips and colour jitter applied jointly to images and a mask.
 
     Args:
         size: output (H, W) (or side) when ``augment.crop_size`` is unset; the crop is ``crop_size`` x
             ``crop_size`` otherwise.
-        augment: the ``dataset.augment`` spec (see :class:`~vfmkit.spec.dense.DenseAugmentSpec`).
+        augment: the options (the ``dataset.augment`` spec section, :class:`~vfmkit.spec.dense.DenseAugmentSpec`).
         ignore_index: mask value of pixels padded in by the crop.
     """
 
-    def __init__(self, size: int | Sequence[int], augment: DenseAugmentSpec, ignore_index: int = 255) -> None:
+    def __init__(self, size: int | Sequence[int], augment: JointAugmentOptions, ignore_index: int = 255) -> None:
         self.size = as_size(augment.crop_size if augment.crop_size is not None else size)
         self.augment = augment
         self.ignore_index = int(ignore_index)

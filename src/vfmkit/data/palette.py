@@ -88,7 +88,7 @@ class Palette:
 
     @classmethod
     def from_spec(cls, spec) -> Palette:
-        """The palette of a :class:`~vfmkit.spec.dense.SegmentDataSpec`."""
+        """The palette of a dataset section (``palette`` [{name, id | color}], ``ignore_index``, ``ignore_color``)."""
         entries = spec.palette
         ids = [e.id for e in entries] if entries[0].id is not None else None
         colors = [e.color for e in entries] if entries[0].color is not None else None

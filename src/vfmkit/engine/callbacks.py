@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import math
 import sys
 import time
 from pathlib import Path
@@ -11,6 +12,7 @@ import lightning.pytorch as pl
 import torch
 
 from vfmkit.engine.plots import plot_curves
+from vfmkit.engine.taskdef import format_metric
 
 
 def _scalar(value) -> float:
@@ -19,6 +21,8 @@ def _scalar(value) -> float:
 
 class MetricsCsv(pl.Callback):
     """One row per epoch in ``metrics.csv``: epoch, every logged epoch metric, lr, seconds; curves in ``plots/``.
+
+    Metrics are fractions as logged by the tasks; an undefined one (NaN) is an empty cell and a gap in the curves.
 
     On resume, rows of epochs that will be re-run are dropped and the file is continued.
     """
@@ -43,7 +47,8 @@ class MetricsCsv(pl.Callback):
         row = {"epoch": trainer.current_epoch}
         for key, value in sorted(trainer.callback_metrics.items()):
             if not key.endswith("_step"):
-                row[key.removesuffix("_epoch")] = round(_scalar(value), 6)
+                number = _scalar(value)  # undefined metrics (NaN) are empty cells
+                row[key.removesuffix("_epoch")] = round(number, 6) if math.isfinite(number) else ""
         row["lr"] = trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else float("nan")
         row["seconds"] = round(time.perf_counter() - self._start, 2)
         self._write([*self._read(), row])
@@ -92,7 +97,7 @@ class PlainProgress(pl.Callback):
         if trainer.sanity_checking or not trainer.is_global_zero:
             return
         metrics = {k: _scalar(v) for k, v in trainer.callback_metrics.items() if not k.endswith(("_step", "_epoch"))}
-        text = "  ".join(f"{k} {v:.4f}" for k, v in sorted(metrics.items()))
+        text = "  ".join(f"{k} {format_metric(k, v)}" for k, v in sorted(metrics.items()))
         self._print(f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs} done: {text}")
 
 

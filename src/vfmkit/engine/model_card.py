@@ -33,13 +33,15 @@ def write_model_card(
     metrics: dict[str, Any],
     spec_hash: str,
     notes: list[str] | None = None,
+    metric_notes: dict[str, str] | None = None,
 ) -> Path:
     """Write ``run_dir/MODEL_CARD.md``.
 
     Args:
         data_summary: e.g. {"classes": [...], "images per split": {...}}.
-        metrics: the headline metrics (name -> value).
+        metrics: the headline metrics (name -> value; fractions in [0, 1], None when undefined).
         notes: intended use / limitations lines.
+        metric_notes: why a metric can be undefined (shown next to an undefined value).
     """
     lines = [
         f"# Model card: {task} run `{Path(run_dir).name}`",
@@ -53,7 +55,9 @@ def write_model_card(
         *(f"- {key}: {value}" for key, value in data_summary.items()),
         "",
         "## Metrics",
-        *(f"- {key}: {value}" for key, value in metrics.items()),
+        "Fractions in [0, 1] on the validation split, from the best checkpoint.",
+        "",
+        *(_metric_line(key, value, metric_notes or {}) for key, value in metrics.items()),
         "",
         "## Reproducibility",
         f"- spec hash (sha256 of spec.resolved.yaml): `{spec_hash}`",
@@ -67,3 +71,12 @@ def write_model_card(
     path = Path(run_dir) / "MODEL_CARD.md"
     atomic_write_text(path, "\n".join(lines))
     return path
+
+
+def _metric_line(key: str, value: Any, notes: dict[str, str]) -> str:
+    if value is None:
+        why = notes.get(key, "its denominator is zero on this split")
+        return f"- {key}: undefined ({why})"
+    if isinstance(value, float):
+        return f"- {key}: {value:.4f}"
+    return f"- {key}: {value}"

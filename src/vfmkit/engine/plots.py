@@ -13,12 +13,12 @@ import numpy as np  # noqa: E402
 
 
 def _series(rows: list[dict], key: str) -> tuple[list[int], list[float]]:
+    """(epochs, values) of one column; empty cells (undefined metrics) become NaN, which matplotlib draws as a gap."""
     epochs, values = [], []
     for row in rows:
         value = row.get(key, "")
-        if value not in ("", None):
-            epochs.append(int(row["epoch"]) + 1)
-            values.append(float(value))
+        epochs.append(int(row["epoch"]) + 1)
+        values.append(float(value) if value not in ("", None) else float("nan"))
     return epochs, values
 
 

@@ -9,11 +9,11 @@ import torch
 from pydantic import BaseModel
 from torch.utils.data import DataLoader
 
+from vfmkit.data.augment import sample_seed
 from vfmkit.engine.checkpoint import AtomicCheckpoint
 from vfmkit.engine.resume import check_resume
 from vfmkit.engine.run_dir import create_run_dir, write_environment, write_resolved_spec
 from vfmkit.engine.trainer import build_trainer
-from vfmkit.errors import VfmError
 from vfmkit.weights.safe_load import load_pickle_checkpoint
 
 
@@ -33,10 +33,22 @@ def prepare_run(spec: BaseModel, task: str) -> tuple[Path, Path | None]:
     return run_dir, None
 
 
-def make_loader(dataset, batch_size: int, workers: int, sampler=None) -> DataLoader:
-    """A DataLoader with persistent workers when there are any (no shuffle: pass an epoch-seeded sampler)."""
+def make_loader(dataset, batch_size: int, workers: int, sampler=None, seed: int = 0, collate_fn=None) -> DataLoader:
+    """A DataLoader with persistent workers when there are any (no shuffle: pass an epoch-seeded sampler).
+
+    It owns a generator seeded from ``seed``: creating its iterators (at the start of a run, and again when a run
+    resumes) never draws from the global torch RNG, whose stream drives dropout and must continue exactly on resume.
+    Samples are augmented from ``(seed, epoch, index)`` seeds, so what a worker serves does not depend on its RNG.
+    """
+    generator = torch.Generator().manual_seed(sample_seed(seed, 0, 0, stream="loader"))
     return DataLoader(
-        dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, persistent_workers=workers > 0
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=workers,
+        persistent_workers=workers > 0,
+        generator=generator,
+        collate_fn=collate_fn,
     )
 
 
@@ -59,26 +71,15 @@ def fit(
     train_loader: DataLoader,
     val_loader: DataLoader | None,
     resume_from: Path | None,
-    headline: str,
+    monitor: str,
+    mode: str = "max",
 ) -> AtomicCheckpoint:
-    """Fit ``module`` with the spec's trainer; ``headline`` (maximised) picks the best checkpoint when there is
+    """Fit ``module`` with the spec's trainer; ``monitor`` (``mode`` max/min) picks the best checkpoint when there is
     validation data, else the training loss (minimised). Returns the checkpoint callback (best/last paths)."""
     if resume_from is not None:
         set_loader_epoch(train_loader, resumed_epoch(resume_from))
-    monitor, mode = (headline, "max") if val_loader is not None else ("train/loss_epoch", "min")
+    if val_loader is None:
+        monitor, mode = "train/loss_epoch", "min"
     trainer, checkpoints = build_trainer(spec.train, run_dir, monitor, mode)
     trainer.fit(module, train_loader, val_loader, ckpt_path=resume_from, weights_only=True)
     return checkpoints
-
-
-def copy_trained_weights(model: torch.nn.Module, trained: torch.nn.Module, source: Path) -> None:
-    """``train.init_from``: start from a trained model's weights (same architecture), with a new schedule.
-
-    Raises:
-        VfmError: the checkpoint's model does not fit this spec's model.
-    """
-    try:
-        model.load_state_dict(trained.state_dict())
-    except RuntimeError as err:
-        detail = str(err).splitlines()[0][:300]
-        raise VfmError(f"train.init_from {source}: its model does not match this spec's model ({detail})") from None

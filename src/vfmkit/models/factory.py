@@ -73,7 +73,9 @@ def load_backbone(
         checkpoint: for registry ids, a local weights file to load instead of the published source.
 
     Returns:
-        The backbone in eval mode, float32, on the CPU.
+        The backbone in eval mode, float32, on the CPU. ``model.model_id`` is ``name_or_path``;
+        ``model.weights_source`` names where its weights came from (the hub id, the resolved file path or the
+        registry entry's published source), or is None for random initialisation.
 
     Raises:
         ModelNotFoundError: the name resolves to nothing; WeightsError: the checkpoint is unusable.
@@ -84,12 +86,17 @@ def load_backbone(
         from vfmkit.models.backbones.radio.load import load_radio_checkpoint
 
         model = load_radio_checkpoint(name, adaptors=adaptors, defaults={"vitdet_window_size": vitdet_window_size})
+        source = name if name.startswith("hf-hub:") else str(Path(name).expanduser().resolve())
     elif find_entry(name) is not None:
         entry = resolve_entry(name)
         options = {"vitdet_window_size": vitdet_window_size, "checkpoint": checkpoint}
         model = build_from_entry(entry, pretrained=pretrained, adaptors=adaptors, **options)
+        source = None
+        if pretrained and not entry.test_only:
+            source = str(Path(checkpoint).expanduser().resolve()) if checkpoint else entry.source
     else:
         resolve_entry(name)  # raises with suggestions
         raise AssertionError("unreachable")
     model.model_id = name
+    model.weights_source = source
     return model.eval()

@@ -61,7 +61,7 @@ class ModelEntry:
     alt_sources: tuple[str, ...] = ()
     adaptors: tuple[str, ...] = ()
     aliases: tuple[str, ...] = ()
-    tasks: tuple[str, ...] = ("embed", "classify", "segment", "change", "detect")
+    tasks: tuple[str, ...] = ("embed", "classify", "segment", "change", "detect", "universal", "distill")
     test_only: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 

@@ -11,7 +11,7 @@ import time
 import pytest
 from tests.tasks.change.change_data import make_golden_csv, make_levir
 
-from vfmkit.engine import Task
+from vfmkit import Task
 from vfmkit.errors import VfmError
 
 TINY = [

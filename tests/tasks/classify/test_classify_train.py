@@ -9,7 +9,7 @@ import pytest
 import torch
 from tests.synthetic import make_shapes_dataset
 
-from vfmkit.engine import Task
+from vfmkit import Task
 from vfmkit.errors import VfmError
 from vfmkit.models.backbones.radio.model import RadioBackbone
 from vfmkit.weights.safe_load import load_pickle_checkpoint
@@ -47,7 +47,7 @@ def test_finetune_reaches_90_percent(shapes, tmp_path):
         "train.optimizer.backbone_lr_scale=1.0",
     )
     result = task.train()
-    assert result.val["top1"] >= 90.0, result.val
+    assert result.val["top1"] >= 0.9, result.val
     run = result.run_dir
     for name in (
         "spec.resolved.yaml",
@@ -86,14 +86,15 @@ def test_linear_probe_runs_the_backbone_once(shapes, tmp_path, monkeypatch):
     first = task.train()
     extraction, evaluation = 8 + 3, 2  # 240 + 80 images at batch 32; final eval of 80 images at batch 64
     assert calls[0] == extraction + evaluation  # no forward in any of the 5 epochs
-    assert first.val["top1"] > 50.0  # chance is 25%
+    assert first.val["top1"] > 0.5  # chance is 25%
     calls[0] = 0
     second = _task(shapes, tmp_path, "model.mode=linear_probe", "train.epochs=5", "train.optimizer.lr=0.01").train()
     assert calls[0] == evaluation  # features came from the cache
     assert second.run_dir != first.run_dir
     assert second.val["top1"] == first.val["top1"]  # same data, same seed, same cached features
-    head_only = load_pickle_checkpoint(first.best_checkpoint)["state_dict"]
-    assert not any(k.startswith("classifier.backbone.") for k in head_only)
+    # the tiny test backbone is random-init (no published source): the frozen-backbone rule keeps it in checkpoints
+    state = load_pickle_checkpoint(first.best_checkpoint)["state_dict"]
+    assert any(k.startswith("model.backbone.") for k in state) and "model.head.2.weight" in state
 
 
 class _Crash(RuntimeError):
@@ -169,7 +170,7 @@ def test_resume_refuses_a_changed_spec_and_points_to_init_from(small_shapes, tmp
     ).train()
     assert again.run_dir != first.run_dir
     start, end = _final_weights(first.run_dir), _final_weights(again.run_dir)
-    key = "classifier.head.2.weight"
+    key = "model.head.2.weight"
     torch.testing.assert_close(end[key], start[key], rtol=0, atol=1e-6)  # started from the trained weights
 
 

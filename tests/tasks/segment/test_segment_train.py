@@ -13,10 +13,17 @@ import torch
 from PIL import Image
 from tests.synthetic import make_segmentation_dataset
 
-from vfmkit.engine import Task
-from vfmkit.spec.segment import InferenceSpec
-from vfmkit.tasks.segment.infer import predict_logits, use_sliding
+from vfmkit import Task
+from vfmkit.engine.trained import load_trained
+from vfmkit.tasks import get_task
+from vfmkit.tasks.segment.infer import SegmentRunner, use_sliding
 from vfmkit.tasks.segment.model import ExportableSegmenter
+from vfmkit.tasks.segment.spec import InferenceSpec
+
+
+def _load(checkpoint):
+    return load_trained(get_task("segment"), checkpoint)[1]
+
 
 PALETTE = "[{name: background, id: 0}, {name: circle, id: 1}, {name: square, id: 2}]"
 
@@ -84,28 +91,28 @@ def test_simple_pyramid_fine_tuning_learns(shapes, tmp_path):
 
 
 def test_sliding_window_inference_on_larger_images(adapter_run, tmp_path):
-    from vfmkit.tasks.segment.checkpoint import load_trained_segmenter
-
-    trained = load_trained_segmenter(adapter_run.best_checkpoint)
+    runner = SegmentRunner.from_trained(_load(adapter_run.best_checkpoint))
     big = make_segmentation_dataset(tmp_path / "big", {"val": 4}, size=112, seed=5)
     assert use_sliding(112, 112, 64, InferenceSpec()) and not use_sliding(64, 48, 64, InferenceSpec())
     image = torch.from_numpy(np.array(Image.open(big / "images" / "val" / "000.png"))).permute(2, 0, 1)[None] / 255
-    logits = predict_logits(trained.segmenter, image.float(), 64, InferenceSpec(mode="sliding"))
+    logits = runner.logits(image.float(), InferenceSpec(mode="sliding"))
     assert logits.shape == (1, 3, 112, 112)
     task = _task(big, tmp_path / "runs", f"evaluate.checkpoint={adapter_run.run_dir}", "inference.mode=sliding")
-    metrics = task.evaluate()
+    metrics = task.evaluate().metrics
     assert metrics["miou"] >= 0.5, metrics  # objects are larger than at training time: a harder, honest check
     assert (adapter_run.run_dir / "evaluate" / "val" / "metrics.json").is_file()
 
 
 def test_predict_writes_index_masks_and_overlays(adapter_run, shapes, tmp_path):
-    out = _task(
+    result = _task(
         shapes,
         tmp_path,
         f"predict.checkpoint={adapter_run.run_dir}",
         f"predict.source={shapes / 'images' / 'val'}",
         f"predict.out={tmp_path / 'pred'}",
     ).predict()
+    out = result.out
+    assert result.written == 8 and not result.skipped
     masks = sorted((out / "masks").glob("*.png"))
     assert len(masks) == 8 and len(list((out / "overlays").glob("*.png"))) == 16
     predicted = np.asarray(Image.open(masks[0]))
@@ -116,18 +123,18 @@ def test_predict_writes_index_masks_and_overlays(adapter_run, shapes, tmp_path):
 
 def test_export_matches_pytorch(adapter_run, shapes, tmp_path):
     from vfmkit.export.runtime import OnnxModel
-    from vfmkit.tasks.segment.checkpoint import load_trained_segmenter
 
-    path = _task(
+    result = _task(
         shapes, tmp_path, f"export.checkpoint={adapter_run.run_dir}", f"export.out={tmp_path / 'seg.onnx'}"
     ).export()
-    model = OnnxModel(path)
+    assert result.max_abs_diff is not None and result.max_abs_diff <= 1e-4
+    model = OnnxModel(result.path)
     assert model.input_names == ["image"] and model.output_names == ["logits"]
     assert model.metadata["labels"] == ["background", "circle", "square"]
     image = torch.rand(3, 3, 64, 64)
     onnx_logits = model(image.numpy())["logits"]
     with torch.inference_mode():
-        torch_logits = ExportableSegmenter(load_trained_segmenter(adapter_run.best_checkpoint).segmenter)(image)
+        torch_logits = ExportableSegmenter(_load(adapter_run.best_checkpoint).model)(image)
     assert onnx_logits.shape == (3, 3, 64, 64)
     assert np.abs(onnx_logits - torch_logits.numpy()).max() <= 1e-4
 
@@ -172,6 +179,6 @@ def test_init_from_starts_from_trained_weights(adapter_run, shapes, tmp_path):
     ).train()
     start = load_pickle_checkpoint(adapter_run.best_checkpoint)["state_dict"]
     end = load_pickle_checkpoint(result.last_checkpoint)["state_dict"]
-    key = "segmenter.head.classifier.weight"
+    key = "model.head.classifier.weight"
     torch.testing.assert_close(end[key], start[key], rtol=0, atol=1e-6)
     assert abs(result.val["miou"] - adapter_run.val["miou"]) < 0.05

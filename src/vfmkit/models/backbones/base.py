@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 
 @dataclass(frozen=True)
@@ -102,6 +103,10 @@ class Backbone(nn.Module):
     num_blocks: int
     preprocessing: Preprocessing
     adaptor_names: tuple[str, ...] = ()
+    weights_source: str | None = None
+    """Where the weights came from (set by ``load_backbone``); None for random initialisation."""
+    grad_checkpointing: bool = False
+    """Recompute block activations in the backward pass (see :meth:`set_grad_checkpointing`)."""
 
     @property
     def patch_size(self) -> int:
@@ -141,6 +146,56 @@ class Backbone(nn.Module):
     def no_weight_decay(self) -> set[str]:
         """Parameter names (as in ``named_parameters``) that should get no weight decay."""
         return set()
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute the blocks' activations in the backward pass instead of storing them (training only): less
+        memory, one more forward per block. Every path honours it: ``forward``, ``forward_intermediates`` and the
+        token-level view through :meth:`run_block`. Families extend this to set their library's own flag."""
+        self.grad_checkpointing = bool(enable)
+
+    def run_block(self, block: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+        """``block(tokens)``, through ``torch.utils.checkpoint`` when checkpointing is on and gradients flow through
+        the block (into its weights or back to its input: a frozen backbone under a ViT-Adapter still passes
+        gradients to the adapter, so it is checkpointed too)."""
+        if self.grad_checkpointing and torch.is_grad_enabled() and needs_grad(block, tokens):
+            return checkpoint(block, tokens, use_reentrant=False)
+        return block(tokens)
+
+
+def needs_grad(block: nn.Module, tokens: torch.Tensor) -> bool:
+    """Whether a backward pass reaches ``block``: its input or one of its weights requires grad."""
+    return tokens.requires_grad or any(p.requires_grad for p in block.parameters())
+
+
+class BackboneOwner(nn.Module):
+    """Base of the modules that own a ``backbone`` (necks, heads on a backbone): a frozen backbone stays in eval
+    mode while the rest trains (no position-embedding jitter, dropout or norm-statistics updates in weights that
+    never change). ``set_grad_checkpointing`` is forwarded to the backbone; subclasses that run blocks themselves
+    extend it."""
+
+    backbone: Backbone
+
+    def train(self, mode: bool = True) -> BackboneOwner:
+        super().train(mode)
+        if is_frozen(self.backbone):
+            self.backbone.eval()
+        return self
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute the backbone's block activations in the backward pass instead of storing them."""
+        self.backbone.set_grad_checkpointing(enable)
+
+
+def freeze(module: nn.Module) -> None:
+    """Stop gradients into every parameter of ``module``."""
+    for param in module.parameters():
+        param.requires_grad_(False)
+
+
+def is_frozen(module: nn.Module) -> bool:
+    """True when ``module`` has parameters and none of them requires grad."""
+    params = list(module.parameters())
+    return bool(params) and not any(p.requires_grad for p in params)
 
 
 def resolve_block_indices(indices: int | list[int], num_blocks: int) -> list[int]:

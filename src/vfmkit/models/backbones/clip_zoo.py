@@ -26,7 +26,7 @@ from vfmkit.models.registry import (
     register,
 )
 
-_CLIP_TASKS = ("embed", "classify", "segment", "change", "detect", "clip")
+_CLIP_TASKS = ("embed", "classify", "segment", "change", "detect", "universal", "distill", "clip")
 
 
 def _timm_clip(

@@ -141,6 +141,11 @@ class OpenClipVisionBackbone(Backbone):
         b = images.shape[0]
         return [y[:, 1:].transpose(1, 2).reshape(b, -1, *grid) for y in intermediates]
 
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Checkpoint the residual blocks in open_clip's transformer loop and in the token-level view."""
+        super().set_grad_checkpointing(enable)
+        self.tower.set_grad_checkpointing(bool(enable))
+
     def no_weight_decay(self) -> set[str]:
         """The tower's no-weight-decay set (position and class embeddings), as names in this module."""
         names = {f"tower.{name}" for name in self.tower.no_weight_decay()}

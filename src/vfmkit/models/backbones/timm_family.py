@@ -142,6 +142,11 @@ class TimmBackbone(Backbone):
             self.normalize(images), indices=blocks, output_fmt="NCHW", intermediates_only=True
         )
 
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Checkpoint blocks in timm's own loops (``forward_features``, ``forward_intermediates``) and ours."""
+        super().set_grad_checkpointing(enable)
+        self.model.set_grad_checkpointing(bool(enable))
+
     def no_weight_decay(self) -> set[str]:
         """timm's no-weight-decay set (position embeddings, class / register tokens), as names in this module."""
         names = {f"model.{name}" for name in self.model.no_weight_decay()}

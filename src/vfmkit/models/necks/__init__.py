@@ -10,6 +10,7 @@ from typing import Any
 
 from torch import nn
 
+from vfmkit.errors import ConfigurationError
 from vfmkit.models.backbones.base import Backbone
 from vfmkit.models.necks.common import NECK_STRIDES, NeckOutput
 from vfmkit.models.necks.msdeform_attn import MSDeformAttn, ms_deform_attn
@@ -43,11 +44,17 @@ def build_neck(kind: str, backbone: Backbone, **options: Any) -> nn.Module:
         The neck; ``forward(images (B, 3, H, W) in [0, 1]) -> NeckOutput`` with four maps at strides 4/8/16/32.
 
     Raises:
-        ValueError: unknown kind, or options / a backbone the neck does not support.
+        ConfigurationError: unknown kind, or options / a backbone the neck does not support; the message names the
+            ``model.neck`` setting to change (every task spells its neck choice that way).
     """
     if kind not in NECKS:
-        raise ValueError(f"unknown neck {kind!r}; choose one of {', '.join(NECKS)}")
+        raise ConfigurationError(f"model.neck: unknown neck {kind!r}; choose one of {', '.join(NECKS)}")
     try:
         return NECKS[kind](backbone, **options)
-    except TypeError as err:
-        raise ValueError(f"bad options for the {kind} neck: {err}") from err
+    except (TypeError, ValueError) as err:
+        others = [name for name in NECKS if name != kind]
+        model = getattr(backbone, "model_id", type(backbone).__name__)
+        raise ConfigurationError(
+            f"model.neck {kind!r} does not support the backbone {model} ({' '.join(str(err).split())}); set "
+            f"model.neck to {' or '.join(others)}, or choose another model.backbone"
+        ) from None

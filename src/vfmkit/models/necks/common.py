@@ -10,6 +10,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vfmkit.models.backbones.base import BackboneOwner, freeze, is_frozen
+
+BackboneNeck = BackboneOwner
+"""Base of the necks that own a ``backbone`` (see :class:`~vfmkit.models.backbones.base.BackboneOwner`)."""
+
+__all__ = ["BackboneNeck", "freeze", "is_frozen"]
+
 NECK_STRIDES = (4, 8, 16, 32)
 """Strides of the four pyramid levels every neck outputs, finest first."""
 
@@ -86,28 +93,3 @@ class SummaryFusion(nn.Module):
     def forward(self, features: list[torch.Tensor], summary: torch.Tensor) -> list[torch.Tensor]:
         """features: NCHW maps; summary: (B, summary_dim) -> the maps plus the projected summary."""
         return [f + proj(summary.to(f.dtype))[:, :, None, None] for f, proj in zip(features, self.proj, strict=True)]
-
-
-def freeze(module: nn.Module) -> None:
-    """Stop gradients into every parameter of ``module``."""
-    for param in module.parameters():
-        param.requires_grad_(False)
-
-
-def is_frozen(module: nn.Module) -> bool:
-    """True when ``module`` has parameters and none of them requires grad."""
-    params = list(module.parameters())
-    return bool(params) and not any(p.requires_grad for p in params)
-
-
-class BackboneNeck(nn.Module):
-    """Base of the necks that own a ``backbone``: a frozen backbone stays in eval mode while the neck trains
-    (no position-embedding jitter, dropout or norm-statistics updates in weights that never change)."""
-
-    backbone: nn.Module
-
-    def train(self, mode: bool = True) -> BackboneNeck:
-        super().train(mode)
-        if is_frozen(self.backbone):
-            self.backbone.eval()
-        return self

@@ -57,7 +57,7 @@ def backbone_pass(
     tokens, grid = backbone.embed_tokens(images)
     maps = []
     for index, block in enumerate(blocks):
-        tokens = block(tokens)
+        tokens = backbone.run_block(block, tokens)
         if index in keep:
             maps.append(tokens_to_nchw(tokens[:, backbone.num_prefix_tokens :], grid))
     return backbone.finish_tokens(tokens, grid), maps

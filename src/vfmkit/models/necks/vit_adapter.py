@@ -23,7 +23,6 @@ from functools import partial
 import torch
 from timm.layers import DropPath
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from vfmkit.models.backbones.base import Backbone, tokens_to_nchw
 from vfmkit.models.necks.common import (
@@ -308,7 +307,6 @@ class ViTAdapter(BackboneNeck):
             interaction_indexes or default_interaction_indexes(backbone.num_blocks), backbone.num_blocks
         )
         self.add_vit_features = add_vit_features
-        self.grad_checkpointing = False
         heads = deform_num_heads or default_deform_heads(dim, deform_ratio)
         self.level_embed = nn.Parameter(torch.zeros(3, dim))
         self.spm = SpatialPriorModule(conv_inplane, dim, norm)
@@ -403,20 +401,11 @@ class ViTAdapter(BackboneNeck):
             patches = interaction.injector(tokens[:, prefix_len:], ref_inject, c, shapes)
             tokens = torch.cat([tokens[:, :prefix_len], patches], dim=1)
             for block in blocks[first : last + 1]:
-                tokens = self._run_block(block, tokens)
+                tokens = self.backbone.run_block(block, tokens)
             patches = tokens[:, prefix_len:]
             c = interaction.extract(c, ref_extract, patches, grid, shapes)
             stage_maps.append(tokens_to_nchw(patches, grid))
         return tokens, c, stage_maps
-
-    def _run_block(self, block: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
-        if self.grad_checkpointing and self.training and torch.is_grad_enabled():
-            return checkpoint(block, tokens, use_reentrant=False)
-        return block(tokens)
-
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        """Recompute the backbone blocks' activations in the backward pass (training only) to save memory."""
-        self.grad_checkpointing = enable
 
     def no_weight_decay(self) -> set[str]:
         """The backbone's no-decay names (prefixed) plus the level embedding and the injectors' gammas."""

@@ -12,7 +12,7 @@ from vfmkit.models.heads.changenet import (
     LearnableChangeClassifier,
 )
 from vfmkit.models.necks import build_neck
-from vfmkit.spec.change import ChangeSpec
+from vfmkit.tasks.change.spec import ChangeSpec
 
 ChangeModel = ChangeSegmenter | LearnableChangeClassifier | EuclideanChangeClassifier
 
@@ -21,8 +21,8 @@ def build_change_model(spec: ChangeSpec, pretrained: bool | None = None) -> Chan
     """The spec's backbone, neck and change head (``pretrained`` defaults to ``spec.model.pretrained``).
 
     Raises:
-        VfmError: an unknown or unloadable backbone (from :func:`~vfmkit.models.factory.load_backbone`).
-        ValueError: a neck that does not support the backbone.
+        VfmError: an unknown or unloadable backbone (from :func:`~vfmkit.models.factory.load_backbone`), or a neck
+            that does not support the backbone (ConfigurationError naming ``model.neck``).
     """
     m = spec.model
     backbone = load_backbone(m.backbone, pretrained=m.pretrained if pretrained is None else pretrained)
@@ -34,8 +34,6 @@ def build_change_model(spec: ChangeSpec, pretrained: bool | None = None) -> Chan
     if m.neck == "simple_pyramid":
         options["norm"] = "bn"
     neck = build_neck(m.neck, backbone, **options)
-    if spec.train.activation_checkpointing and hasattr(backbone, "set_grad_checkpointing"):
-        backbone.set_grad_checkpointing(True)
     if spec.task_type == "segment":
         return ChangeSegmenter(neck, m.decoder_channels)
     lights = len(spec.dataset.light_conditions)
@@ -49,11 +47,6 @@ def build_change_model(spec: ChangeSpec, pretrained: bool | None = None) -> Chan
 def class_names(spec: ChangeSpec) -> tuple[str, str]:
     """Names of class 0 and 1: ``unchanged, changed`` (segment) or ``PASS, FAIL`` (classify)."""
     return ("unchanged", "changed") if spec.task_type == "segment" else ("PASS", "FAIL")
-
-
-def backbone_in_checkpoint(spec: ChangeSpec) -> bool:
-    """Whether checkpoints hold the backbone: not when it is frozen AND rebuilt from published weights."""
-    return not (spec.model.freeze_backbone and spec.model.pretrained)
 
 
 class ExportableChangeSegmenter(nn.Module):

@@ -1,5 +1,7 @@
 """Backbone features computed once and cached, so linear-probe epochs run no backbone forward.
 
+``weights_fingerprint`` is re-exported from :mod:`vfmkit.weights.fingerprint` for callers of this module.
+
 The cache key covers the backbone weights (a hash of every tensor), the resolution, the model's preprocessing and
 the identity of each file (path, size, modification time); any change gives a new cache file.
 """
@@ -15,20 +17,13 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
 
-from vfmkit.data.classification import ClassificationSplit
-from vfmkit.data.sampling import ClassificationDataset
 from vfmkit.models.backbones.base import Backbone
+from vfmkit.tasks.classify.data import ClassificationDataset, ClassificationSplit
+from vfmkit.weights.fingerprint import weights_fingerprint
+
+__all__ = ["cache_key", "cached_summaries", "extract_summaries", "weights_fingerprint"]
 
 logger = logging.getLogger(__name__)
-
-
-def weights_fingerprint(model: torch.nn.Module) -> str:
-    """sha256 over the names, shapes, dtypes and bytes of every tensor of the state dict."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
-        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
 
 
 def cache_key(backbone: Backbone, weights: str, split: ClassificationSplit, resolution: int) -> str:

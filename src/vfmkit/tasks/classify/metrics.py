@@ -29,33 +29,36 @@ class ClassificationMetrics:
         return int(self.confusion.sum())
 
     @property
-    def top1(self) -> float:
-        """Percent of images whose top prediction is right."""
-        return 100.0 * float(np.trace(self.confusion)) / max(1, self.total)
+    def top1(self) -> float | None:
+        """Fraction of images whose top prediction is right (None without images)."""
+        return float(np.trace(self.confusion)) / self.total if self.total else None
 
     @property
-    def topk(self) -> float:
-        return 100.0 * self.topk_hits / max(1, self.total)
+    def topk(self) -> float | None:
+        """Fraction of images whose true class is among the top-k predictions (None without images)."""
+        return self.topk_hits / self.total if self.total else None
 
     @property
-    def loss(self) -> float:
-        return self.loss_sum / max(1, self.total)
+    def loss(self) -> float | None:
+        """Mean cross-entropy (None without images)."""
+        return self.loss_sum / self.total if self.total else None
 
     def per_class_accuracy(self) -> np.ndarray:
-        """(K,) percent right per true class (NaN for classes without images)."""
+        """(K,) fraction right per true class (NaN for classes without images)."""
         support = self.confusion.sum(axis=1)
         with np.errstate(invalid="ignore", divide="ignore"):
-            return np.where(support > 0, 100.0 * np.diag(self.confusion) / support, np.nan)
+            return np.where(support > 0, np.diag(self.confusion) / np.maximum(support, 1), np.nan)
 
     def as_dict(self, classes: list[str]) -> dict:
+        """The metrics as written to metrics.json: fractions, None where undefined."""
         per_class = self.per_class_accuracy()
         return {
             "images": self.total,
-            "top1": round(self.top1, 4),
-            f"top{self.k}": round(self.topk, 4),
-            "loss": round(self.loss, 6),
+            "top1": self.top1,
+            f"top{self.k}": self.topk,
+            "loss": self.loss,
             "per_class_accuracy": {
-                c: (None if np.isnan(a) else round(float(a), 4)) for c, a in zip(classes, per_class, strict=True)
+                c: (None if np.isnan(a) else float(a)) for c, a in zip(classes, per_class, strict=True)
             },
             "confusion_matrix": self.confusion.tolist(),
         }

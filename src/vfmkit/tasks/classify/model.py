@@ -1,45 +1,28 @@
-"""The classifier: a backbone and a linear head on its summary embedding."""
+"""The classify task's model: the spec mapped onto :class:`~vfmkit.models.heads.classifier.Classifier`, what each
+mode trains, and the exported graph."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import nn
 
-from vfmkit.models.backbones.base import Backbone
-from vfmkit.tasks.optim import layer_id
+from vfmkit.engine.optim import layer_id
+from vfmkit.errors import ConfigurationError
+from vfmkit.models.factory import load_backbone
+from vfmkit.models.heads.classifier import Classifier
+from vfmkit.tasks.classify.spec import ClassifySpec
 
 Mode = Literal["linear_probe", "finetune", "partial"]
 
 
-class Classifier(nn.Module):
-    """``images -> logits``: backbone summary -> [BatchNorm without affine] -> dropout -> Linear.
-
-    The non-affine BatchNorm standardises the summary (RADIO's summaries are un-normalised and large), as in MAE's
-    linear probe; in eval it is a fixed affine map, so the head stays linear.
-
-    Args:
-        backbone: any vfmkit backbone.
-        num_classes: K.
-        dropout: dropout before the linear layer.
-    """
-
-    def __init__(self, backbone: Backbone, num_classes: int, dropout: float = 0.0):
-        super().__init__()
-        self.backbone = backbone
-        dim = backbone.summary_dim
-        self.head = nn.Sequential(nn.BatchNorm1d(dim, affine=False), nn.Dropout(dropout), nn.Linear(dim, num_classes))
-        nn.init.trunc_normal_(self.head[2].weight, std=0.01)
-        nn.init.zeros_(self.head[2].bias)
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) float RGB in [0, 1] -> (B, K) logits."""
-        return self.head(self.backbone(images).summary)
-
-    def classify_features(self, summary: torch.Tensor) -> torch.Tensor:
-        """(B, C) precomputed summaries -> (B, K) logits (linear probe on cached features)."""
-        return self.head(summary)
+def build_classifier(spec: ClassifySpec, meta: dict[str, Any], pretrained: bool) -> Classifier:
+    """Backbone (published weights when ``pretrained``) + linear head over ``meta["classes"]``, frozen per mode."""
+    backbone = load_backbone(spec.model.backbone, pretrained=pretrained)
+    classifier = Classifier(backbone, len(meta["classes"]), spec.model.head_dropout)
+    set_trainable(classifier, spec.model.mode, spec.model.partial_blocks)
+    return classifier
 
 
 def set_trainable(classifier: Classifier, mode: Mode, partial_blocks: int = 2) -> None:
@@ -55,7 +38,10 @@ def set_trainable(classifier: Classifier, mode: Mode, partial_blocks: int = 2) -
         else:
             param.requires_grad_(False)
     if mode == "partial" and not any(p.requires_grad for p in backbone.parameters()):
-        raise ValueError(f"partial mode found no trainable blocks in {type(backbone).__name__}")
+        raise ConfigurationError(
+            f"model.mode 'partial' found no blocks to train in {type(backbone).__name__} with model.partial_blocks "
+            f"{partial_blocks}; raise model.partial_blocks or use model.mode=finetune"
+        )
 
 
 class ExportableClassifier(nn.Module):

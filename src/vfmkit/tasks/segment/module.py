@@ -1,16 +1,16 @@
 """The Lightning module of segmentation training: cross-entropy (ignore index) + optional dice on upsampled logits,
-mIoU / pixel accuracy validation, neck and head at the full lr, a fine-tuned backbone with layer decay."""
+mIoU / pixel accuracy validation (fractions, confusion summed over every process)."""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
-from vfmkit.spec.segment import SegmentSpec
-from vfmkit.tasks.base_module import TaskModule
-from vfmkit.tasks.dense_metrics import SegmentationMeter
-from vfmkit.tasks.optim import task_optimizers
+from vfmkit.engine.module import TaskModule
+from vfmkit.engine.taskdef import TaskDef
+from vfmkit.metrics.dense import SegmentationMeter
 from vfmkit.tasks.segment.model import Segmenter, upsample_logits
+from vfmkit.tasks.segment.spec import SegmentSpec
 
 
 def dice_loss(logits: torch.Tensor, target: torch.Tensor, ignore_index: int) -> torch.Tensor:
@@ -28,21 +28,13 @@ def dice_loss(logits: torch.Tensor, target: torch.Tensor, ignore_index: int) -> 
 class SegmentModule(TaskModule):
     """Trains a :class:`Segmenter`. Batches are ``(images (B, 3, R, R) in [0, 1], masks int64 (B, R, R), indices)``.
 
-    Args:
-        segmenter: the model.
-        spec: the resolved spec (saved in checkpoints as plain data).
-        classes: class names in index order.
+    Logs ``train/loss``, ``val/loss``, ``val/miou`` (monitored) and ``val/pixel_accuracy``.
     """
 
-    def __init__(self, segmenter: Segmenter, spec: SegmentSpec, classes: list[str]):
-        super().__init__()
-        self.segmenter = segmenter
-        self.spec = spec
-        self.classes = list(classes)
+    def __init__(self, model: Segmenter, spec: SegmentSpec, meta: dict, taskdef: TaskDef):
+        super().__init__(model, spec, meta, taskdef)
         self.ignore_index = spec.dataset.ignore_index
-        self.save_hyperparameters({"spec": spec.model_dump(mode="json"), "classes": self.classes})
-        self.meter = SegmentationMeter(len(classes), self.ignore_index)
-        self.frozen_prefix = "segmenter.neck.backbone." if spec.model.freeze_backbone else None
+        self.meter = SegmentationMeter(len(meta["classes"]), self.ignore_index)
 
     def _loss(self, logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
         logits = upsample_logits(logits, masks.shape[-2:])
@@ -53,7 +45,7 @@ class SegmentModule(TaskModule):
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         images, masks, _ = batch
-        loss = self._loss(self.segmenter(images), masks)
+        loss = self._loss(self.model(images), masks)
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(images))
         return loss
 
@@ -62,18 +54,10 @@ class SegmentModule(TaskModule):
 
     def validation_step(self, batch, batch_idx: int) -> None:
         images, masks, _ = batch
-        logits = self.segmenter(images)
+        logits = self.model(images)
         self.log("val/loss", self._loss(logits, masks), on_epoch=True, batch_size=len(images), sync_dist=True)
         self.meter.update(upsample_logits(logits, masks.shape[-2:]), masks)
 
     def on_validation_epoch_end(self) -> None:
-        if self.trainer.world_size > 1:
-            self.meter.confusion = self.all_gather(self.meter.confusion).sum(0).cpu()
-        metrics = self.meter.compute()
-        self.log("val/miou", 100.0 * metrics["miou"], prog_bar=True)
-        self.log("val/pixel_accuracy", 100.0 * metrics["pixel_accuracy"])
-
-    def configure_optimizers(self):
-        named = self.segmenter.named_parameters()
-        head = [(n, p) for n, p in named if not n.startswith("neck.backbone.")]
-        return task_optimizers(self.spec.train, head, self.segmenter.backbone, self.trainer.estimated_stepping_batches)
+        self.meter.confusion = self.gather_sum(self.meter.confusion)
+        self.log_metrics(self.meter.compute(), ("miou", "pixel_accuracy"), monitor="val/miou")

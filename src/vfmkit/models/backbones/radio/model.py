@@ -63,9 +63,14 @@ class RadioBackbone(Backbone):
     @property
     def preprocessing(self) -> Preprocessing:
         step = self.cfg.patch_size * (self.cfg.vitdet_window_size or 1)
+        conditioner = self.input_conditioner
+        if conditioner.norm_mean.is_meta:  # built without storage (a dry build): the config's values
+            mean, std = tuple(self.cfg.mean), tuple(self.cfg.std)
+        else:  # the checkpoint's values
+            mean, std = tuple(conditioner.norm_mean.flatten().tolist()), tuple(conditioner.norm_std.flatten().tolist())
         return Preprocessing(
-            mean=tuple(self.input_conditioner.norm_mean.flatten().tolist()),
-            std=tuple(self.input_conditioner.norm_std.flatten().tolist()),
+            mean=mean,
+            std=std,
             patch_size=self.cfg.patch_size,
             preferred_resolution=(self.cfg.preferred_resolution, self.cfg.preferred_resolution),
             max_resolution=self.cfg.max_resolution,
@@ -162,5 +167,6 @@ class RadioBackbone(Backbone):
         return {"model.patch_generator.pos_embed", "model.patch_generator.cls_token.token"}
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
-        """Recompute block activations in the backward pass to save memory."""
-        self.model.grad_checkpointing = enable
+        """Recompute block activations in the backward pass to save memory (the ViT's own block loop too)."""
+        super().set_grad_checkpointing(enable)
+        self.model.grad_checkpointing = bool(enable)

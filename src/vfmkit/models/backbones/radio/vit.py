@@ -15,6 +15,7 @@ from timm.models.vision_transformer import Block
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from vfmkit.models.backbones.base import needs_grad
 from vfmkit.models.backbones.radio.config import RadioConfig
 from vfmkit.models.backbones.radio.patch_generator import PatchGenerator
 
@@ -86,7 +87,7 @@ class RadioViT(nn.Module):
         return self.norm(tokens), kept
 
     def _run_block(self, block: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
-        if self.grad_checkpointing and self.training and torch.is_grad_enabled():
+        if self.grad_checkpointing and torch.is_grad_enabled() and needs_grad(block, tokens):
             return checkpoint(block, tokens, use_reentrant=False)
         return block(tokens)
 

@@ -1,73 +1,40 @@
 """The Python face of ``vfm <task> <action>``: the same verbs, driven by a spec file, a dict or overrides.
 
-from vfmkit.engine import Task
-task = Task("classify", "spec.yaml", ["train.epochs=3"])
-result = task.train()
+import vfmkit
+task = vfmkit.Task("classify", "spec.yaml", ["train.epochs=3"])
+result = task.train()          # TrainResult: run_dir, best_checkpoint, val metrics (fractions)
 task.evaluate(); task.predict(); task.export()
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
 
-from vfmkit.errors import VfmError
-from vfmkit.spec.loader import SpecError, load_spec, parse_overrides, read_yaml, resolve_paths, validate_spec
+from vfmkit.spec.loader import (
+    SpecError,
+    deep_merge,
+    load_spec,
+    parse_overrides,
+    read_yaml,
+    resolve_paths,
+    validate_spec,
+)
+from vfmkit.tasks import canonical_task, get_task, task_names
 
 ACTIONS = ("train", "evaluate", "predict", "export")
 
 
-def _classify() -> tuple[type[BaseModel], dict[str, Callable]]:
-    from vfmkit.engine import classify_export, classify_infer, classify_train
-    from vfmkit.spec.classify import ClassifySpec
-
-    verbs = {
-        "train": classify_train.train,
-        "evaluate": classify_infer.evaluate,
-        "predict": classify_infer.predict,
-        "export": classify_export.export,
-    }
-    return ClassifySpec, verbs
-
-
-def _segment() -> tuple[type[BaseModel], dict[str, Callable]]:
-    from vfmkit.engine import segment_infer, segment_train
-    from vfmkit.spec.segment import SegmentSpec
-
-    verbs = {
-        "train": segment_train.train,
-        "evaluate": segment_infer.evaluate,
-        "predict": segment_infer.predict,
-        "export": segment_infer.export,
-    }
-    return SegmentSpec, verbs
-
-
-def _change() -> tuple[type[BaseModel], dict[str, Callable]]:
-    from vfmkit.engine.change_verbs import SPEC_CLASS, VERBS
-
-    return SPEC_CLASS, VERBS
-
-
-TASKS: dict[str, Callable[[], tuple[type[BaseModel], dict[str, Callable]]]] = {
-    "classify": _classify,
-    "segment": _segment,
-    "change": _change,
-}
-
-
 def spec_class(task: str) -> type[BaseModel]:
-    """The spec schema of a task.
+    """The spec schema of a task (name or alias).
 
     Raises:
         VfmError: unknown task.
     """
-    if task not in TASKS:
-        raise VfmError(f"unknown task {task!r}; available: {', '.join(TASKS)}")
-    return TASKS[task]()[0]
+    return get_task(task).spec_class
 
 
 def infer_task(spec_path: str | Path | None, overrides: Sequence[str] = ()) -> str:
@@ -80,10 +47,9 @@ def infer_task(spec_path: str | Path | None, overrides: Sequence[str] = ()) -> s
     if not declared and spec_path:
         declared = read_yaml(Path(spec_path)).get("task")
     if declared:
-        spec_class(str(declared))
-        return str(declared)
+        return canonical_task(str(declared))
     errors, matches = [], []
-    for task in TASKS:
+    for task in task_names():
         try:
             load_spec(spec_class(task), spec_path, list(overrides))
             matches.append(task)
@@ -100,19 +66,18 @@ class Task:
     """A task with its resolved spec; call :meth:`train`, :meth:`evaluate`, :meth:`predict` or :meth:`export`.
 
     Args:
-        task: task name (``classify``).
+        task: task name (``classify``) or alias.
         spec: a spec file path, a dict (relative paths against the cwd), a spec object, or None (defaults).
         overrides: dotted ``key=value`` strings applied on top.
     """
 
     def __init__(self, task: str, spec: str | Path | dict | BaseModel | None = None, overrides: Sequence[str] = ()):
-        self.name = task
-        schema = spec_class(task)
+        self.name = canonical_task(task)
+        self.family = get_task(self.name)
+        schema = self.family.spec_class
         if isinstance(spec, BaseModel):
             spec = spec.model_dump(mode="json")
         if isinstance(spec, dict):
-            from vfmkit.spec.loader import deep_merge
-
             merged = deep_merge(spec, parse_overrides(list(overrides)))
             self.spec = validate_spec(schema, merged, {})
             resolve_paths(self.spec, Path.cwd(), set())
@@ -120,9 +85,12 @@ class Task:
             self.spec = load_spec(schema, spec, list(overrides))
 
     def run(self, action: str) -> Any:
+        """Run one verb: ``train``, ``evaluate``, ``predict`` or ``export``."""
         if action not in ACTIONS:
             raise SpecError(f"unknown action {action!r}; expected one of {', '.join(ACTIONS)}")
-        return TASKS[self.name]()[1][action](self.spec)
+        from vfmkit import engine
+
+        return getattr(engine, action)(self.family, self.spec)
 
     def train(self) -> Any:
         return self.run("train")

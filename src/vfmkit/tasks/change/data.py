@@ -10,7 +10,7 @@ Layout (``dataset.format: levir``)::
 A listed name is looked up as ``<folder>/<name>``; when that file does not exist, by stem with any image extension
 (so a list may omit extensions and labels may be ``.png`` while images are ``.jpg``). Labels decode to int64 (H, W)
 0/1 (values {0, 255} or {0, 1}; anything else is a DataError naming the file). The classify variant (golden vs test
-CSV) lives in :mod:`vfmkit.data.change_csv`; :func:`preflight_change` checks either.
+CSV) lives in :mod:`vfmkit.tasks.change.data_csv`; :func:`preflight_change` checks either.
 """
 
 from __future__ import annotations
@@ -28,9 +28,10 @@ from vfmkit.data.augment import EpochSeededDataset, sample_seed
 from vfmkit.data.dense_augment import JointAugment, MaskSize, eval_transform
 from vfmkit.data.images import IMAGE_EXTENSIONS, load_image_rgb
 from vfmkit.data.preprocess import pil_to_tensor
-from vfmkit.data.segmentation import image_size, index_by_stem
 from vfmkit.errors import DataError
-from vfmkit.spec.dense import ChangeAugmentSpec, ChangeDataSpec, DenseAugmentSpec
+from vfmkit.spec.dense import DenseAugmentSpec
+from vfmkit.tasks.change.spec import ChangeAugmentSpec, ChangeDataSpec, ChangeSpec
+from vfmkit.tasks.segment.data import image_size, index_by_stem
 
 SPLITS = ("train", "val", "test")
 
@@ -203,7 +204,7 @@ def preflight_change(spec: ChangeDataSpec, splits: Iterable[str] = ("train", "va
     """Check a change-detection dataset (either format) before training.
 
     levir: every listed name has A, B and label files, A/B/label sizes agree (headers; labels decoded and checked
-    to be binary), changed-pixel share per split. csv: see :func:`vfmkit.data.change_csv.preflight_change_csv`.
+    to be binary), changed-pixel share per split. csv: see :func:`vfmkit.tasks.change.data_csv.preflight_change_csv`.
 
     Returns:
         A :class:`ChangePreflightReport`.
@@ -212,7 +213,7 @@ def preflight_change(spec: ChangeDataSpec, splits: Iterable[str] = ("train", "va
         DataError: the first problem found, naming the file (and line for list/CSV files).
     """
     if spec.format == "csv":
-        from vfmkit.data.change_csv import preflight_change_csv
+        from vfmkit.tasks.change.data_csv import preflight_change_csv
 
         return preflight_change_csv(spec, splits)
     loaded = {name: load_levir_split(spec, name) for name in dict.fromkeys(splits)}
@@ -299,3 +300,31 @@ class ChangeSegDataset(EpochSeededDataset):
         else:
             (image_a, image_b), mask = eval_transform([image_a, image_b], mask, self.size, self.mask_size)
         return image_a, image_b, mask, index
+
+
+def make_dataset(spec: ChangeSpec, split, train: bool, resolution: int | None = None, full_masks: bool = False):
+    """The pair dataset of a split: :class:`ChangeSegDataset` (segment) or
+    :class:`~vfmkit.tasks.change.data_csv.ChangeClassifyDataset` (classify), at ``resolution`` (default the
+    model's); ``full_masks`` keeps segment masks at their original size (metrics on original pixels)."""
+    from vfmkit.tasks.change.data_csv import ChangeClassifyDataset
+
+    res = resolution or spec.model.resolution
+    augment, seed = spec.dataset.augment, spec.train.seed
+    if spec.task_type == "segment":
+        return ChangeSegDataset(
+            split,
+            res,
+            train=train,
+            augment=augment,
+            seed=seed,
+            ignore_index=spec.dataset.ignore_index,
+            mask_size="full" if full_masks else "resized",
+        )
+    return ChangeClassifyDataset(split, res, train=train, augment=augment, seed=seed)
+
+
+def trained_layout(spec: ChangeSpec, trained, **update) -> ChangeDataSpec:
+    """This spec's data locations with the input layout ``trained`` (a :class:`~vfmkit.engine.taskdef.Trained`)
+    was trained on: lighting conditions, image extension, number of goldens."""
+    layout = {k: getattr(trained.spec.dataset, k) for k in ("light_conditions", "image_ext", "num_golden")}
+    return spec.dataset.model_copy(update={**layout, **update})

@@ -12,18 +12,18 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from vfmkit import load_backbone
-from vfmkit.data.classification import (
+from vfmkit.data.preprocess import preprocess_images
+from vfmkit.data.sampling import EpochSeededSampler
+from vfmkit.errors import DataError
+from vfmkit.tasks.classify.data import (
     ClassificationDataset,
     ClassificationSplit,
-    EpochSeededSampler,
     FeatureDataset,
     load_split,
-    preflight,
     resolve_classes,
 )
-from vfmkit.data.preprocess import preprocess_images
-from vfmkit.errors import DataError
-from vfmkit.spec.classify import AugmentSpec, ClassifyDataSpec
+from vfmkit.tasks.classify.preflight import preflight
+from vfmkit.tasks.classify.spec import AugmentSpec, ClassifyDataSpec
 
 COUNTS = {"train": {"cat": 3, "dog": 2, "eel": 2}, "val": {"cat": 2, "dog": 1, "eel": 1}}
 

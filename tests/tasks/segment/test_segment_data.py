@@ -12,7 +12,9 @@ from pydantic import ValidationError
 
 from vfmkit.data.dense_augment import collate_dense
 from vfmkit.data.sampling import EpochSeededSampler
-from vfmkit.data.segmentation import (
+from vfmkit.errors import DataError
+from vfmkit.spec.dense import DenseAugmentSpec
+from vfmkit.tasks.segment.data import (
     Palette,
     SegmentationDataset,
     colorize,
@@ -21,8 +23,7 @@ from vfmkit.data.segmentation import (
     overlay,
     preflight_segmentation,
 )
-from vfmkit.errors import DataError
-from vfmkit.spec.dense import DenseAugmentSpec, SegmentDataSpec
+from vfmkit.tasks.segment.spec import SegmentDataSpec
 
 IDS = [{"name": "background", "id": 0}, {"name": "box", "id": 7}, {"name": "disc", "id": 9}]
 COLORS = [

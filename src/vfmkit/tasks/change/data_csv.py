@@ -25,12 +25,13 @@ import numpy as np
 import torch
 
 from vfmkit.data.augment import EpochSeededDataset, sample_seed
-from vfmkit.data.change import ChangePreflightReport
 from vfmkit.data.dense_augment import JointAugment, as_size
 from vfmkit.data.images import load_image_rgb
 from vfmkit.data.preprocess import pil_to_tensor, resize
 from vfmkit.errors import DataError
-from vfmkit.spec.dense import ChangeAugmentSpec, ChangeDataSpec, DenseAugmentSpec
+from vfmkit.spec.dense import DenseAugmentSpec
+from vfmkit.tasks.change.data import ChangePreflightReport
+from vfmkit.tasks.change.spec import ChangeAugmentSpec, ChangeDataSpec
 
 COLUMNS = ("input_path", "golden_path", "label", "object_name")
 LABELS = {"pass": 0, "fail": 1, "0": 0, "1": 1}

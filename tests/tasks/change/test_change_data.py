@@ -10,10 +10,10 @@ import torch
 from PIL import Image
 from pydantic import ValidationError
 
-from vfmkit.data.change import ChangeSegDataset, load_change_label, load_levir_split, preflight_change
-from vfmkit.data.change_csv import ChangeClassifyDataset, load_change_csv_split
 from vfmkit.errors import DataError
-from vfmkit.spec.dense import ChangeDataSpec
+from vfmkit.tasks.change.data import ChangeSegDataset, load_change_label, load_levir_split, preflight_change
+from vfmkit.tasks.change.data_csv import ChangeClassifyDataset, load_change_csv_split
+from vfmkit.tasks.change.spec import ChangeDataSpec
 
 # ------------------------------------------------------------------------------------------------------- LEVIR-CD
 

@@ -14,8 +14,70 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
-from vfmkit.spec.base import EvaluateSpec, ExportSpec, PredictSpec, RunSpec, Section, TrainSpec
-from vfmkit.spec.dense import ChangeDataSpec
+from vfmkit.spec.base import EvaluateSpec, ExportSpec, PredictSpec, RunSpec, Section, SpecPath, TrainSpec
+from vfmkit.spec.dense import DenseAugmentSpec, no_duplicates
+
+
+class ChangeAugmentSpec(DenseAugmentSpec):
+    """Change-detection defaults: no random scale or crop (a plain resize), horizontal and vertical flips.
+
+    For LEVIR tiles larger than the training size, ``scale_range: [1, 1]`` with ``scale_reference: image`` gives
+    native-resolution random crops.
+    """
+
+    scale_range: tuple[float, float] | None = Field(
+        None, description="random scale factor range (null: plain resize to the crop size, no crop)"
+    )
+    vflip: float = Field(0.5, ge=0, le=1, description="vertical flip probability")
+
+
+class ChangeDataSpec(Section):
+    """Change-detection data, two formats.
+
+    ``levir`` (segment variant): ``root/{A,B,label}/<name>`` with names listed in ``root/list/<split>.txt``;
+    labels are binary masks (0 unchanged, 255 or 1 changed).
+
+    ``csv`` (classify variant, golden vs test): rows ``input_path,golden_path,label,object_name``; the test image of
+    light condition ``s`` is ``<image_root>/<input_path>/<object_name><s><image_ext>`` and its golden
+    ``<image_root>/<golden_path>/<object_name><s><image_ext>``; the light conditions are concatenated along channels
+    (3 per condition); ``label`` is PASS/FAIL (case-insensitive) or 0/1 (0 = PASS).
+    """
+
+    format: Literal["levir", "csv"] = Field("levir", description="levir: A/B/label/list; csv: golden vs test rows")
+    root: SpecPath | None = Field(None, description="dataset root (levir)")
+    a_dir: str = Field("A", min_length=1, description="folder of the first-time (reference) images (levir)")
+    b_dir: str = Field("B", min_length=1, description="folder of the second-time images (levir)")
+    label_dir: str = Field("label", min_length=1, description="folder of the binary change masks (levir)")
+    list_dir: str = Field("list", min_length=1, description="folder of <split>.txt name lists (levir)")
+    train_split: str = Field("train", min_length=1, description="list file stem of the training split (levir)")
+    val_split: str = Field("val", min_length=1, description="list file stem of the validation split (levir)")
+    test_split: str = Field("test", min_length=1, description="list file stem of the test split (levir)")
+    train_csv: SpecPath | None = Field(None, description="training CSV (csv format)")
+    val_csv: SpecPath | None = Field(None, description="validation CSV (csv format)")
+    test_csv: SpecPath | None = Field(None, description="test CSV (csv format)")
+    image_root: SpecPath | None = Field(None, description="base of the CSV's relative dirs (default: the CSV's folder)")
+    image_ext: str = Field(".png", description="file extension of the CSV format's images, with the dot")
+    light_conditions: list[str] = Field(
+        [""], min_length=1, description="file-name suffixes of the lighting conditions, e.g. ['_L0', '_L1']"
+    )
+    num_golden: int = Field(1, ge=1, description="golden images per sample (csv format; > 1 = multi-golden)")
+    ignore_index: int = Field(255, description="mask value of padded (ignored) pixels after augmentation")
+    augment: ChangeAugmentSpec = Field(
+        default_factory=ChangeAugmentSpec, description="joint augmentation of both images (and the mask)"
+    )
+
+    @model_validator(mode="after")
+    def _check_format(self) -> ChangeDataSpec:
+        if self.format == "levir" and self.root is None:
+            raise ValueError("dataset.root is required for format 'levir'")
+        if self.format == "csv" and self.train_csv is None:
+            raise ValueError("dataset.train_csv is required for format 'csv'")
+        no_duplicates("light condition", self.light_conditions)
+        if self.image_ext and not self.image_ext.startswith("."):
+            raise ValueError(f"image_ext must start with a dot, got {self.image_ext!r}")
+        if 0 <= self.ignore_index < 2:
+            raise ValueError(f"ignore_index {self.ignore_index} is a class index (0 or 1)")
+        return self
 
 
 class ChangeModelSpec(Section):

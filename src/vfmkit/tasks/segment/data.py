@@ -25,7 +25,8 @@ from vfmkit.data.images import is_image_file, load_image_rgb
 from vfmkit.data.palette import Palette, colorize, default_colors, overlay
 from vfmkit.data.preprocess import pil_to_tensor
 from vfmkit.errors import DataError
-from vfmkit.spec.dense import DenseAugmentSpec, SegmentAugmentSpec, SegmentDataSpec
+from vfmkit.spec.dense import DenseAugmentSpec
+from vfmkit.tasks.segment.spec import SegmentAugmentSpec, SegmentDataSpec
 
 __all__ = [
     "Palette",

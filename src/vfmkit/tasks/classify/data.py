@@ -17,30 +17,18 @@ from __future__ import annotations
 
 import csv
 from collections.abc import Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+import torch
+from torch.utils.data import Dataset
 
-from vfmkit.data.images import is_image_file
-from vfmkit.data.sampling import ClassificationDataset, EpochSeededSampler, FeatureDataset
+from vfmkit.data.augment import EpochSeededDataset, TrainAugment, sample_seed
+from vfmkit.data.images import is_image_file, load_image_rgb
+from vfmkit.data.preprocess import pil_to_tensor, resize
 from vfmkit.errors import DataError
-from vfmkit.spec.classify import ClassifyDataSpec
-
-__all__ = [
-    "ClassificationDataset",
-    "ClassificationSplit",
-    "EpochSeededSampler",
-    "FeatureDataset",
-    "PreflightReport",
-    "SPLITS",
-    "UnreadableImage",
-    "load_split",
-    "preflight",
-    "resolve_classes",
-]
+from vfmkit.tasks.classify.spec import AugmentSpec, ClassifyDataSpec
 
 SPLITS = ("train", "val", "test")
 _HEADER = ("path", "label")
@@ -99,7 +87,7 @@ def resolve_classes(spec: ClassifyDataSpec) -> list[str]:
     if spec.classes_file is not None:
         return _read_classes_file(Path(spec.classes_file))
     if spec.format == "folders":
-        split_dir = _split_dir(spec, "train")
+        split_dir = split_folder(spec, "train")
         if not split_dir.is_dir():
             raise DataError(f"training split folder {split_dir} does not exist (dataset.root / dataset.train_split)")
         names = sorted(path.name for path in split_dir.iterdir() if path.is_dir() and not path.name.startswith("."))
@@ -160,14 +148,14 @@ def load_split(spec: ClassifyDataSpec, split: str, classes: list[str]) -> Classi
     return _load_csv_split(spec, split, classes)
 
 
-def _split_dir(spec: ClassifyDataSpec, split: str) -> Path:
+def split_folder(spec: ClassifyDataSpec, split: str) -> Path:
     if spec.root is None:
         raise DataError("dataset.root is required for format 'folders'")
     return Path(spec.root) / getattr(spec, f"{split}_split")
 
 
 def _load_folder_split(spec: ClassifyDataSpec, split: str, classes: list[str]) -> ClassificationSplit | None:
-    split_dir = _split_dir(spec, split)
+    split_dir = split_folder(spec, split)
     if not split_dir.is_dir():
         if split == "train":
             raise DataError(f"training split folder {split_dir} does not exist (dataset.root / dataset.train_split)")
@@ -185,7 +173,7 @@ def _load_folder_split(spec: ClassifyDataSpec, split: str, classes: list[str]) -
                 )
             continue
         if entry.name not in index:
-            raise DataError(f"class folder {entry} is not a known class (classes: {_preview(classes)})")
+            raise DataError(f"class folder {entry} is not a known class (classes: {preview(classes)})")
         found = sorted(p for p in entry.rglob("*") if is_image_file(p) and not _hidden(p.relative_to(entry)))
         files.extend(found)
         labels.extend([index[entry.name]] * len(found))
@@ -224,7 +212,7 @@ def _load_csv_split(spec: ClassifyDataSpec, split: str, classes: list[str]) -> C
             labels[i] = int(label)
         elif label not in index:
             raise DataError(
-                f"{csv_file}:{line}: label {label!r} is not a known class (expected one of {_preview(classes)}, "
+                f"{csv_file}:{line}: label {label!r} is not a known class (expected one of {preview(classes)}, "
                 f"or a class index 0..{len(classes) - 1} on every row)"
             )
         path = Path(raw_path).expanduser()
@@ -271,172 +259,80 @@ def _is_int(text: str) -> bool:
     return True
 
 
-def _preview(names: list[str], limit: int = 10) -> str:
+def preview(names: list[str], limit: int = 10) -> str:
     shown = ", ".join(names[:limit])
     return shown + (f", ... ({len(names)} in all)" if len(names) > limit else "")
 
 
-@dataclass(frozen=True)
-class UnreadableImage:
-    """An image file of a split that does not open (listed by :func:`preflight`, then left out)."""
+class ClassificationDataset(EpochSeededDataset):
+    """Decoded, resized (and in training, augmented) images of a split.
 
-    split: str
-    path: Path
-    reason: str
-
-
-@dataclass
-class PreflightReport:
-    """What :func:`preflight` found; its splits are the cleaned ones training should use.
-
-    Attributes:
-        classes: class names in index order.
-        splits: split name -> the split without its unreadable files, or ``None`` when that split does not exist.
-        unreadable: the files left out, with the reason.
-        warnings: human-readable lines (a class absent from val, a missing or empty val split...).
-    """
-
-    classes: list[str]
-    splits: dict[str, ClassificationSplit | None]
-    unreadable: list[UnreadableImage] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
-
-    def split(self, name: str) -> ClassificationSplit | None:
-        """The cleaned split ``name``, or ``None`` when it does not exist or was not checked."""
-        return self.splits.get(name)
-
-    def format(self, max_classes: int = 50, max_unreadable: int = 20) -> str:
-        """A text report: images per class and split (a table), unreadable files and warnings.
-
-        Args:
-            max_classes: rows of the table shown before summarising the rest.
-            max_unreadable: unreadable files listed before summarising the rest.
-        """
-        lines = ["images per class and split:", *self._table(max_classes)]
-        if self.unreadable:
-            lines.append(f"unreadable files, left out: {len(self.unreadable)}")
-            lines += [f"  {item.split}: {item.path}: {item.reason}" for item in self.unreadable[:max_unreadable]]
-            if len(self.unreadable) > max_unreadable:
-                lines.append(f"  ... and {len(self.unreadable) - max_unreadable} more")
-        if self.warnings:
-            lines.append("warnings:")
-            lines += [f"  - {warning}" for warning in self.warnings]
-        return "\n".join(lines)
-
-    def _table(self, max_classes: int) -> list[str]:
-        names = list(self.splits)
-        counts = {n: s.counts() if s is not None else None for n, s in self.splits.items()}
-        rows = [["class", *names]]
-        for i, name in enumerate(self.classes[:max_classes]):
-            rows.append([name, *("-" if counts[n] is None else str(counts[n][i]) for n in names)])
-        hidden = len(self.classes) - max_classes
-        if hidden > 0:
-            rows.append([f"({hidden} more classes)", *("" for _ in names)])
-        rows.append(["total", *("-" if counts[n] is None else str(int(counts[n].sum())) for n in names)])
-        widths = [max(len(row[c]) for row in rows) for c in range(len(rows[0]))]
-        return ["  " + _table_row(row, widths) for row in rows]
-
-
-def _table_row(cells: list[str], widths: list[int]) -> str:
-    """The first cell left-aligned, the others right-aligned, two spaces apart."""
-    padded = [cells[0].ljust(widths[0])] + [
-        cell.rjust(width) for cell, width in zip(cells[1:], widths[1:], strict=True)
-    ]
-    return "  ".join(padded).rstrip()
-
-
-def preflight(
-    spec: ClassifyDataSpec,
-    splits: Iterable[str] = ("train", "val"),
-    check_images: bool = True,
-    workers: int = 8,
-    classes: list[str] | None = None,
-) -> PreflightReport:
-    """Check a classification dataset before training and return its cleaned splits.
-
-    Lists every split, counts images per class, optionally opens every image with a cheap header/structure check
-    (``PIL.Image.verify``: no full decode) and leaves the unreadable ones out, and collects warnings. Nothing is
-    written into the dataset folder.
+    Evaluation items are exactly ``preprocess_images([path], ..., resolution=R)[0]`` (bilinear antialiased resize
+    to R x R), so training-time validation, feature caching, ONNX verification and ``predict`` agree. Training items
+    go through :class:`~vfmkit.data.augment.TrainAugment` seeded by ``(seed, epoch, index)``: reproducible whatever
+    the number of workers. The epoch lives in shared memory, so :meth:`set_epoch` reaches persistent workers.
 
     Args:
-        spec: the ``dataset`` spec (absolute paths).
-        splits: the splits to check, among ``"train"``, ``"val"``, ``"test"``.
-        check_images: open every image (cheap check) and leave out those that fail.
-        workers: threads used for the image check.
-        classes: the class names to use (e.g. a checkpoint's, when evaluating); default :func:`resolve_classes`.
-
-    Returns:
-        The report: classes, cleaned splits (``None`` for a missing val/test split), unreadable files, warnings.
-
-    Raises:
-        DataError: no classes, a missing training split, an empty training split (after leaving out unreadable
-            files), a class without training images, or any error of :func:`resolve_classes` / :func:`load_split`.
+        split: the split to serve.
+        resolution: output side R in pixels.
+        train: apply the random augmentation.
+        augment: the augmentation spec (default ``AugmentSpec()``); ignored when ``train`` is false.
+        seed: the run seed.
     """
-    classes = resolve_classes(spec) if classes is None else list(classes)
-    if not classes:
-        raise DataError("the dataset has no classes")
-    loaded = {name: load_split(spec, name, classes) for name in dict.fromkeys(splits)}
-    unreadable: list[UnreadableImage] = []
-    if check_images:
-        for name, split in loaded.items():
-            if split is not None and len(split):
-                loaded[name], bad = _drop_unreadable(split, workers)
-                unreadable += bad
-    if "train" in loaded:
-        _check_training(loaded["train"], classes, unreadable)
-    warnings: list[str] = []
-    for name, split in loaded.items():
-        if name != "train":
-            warnings += _split_warnings(spec, name, split)
-    return PreflightReport(classes, loaded, unreadable, warnings)
+
+    def __init__(
+        self,
+        split: ClassificationSplit,
+        resolution: int,
+        train: bool = False,
+        augment: AugmentSpec | None = None,
+        seed: int = 0,
+    ) -> None:
+        if resolution < 1:
+            raise ValueError(f"resolution must be positive, got {resolution}")
+        self.split = split
+        self.resolution = int(resolution)
+        self.train = bool(train)
+        self.seed = int(seed)
+        self.augment = TrainAugment(self.resolution, augment or AugmentSpec()) if self.train else None
+        super().__init__()
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """Returns ``(image float32 (3, R, R) in [0, 1], label int64 scalar tensor, index)``.
+
+        Raises:
+            DataError: the image cannot be decoded (the message names the file).
+        """
+        index = int(index)
+        image = pil_to_tensor(load_image_rgb(self.split.files[index]))
+        if self.augment is None:
+            image = resize(image, (self.resolution, self.resolution))
+        else:
+            image = self.augment(image, sample_seed(self.seed, self.epoch, index))
+        return image, torch.tensor(self.split.labels[index], dtype=torch.int64), index
 
 
-def _drop_unreadable(split: ClassificationSplit, workers: int) -> tuple[ClassificationSplit, list[UnreadableImage]]:
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        reasons = list(pool.map(_image_problem, split.files))
-    pairs = zip(split.files, reasons, strict=True)
-    bad = [UnreadableImage(split.name, file, reason) for file, reason in pairs if reason is not None]
-    if not bad:
-        return split, []
-    return split.subset(np.array([reason is None for reason in reasons], dtype=bool)), bad
+class FeatureDataset(Dataset):
+    """Cached backbone features with their labels.
 
+    Args:
+        features: float (N, C) tensor.
+        labels: int (N,) array of class indices.
+    """
 
-def _image_problem(path: Path) -> str | None:
-    """``None`` when ``path`` opens as an image (header and structure check, no decode), else the reason."""
-    if not path.is_file():
-        return "no such file"
-    try:
-        with Image.open(path) as image:
-            image.verify()
-    except Exception as exc:  # any failure means "unreadable"; the reason is reported
-        return " ".join(str(exc).split()) or type(exc).__name__
-    return None
+    def __init__(self, features: torch.Tensor, labels: np.ndarray) -> None:
+        if features.ndim != 2:
+            raise ValueError(f"features must be (N, C), got shape {tuple(features.shape)}")
+        labels = np.asarray(labels)
+        if labels.shape != (features.shape[0],):
+            raise ValueError(f"labels must have shape ({features.shape[0]},), got {labels.shape}")
+        self.features = features
+        self.labels = torch.from_numpy(np.ascontiguousarray(labels, dtype=np.int64))
 
+    def __len__(self) -> int:
+        return self.features.shape[0]
 
-def _check_training(train: ClassificationSplit | None, classes: list[str], unreadable: list[UnreadableImage]) -> None:
-    if train is None:
-        raise DataError("the dataset has no training split")
-    if not len(train):
-        left_out = sum(item.split == "train" for item in unreadable)
-        why = f" ({left_out} unreadable files left out)" if left_out else ""
-        raise DataError(f"the training split {train.source} holds no readable images{why}")
-    empty = [name for name, count in zip(classes, train.counts(), strict=True) if count == 0]
-    if empty:
-        raise DataError(
-            f"{len(empty)} class(es) have no training images in {train.source}: {_preview(empty)} (add images for "
-            "them, or remove them from dataset.classes_file)"
-        )
-
-
-def _split_warnings(spec: ClassifyDataSpec, name: str, split: ClassificationSplit | None) -> list[str]:
-    if split is None:
-        where = f"dataset.{name}_csv is not set" if spec.format == "csv" else f"{_split_dir(spec, name)} not found"
-        return [f"no {name} split ({where})"]
-    if not len(split):
-        return [f"the {name} split {split.source} holds no readable images"]
-    absent = [c for c, count in zip(split.classes, split.counts(), strict=True) if count == 0]
-    if not absent:
-        return []
-    return [
-        f"{len(absent)} class(es) have no {name} images, so their {name} accuracy is not measured: {_preview(absent)}"
-    ]
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """Returns ``(feature (C,), label int64 scalar tensor, index)``."""
+        index = int(index)
+        return self.features[index], self.labels[index], index

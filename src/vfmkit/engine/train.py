@@ -1,0 +1,103 @@
+"""The train skeleton of every task: preflight -> seed -> build (+ init_from, activation checkpointing) -> run
+folder -> loaders -> module -> fit -> reload the best checkpoint -> evaluate on val -> model card -> summary."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning.pytorch as pl
+import torch
+from pydantic import BaseModel
+from torch import nn
+
+from vfmkit.engine.evaluate import evaluate_and_write
+from vfmkit.engine.model_card import write_model_card
+from vfmkit.engine.run_dir import spec_hash
+from vfmkit.engine.runs import fit, prepare_run
+from vfmkit.engine.taskdef import TaskData, TaskDef, TaskFamily, TrainResult, headline_text
+from vfmkit.engine.trained import copy_trained_weights, load_trained
+from vfmkit.errors import VfmError
+
+
+def enable_grad_checkpointing(model: nn.Module, enable: bool = True) -> int:
+    """Call ``set_grad_checkpointing(enable)`` on the outermost modules of ``model`` that have it (backbones and
+    necks forward it to what they own). Returns how many were set.
+
+    Raises:
+        VfmError: nothing in the model supports activation checkpointing.
+    """
+    done: set[int] = set()
+    count = 0
+    for module in model.modules():
+        if id(module) in done or not callable(getattr(module, "set_grad_checkpointing", None)):
+            continue
+        module.set_grad_checkpointing(enable)
+        done.update(id(m) for m in module.modules())
+        count += 1
+    if count == 0 and enable:
+        raise VfmError(f"train.activation_checkpointing: {type(model).__name__} has no blocks that can be checkpointed")
+    return count
+
+
+def dry_build(taskdef: TaskDef, spec: BaseModel, meta: dict) -> None:
+    """Build the model on the meta device, without weights: a configuration that cannot work (a neck the backbone
+    does not support, no trainable blocks ...) fails with its VfmError in seconds, before any weights are fetched."""
+    with torch.device("meta"):
+        taskdef.build_model(spec, meta, pretrained=False)
+
+
+def build_for_training(family: TaskFamily, taskdef: TaskDef, spec: BaseModel, data: TaskData) -> nn.Module:
+    """The model of a new run: built from the spec, started from ``train.init_from`` weights when given."""
+    pretrained = taskdef.pretrained(spec)
+    if pretrained and not Path(taskdef.backbone_id(spec)).expanduser().exists():
+        dry_build(taskdef, spec, data.meta)  # published weights may need a download: check the configuration first
+    model = taskdef.build_model(spec, data.meta, pretrained=pretrained)
+    if spec.train.init_from is not None:
+        _, trained = load_trained(family, spec.train.init_from)
+        taskdef.check_init_from(spec, trained, data.meta)
+        copy_trained_weights(model, trained, spec.train.init_from)
+    if spec.train.activation_checkpointing:
+        enable_grad_checkpointing(model)
+    return model
+
+
+def train(family: TaskFamily, spec: BaseModel) -> TrainResult:
+    """Train as the spec says; everything goes into a run folder (see README)."""
+    taskdef = family.select(spec)
+    data = taskdef.prepare(spec, ("train", "val"))
+    pl.seed_everything(spec.train.seed, workers=True, verbose=False)
+    model = build_for_training(family, taskdef, spec, data)
+    # the run folder is created once the model is built: a bad backbone or checkpoint leaves nothing behind
+    run_dir, resume_from = prepare_run(spec, family.name)
+    print(f"run folder: {run_dir}")
+    train_loader, val_loader = taskdef.loaders(spec, data, model)
+    module = taskdef.lightning_module(spec, model, data.meta)
+    checkpoints = fit(
+        spec, run_dir, module, train_loader, val_loader, resume_from, taskdef.monitor, taskdef.monitor_mode
+    )
+    val = None
+    if val_loader is not None:
+        _, trained = load_trained(family, checkpoints.best_path)
+        title = f"val, best checkpoint ({checkpoints.best_path.name})"
+        val = evaluate_and_write(taskdef, trained, data.split("val"), spec, "val", run_dir / "evaluate" / "val", title)
+    _write_card(taskdef, spec, run_dir, data, val)
+    print(f"done: {run_dir}" + (f"  val {headline_text(val, taskdef.headline_keys(spec)[:2])}" if val else ""))
+    return TrainResult(run_dir, checkpoints.best_path, checkpoints.last_path, taskdef.monitor, val)
+
+
+def _write_card(taskdef: TaskDef, spec: BaseModel, run_dir: Path, data: TaskData, val: dict | None) -> None:
+    if val is None:
+        metrics = {"validation": "none (no val split)"}
+    else:
+        metrics = {key: val.get(key) for key in taskdef.headline_keys(spec)}
+    write_model_card(
+        run_dir,
+        taskdef.name,
+        taskdef.backbone_id(spec),
+        taskdef.pretrained(spec),
+        data.summary,
+        metrics,
+        spec_hash(spec),
+        taskdef.card_notes(spec, data.meta),
+        taskdef.metric_notes,
+    )

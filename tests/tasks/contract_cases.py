@@ -1,0 +1,135 @@
+"""Per task (and variant): generated data and tiny-model overrides for the task contract test.
+
+A new task registers itself in ``vfmkit.tasks`` and adds one :class:`ContractCase` here (the contract test fails
+until it does); everything else the contract checks comes from the engine.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tests.synthetic import make_segmentation_dataset, make_shapes_dataset
+from tests.tasks.change.change_data import make_golden_csv, make_levir
+
+PALETTE = "[{name: background, id: 0}, {name: circle, id: 1}, {name: square, id: 2}]"
+COMMON = ["train.num_workers=0", "train.epochs=2", "train.batch_size=4", "evaluate.batch_size=4"]
+
+
+@dataclass
+class ContractCase:
+    """How to run one task variant on tiny generated data.
+
+    Attributes:
+        task: the registered task name.
+        variant: the variant (``None`` for single-variant tasks).
+        data: makes the dataset under a folder and returns its overrides (dataset.* and task-specific model.*).
+        predict: makes (or points at) prediction inputs under a folder: (overrides, number of inputs).
+        frozen: overrides that freeze the backbone (the neck and head still train).
+        backbone_key: the spec key of the backbone.
+        extra: more overrides (small widths, resolution).
+        config: overrides that make a valid spec without any data on disk (for model-building tests).
+        heads: the model choices to build every registered backbone with (necks, modes ...), one override list each.
+        meta: the task facts a model is built from (class names ...).
+    """
+
+    task: str
+    variant: str | None
+    data: Callable[[Path], list[str]]
+    predict: Callable[[Path], tuple[list[str], int]]
+    frozen: list[str] = field(default_factory=lambda: ["model.freeze_backbone=true"])
+    backbone_key: str = "model.backbone"
+    extra: list[str] = field(default_factory=list)
+    config: list[str] = field(default_factory=list)
+    heads: list[list[str]] = field(default_factory=lambda: [[]])
+    meta: dict = field(default_factory=lambda: {"classes": ["a", "b", "c"]})
+
+
+def _classify_data(root: Path) -> list[str]:
+    make_shapes_dataset(root, {"train": 3, "val": 2}, size=32)
+    return [f"dataset.root={root}"]
+
+
+def _classify_predict(root: Path) -> tuple[list[str], int]:
+    return [f"predict.source={root / 'val'}"], 8
+
+
+def _segment_data(root: Path) -> list[str]:
+    make_segmentation_dataset(root, {"train": 6, "val": 3}, size=32)
+    return [f"dataset.root={root}", f"dataset.palette={PALETTE}", "dataset.augment.scale_range=[0.75, 1.25]"]
+
+
+def _segment_predict(root: Path) -> tuple[list[str], int]:
+    return [f"predict.source={root / 'images' / 'val'}"], 3
+
+
+def _levir_data(root: Path) -> list[str]:
+    make_levir(root, {"train": 6, "val": 3}, size=32)
+    return [f"dataset.root={root}"]
+
+
+def _levir_predict(root: Path) -> tuple[list[str], int]:
+    return [f"predict.source={root}"], 9  # every pair under A/ and B/
+
+
+def _golden_data(root: Path) -> list[str]:
+    make_golden_csv(root, {"train": 6, "val": 4}, size=32)
+    return [
+        "dataset.format=csv",
+        f"dataset.train_csv={root / 'train.csv'}",
+        f"dataset.val_csv={root / 'val.csv'}",
+        "dataset.light_conditions=[_L0,_L1]",
+        "model.neck=simple_pyramid",
+    ]
+
+
+def _golden_predict(root: Path) -> tuple[list[str], int]:
+    return [f"predict.source={root / 'val.csv'}"], 4
+
+
+DENSE = ["model.resolution=32", "model.neck_channels=16", "model.decoder_channels=16"]
+NECKS = [["model.neck=vit_adapter"], ["model.neck=simple_pyramid"]]
+GOLDEN = ["dataset.format=csv", "dataset.train_csv=none.csv"]
+
+CASES: dict[tuple[str, str | None], ContractCase] = {
+    ("classify", None): ContractCase(
+        "classify",
+        None,
+        _classify_data,
+        _classify_predict,
+        frozen=["model.mode=linear_probe"],
+        extra=["model.resolution=32", "model.head_dropout=0.1"],
+        config=["dataset.root=none"],
+        heads=[["model.mode=linear_probe"], ["model.mode=partial"], ["model.mode=finetune"]],
+    ),
+    ("segment", None): ContractCase(
+        "segment",
+        None,
+        _segment_data,
+        _segment_predict,
+        extra=DENSE,
+        config=["dataset.root=none", f"dataset.palette={PALETTE}"],
+        heads=NECKS,
+    ),
+    ("change", "segment"): ContractCase(
+        "change",
+        "segment",
+        _levir_data,
+        _levir_predict,
+        extra=DENSE,
+        config=["dataset.root=none"],
+        heads=NECKS,
+        meta={"classes": ["unchanged", "changed"]},
+    ),
+    ("change", "classify"): ContractCase(
+        "change",
+        "classify",
+        _golden_data,
+        _golden_predict,
+        extra=[*DENSE, "model.classifier_hidden=8"],
+        config=GOLDEN,
+        heads=[[*neck, f"model.difference={d}"] for neck in NECKS for d in ("learnable", "euclidean")],
+        meta={"classes": ["PASS", "FAIL"]},
+    ),
+}
