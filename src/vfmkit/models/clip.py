@@ -2,7 +2,8 @@
 
 - Image tower (:class:`ImageTower`): a vfmkit backbone whose output in the joint space is either its ``summary``
   (open_clip ViT towers: the pooled, projected class token; timm SigLIP2 towers: the attention-pool output) or, for
-  RADIO, the summary of one pre-aligned teacher adaptor head (``clip``, ``siglip``, ``siglip2-g``).
+  RADIO, the summary of one pre-aligned teacher adaptor head (``clip``, ``siglip``, ``siglip2-g``); optionally a new
+  linear projection into the text tower's space, for backbones without a pre-aligned head.
 - Text tower: a :class:`~vfmkit.models.text.towers.TextTower` built by open_clip, with its tokenizer.
 - ``logit_scale`` (log temperature) and ``logit_bias`` (SigLIP; None for softmax-trained CLIP models): a pair scores
   ``exp(logit_scale) * <image, text> + logit_bias`` on L2-normalised embeddings.
@@ -20,49 +21,82 @@ import torch.nn.functional as F
 from torch import nn
 
 from vfmkit.errors import ModelNotFoundError
-from vfmkit.models.backbones.base import Backbone, Preprocessing
+from vfmkit.models.backbones.base import Backbone, Preprocessing, is_frozen
 from vfmkit.models.text.tokenizers import TextTokenizer
 from vfmkit.models.text.towers import TextTower
 
 
+class IncompatibleTowersError(ModelNotFoundError):
+    """An image tower that cannot pair with the text tower: no pre-aligned adaptor head, or another width."""
+
+
 class ImageTower(nn.Module):
-    """A backbone and the output of it that lives in the joint space.
+    """A backbone, the output of it that is the image feature, and how that feature reaches the joint space.
+
+    The image feature is the backbone's ``summary`` (open_clip ViT towers: the pooled, projected class token; timm
+    SigLIP2 towers: the attention-pool output) or, for RADIO, the summary of one pre-aligned teacher adaptor head
+    (``clip``, ``siglip``, ``siglip2-g``). It is in the joint space as it is, unless ``projection_dim`` adds a linear
+    projection (no bias) to a joint space of that width: the way to pair a backbone without a pre-aligned head (e.g.
+    a RADIO checkpoint without adaptor heads, or a DINOv2) with a text tower; the projection starts random.
 
     Args:
         backbone: a vfmkit backbone (takes float (B, 3, H, W) RGB in [0, 1], normalises inside).
-        adaptor_name: RADIO only: the adaptor head whose summary is the image embedding (it must be loaded).
+        adaptor_name: RADIO only: the adaptor head whose summary is the image feature (it must be loaded).
+        projection_dim: add a linear projection from the feature width to this width.
     """
 
-    def __init__(self, backbone: Backbone, adaptor_name: str | None = None) -> None:
+    def __init__(self, backbone: Backbone, adaptor_name: str | None = None, projection_dim: int | None = None) -> None:
         super().__init__()
         self.backbone = backbone
         self.adaptor_name = adaptor_name
-        if adaptor_name is None:
-            self.output_dim = int(backbone.summary_dim)
-            return
-        adaptors = getattr(backbone, "adaptors", {})
-        if adaptor_name not in adaptors or adaptors[adaptor_name].head_mlp is None:
-            have = sorted(adaptors) if adaptors else "none"
-            raise ModelNotFoundError(f"the backbone has no summary adaptor head {adaptor_name!r} (loaded: {have})")
-        self.output_dim = int(adaptors[adaptor_name].cfg.summary_mlp[3])
+        self.feature_dim = tower_feature_dim(backbone, adaptor_name)
+        self.projection = nn.Linear(self.feature_dim, projection_dim, bias=False) if projection_dim else None
+        self.output_dim = int(projection_dim or self.feature_dim)
 
     @property
     def preprocessing(self) -> Preprocessing:
         return self.backbone.preprocessing
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """float (B, 3, H, W) RGB in [0, 1] -> float (B, output_dim) image embeddings (not normalised).
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """float (B, 3, H, W) RGB in [0, 1] -> float (B, feature_dim) image features (before the projection)."""
+        return tower_features(self.backbone, self.adaptor_name, images)
 
-        For RADIO only the chosen adaptor's summary head runs (not its feature head, nor other adaptors); the result
-        equals ``backbone(images).adaptors[adaptor_name].summary``.
-        """
-        if self.adaptor_name is None:
-            return self.backbone(images).summary
-        backbone = self.backbone
-        backbone.check_input(images)
-        tokens, _ = backbone.model.forward_tokens(backbone.input_conditioner(images))
-        adaptor = backbone.adaptors[self.adaptor_name]
-        return adaptor.head_mlp(tokens[:, adaptor.cfg.token_slot]).float()
+    def project(self, features: torch.Tensor) -> torch.Tensor:
+        """(B, feature_dim) features -> (B, output_dim) image embeddings (not normalised)."""
+        return self.projection(features) if self.projection is not None else features
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """float (B, 3, H, W) RGB in [0, 1] -> float (B, output_dim) image embeddings (not normalised)."""
+        return self.project(self.features(images))
+
+
+def tower_feature_dim(backbone: Backbone, adaptor_name: str | None) -> int:
+    """Width of the image feature of ``backbone`` (its summary, or the summary of adaptor ``adaptor_name``).
+
+    Raises:
+        ModelNotFoundError: ``adaptor_name`` is not a loaded summary adaptor head of the backbone.
+    """
+    if adaptor_name is None:
+        return int(backbone.summary_dim)
+    adaptors = getattr(backbone, "adaptors", {})
+    if adaptor_name not in adaptors or adaptors[adaptor_name].head_mlp is None:
+        have = sorted(adaptors) if adaptors else "none"
+        raise IncompatibleTowersError(f"the backbone has no summary adaptor head {adaptor_name!r} (loaded: {have})")
+    return int(adaptors[adaptor_name].cfg.summary_mlp[3])
+
+
+def tower_features(backbone: Backbone, adaptor_name: str | None, images: torch.Tensor) -> torch.Tensor:
+    """float (B, 3, H, W) RGB in [0, 1] -> float (B, C) the backbone's summary, or RADIO adaptor ``adaptor_name``'s.
+
+    For RADIO only the chosen adaptor's summary head runs (not its feature head, nor other adaptors); the result
+    equals ``backbone(images).adaptors[adaptor_name].summary``.
+    """
+    if adaptor_name is None:
+        return backbone(images).summary
+    backbone.check_input(images)
+    tokens, _ = backbone.model.forward_tokens(backbone.input_conditioner(images))
+    adaptor = backbone.adaptors[adaptor_name]
+    return adaptor.head_mlp(tokens[:, adaptor.cfg.token_slot]).float()
 
 
 class ClipModel(nn.Module):
@@ -91,7 +125,7 @@ class ClipModel(nn.Module):
     ) -> None:
         super().__init__()
         if visual.output_dim != text.output_dim:
-            raise ModelNotFoundError(
+            raise IncompatibleTowersError(
                 f"{model_id}: image embeddings are {visual.output_dim}-d but text embeddings {text.output_dim}-d"
             )
         if tokenizer.context_length != text.context_length:
@@ -140,7 +174,7 @@ class ClipModel(nn.Module):
         return self.encode_image(images), self.encode_text(token_ids)
 
     def vision_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
-        """Named parameters of the image tower (``visual.*``)."""
+        """Named parameters of the image tower (``visual.*``: backbone and added projection)."""
         return self.visual.named_parameters(prefix="visual")
 
     def text_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
@@ -148,10 +182,19 @@ class ClipModel(nn.Module):
         return self.text.named_parameters(prefix="text")
 
     def freeze(self, vision: bool = False, text: bool = False) -> None:
-        """Stop gradients into the image and/or text tower (the logit scalars are untouched)."""
-        for flag, tower in ((vision, self.visual), (text, self.text)):
+        """Stop gradients into the image backbone and/or the text tower (the logit scalars and an added image
+        projection are untouched: a new projection is random and always trains)."""
+        for flag, tower in ((vision, self.visual.backbone), (text, self.text)):
             if flag:
                 tower.requires_grad_(False)
+
+    def train(self, mode: bool = True) -> ClipModel:
+        """Set training mode; a frozen image backbone or text tower stays in eval mode (no dropout, fixed outputs)."""
+        super().train(mode)
+        for tower in (self.visual.backbone, self.text):
+            if is_frozen(tower):
+                tower.eval()
+        return self
 
     def no_weight_decay(self) -> set[str]:
         """Parameter names without weight decay: logit scalars, position/class embeddings of both towers."""

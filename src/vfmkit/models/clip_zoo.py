@@ -18,14 +18,14 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from vfmkit.errors import ModelNotFoundError, WeightsError
 from vfmkit.models.backbones.open_clip_family import OPEN_CLIP_WEIGHT_FILES
 from vfmkit.models.backbones.timm_family import fetch_hub_weights
 from vfmkit.models.clip import ClipModel, ImageTower
-from vfmkit.models.factory import build_from_entry
+from vfmkit.models.factory import build_from_entry, load_backbone
 from vfmkit.models.namespaces import Namespace
 from vfmkit.models.registry import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, ModelEntry, list_backbones, resolve_entry
 from vfmkit.models.text.zoo import SIGLIP2_SO400M_TEXT, TEXT_TOWERS, build_text_entry, load_text_tokenizer
@@ -46,6 +46,8 @@ RADIO_ADAPTOR_TEXT = {
 C-RADIOv3-B/L's ``siglip2`` head (SigLIP2-so400m NaFlex teacher) has no open_clip checkpoint and is not listed."""
 RADIO_ADAPTOR_PREFERENCE = ("siglip2-g", "clip", "siglip")
 """Default adaptor when a RADIO checkpoint carries several (DFN CLIP beats SigLIP for zero-shot on v2.5)."""
+PROJECTIONS = ("native", "linear")
+"""How image features reach the joint space (see :func:`load_clip_model`)."""
 
 
 @dataclass(frozen=True)
@@ -103,7 +105,7 @@ def _load_entries() -> None:
 
 
 _REGISTERED: list[bool] = []
-CLIP_MODELS: Namespace[ClipEntry] = Namespace("CLIP model", _load_entries, "`vfm models --all`")
+CLIP_MODELS: Namespace[ClipEntry] = Namespace("CLIP model", _load_entries, "`vfm clip models --all`")
 
 
 def load_clip_model(
@@ -114,6 +116,9 @@ def load_clip_model(
     text_checkpoint: str | Path | None = None,
     tokenizer_dir: str | Path | None = None,
     canonicalize_text: bool | None = None,
+    backbone: str | Path | None = None,
+    projection: str = "native",
+    adaptor_config: dict | None = None,
 ) -> ClipModel:
     """Build a registered CLIP model and load its weights (offline-first).
 
@@ -127,36 +132,81 @@ def load_clip_model(
         tokenizer_dir: a local folder with the Hugging Face ``tokenizer.json`` (instead of the Hub cache).
         canonicalize_text: force canonical text cleaning on (True) or the tokenizer's plain cleaning (False);
             None keeps the tower's own (canonical for SigLIP).
+        backbone: the image tower's backbone instead of the entry's own (anything
+            :func:`~vfmkit.models.factory.load_backbone` takes: a registry id, ``hf-hub:`` source or a local
+            checkpoint such as a RADIO ``.pth.tar``); the text tower stays the entry's.
+        projection: ``native``: the image feature is in the joint space as it is (the tower's own projection; RADIO:
+            the adaptor head, which the backbone must carry); ``linear``: a new linear projection of the backbone's
+            summary into the text tower's space (for backbones without a pre-aligned head; it must be trained).
+        adaptor_config: RADIO, ``pretrained=False``: the adaptor head's architecture (the fields of
+            :class:`~vfmkit.models.backbones.radio.config.AdaptorConfig`); published heads take their sizes from
+            the checkpoint, so a random init of one needs them (e.g. saved by a training run).
 
     Returns:
-        The model in eval mode, float32, on the CPU.
+        The model in eval mode, float32, on the CPU. ``model.visual.backbone.weights_source`` names where the image
+        weights came from (None for a random init).
 
     Raises:
-        ModelNotFoundError: unknown id or adaptor; WeightsError: weights missing offline or not matching.
+        ModelNotFoundError: unknown id or adaptor, a backbone without the adaptor head, or towers of different widths;
+        WeightsError: weights missing offline or not matching.
     """
+    if projection not in PROJECTIONS:
+        raise ValueError(f"projection must be one of {', '.join(PROJECTIONS)}, got {projection!r}")
     entry = CLIP_MODELS.resolve(name)
     text_entry = TEXT_TOWERS.resolve(entry.text_id(adaptor_name))
+    teacher = adaptor_name or entry.default_adaptor  # RADIO: the adaptor whose teacher's text tower is used
+    adaptor = teacher if entry.family == "radio" and projection == "native" else None
     if entry.family == "radio":
-        adaptor = adaptor_name or entry.default_adaptor
-        backbone = build_from_entry(entry.vision_entry, pretrained, adaptors=[adaptor], checkpoint=checkpoint)
         text, scalars = build_text_entry(text_entry, pretrained, text_checkpoint)
-        visual = ImageTower(backbone, adaptor)
-        sigmoid = adaptor != "clip"
     else:
         weights = _open_clip_weights(entry, pretrained, checkpoint)
-        backbone = build_from_entry(entry.vision_entry, weights is not None, checkpoint=weights)
         text, scalars = build_text_entry(text_entry, weights is not None, weights)
-        visual = ImageTower(backbone)
-        sigmoid = entry.sigmoid
+    if entry.family == "radio" and backbone is None and adaptor and not pretrained and adaptor_config is not None:
+        with_head = replace(entry.vision_entry, arch={**entry.vision_entry.arch, "adaptors": [adaptor_config]})
+        vision = build_from_entry(with_head, pretrained=False, adaptors=[adaptor])
+    elif entry.family == "radio" or backbone is not None:
+        vision = load_backbone(
+            backbone or entry.vision_entry.id,
+            adaptors=[adaptor] if adaptor else None,
+            pretrained=pretrained,
+            checkpoint=checkpoint if entry.family == "radio" and backbone is None else None,
+        )
+    else:
+        vision = build_from_entry(entry.vision_entry, weights is not None, checkpoint=weights)
+        vision.weights_source = _weights_source(entry, weights, checkpoint)
+    visual = ImageTower(vision, adaptor, text.output_dim if projection == "linear" else None)
     tokenizer = load_text_tokenizer(text_entry, tokenizer_dir)
     if canonicalize_text is not None:
         tokenizer = tokenizer.with_clean("canonicalize" if canonicalize_text else _plain_clean(tokenizer.kind))
+    sigmoid = teacher != "clip" if entry.family == "radio" else entry.sigmoid
     scale, bias = default_logit_params(sigmoid)
     scale = scalars.get("logit_scale", scale)
     bias = scalars.get("logit_bias", bias)
     model = ClipModel(visual, text, tokenizer, scale, bias, model_id=entry.id)
-    model.load_reports = {"vision": getattr(backbone, "load_report", None), "text": getattr(text, "load_report", None)}
+    model.load_reports = {"vision": getattr(vision, "load_report", None), "text": getattr(text, "load_report", None)}
     return model.eval()
+
+
+def _weights_source(entry: ClipEntry, weights: Path | None, checkpoint: str | Path | None) -> str | None:
+    """Where an open_clip checkpoint came from: the local file (resolved), the Hub source, or None (random)."""
+    if weights is None:
+        return None
+    return str(Path(checkpoint).expanduser().resolve()) if checkpoint is not None else entry.weights
+
+
+CLIP_TABLE_HEADER = ("id", "family", "dim", "text tower (adaptor)", "aliases", "weights")
+
+
+def clip_model_rows(include_test: bool = False) -> list[tuple[str, ...]]:
+    """One row per CLIP model (see :data:`CLIP_TABLE_HEADER`): id, family, embedding width, text tower(s),
+    the first aliases and where the weights come from."""
+    rows = []
+    for entry in CLIP_MODELS.entries(include_test=include_test):
+        towers = ", ".join(f"{text} ({a})" if a else text for a, text in entry.adaptor_texts.items())
+        width = TEXT_TOWERS.resolve(entry.text_id(None)).embed_dim
+        weights = entry.weights or entry.vision_entry.source or entry.weights_note or "random init (test model)"
+        rows.append((entry.id, entry.family, str(width), towers, ", ".join(entry.aliases[:3]) or "-", weights))
+    return rows
 
 
 def default_logit_params(sigmoid: bool) -> tuple[float, float | None]:
