@@ -20,6 +20,7 @@ TASK_MODULES: dict[str, str] = {
     "classify": "vfmkit.tasks.classify.hooks",
     "segment": "vfmkit.tasks.segment.hooks",
     "change": "vfmkit.tasks.change.hooks",
+    "clip": "vfmkit.tasks.clip.hooks",
 }
 
 ALIASES: dict[str, str] = {}

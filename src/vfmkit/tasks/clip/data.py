@@ -37,9 +37,17 @@ from vfmkit.data.images import load_image_rgb, to_rgb
 from vfmkit.data.preprocess import pil_to_tensor, resize
 from vfmkit.errors import DataError
 from vfmkit.models.text.tokenizers import TextTokenizer
-from vfmkit.spec.classify import AugmentSpec
+from vfmkit.tasks.classify.spec import AugmentSpec
 
 PAIR_TYPES = ("custom", "csv", "jsonl", "coco", "wds")
+SOURCE_KEYS = {
+    "custom": ("image_dir", "caption_dir"),
+    "csv": ("file",),
+    "jsonl": ("file",),
+    "coco": ("file", "root"),
+    "wds": ("shards",),
+}
+"""The paths each layout needs."""
 CUSTOM_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 WDS_IMAGE_SUFFIXES = ("jpg", "jpeg", "png", "webp")
 WDS_TEXT_SUFFIXES = ("txt", "text")
@@ -317,17 +325,10 @@ def read_pairs(
     Raises:
         DataError: an unknown layout or a missing required path (naming the spec key).
     """
-    needs = {
-        "custom": ("image_dir", "caption_dir"),
-        "csv": ("file",),
-        "jsonl": ("file",),
-        "coco": ("file", "root"),
-        "wds": ("shards",),
-    }
-    if kind not in needs:
+    if kind not in SOURCE_KEYS:
         raise DataError(f"dataset type {kind!r} is not one of {', '.join(PAIR_TYPES)}")
     given = {"image_dir": image_dir, "caption_dir": caption_dir, "file": file, "root": root, "shards": shards}
-    missing = [k for k in needs[kind] if given[k] is None]
+    missing = [k for k in SOURCE_KEYS[kind] if given[k] is None]
     if missing:
         raise DataError(f"dataset type {kind!r} needs {' and '.join(missing)}")
     if kind == "custom":
@@ -339,6 +340,24 @@ def read_pairs(
     if kind == "coco":
         return read_coco_captions(file, root)
     return read_webdataset(shards)
+
+
+def read_source(source, key: str) -> CaptionPairs | None:
+    """The pairs of a ``dataset.<key>`` spec section (``type`` and its paths), None when it names no path.
+
+    Raises:
+        DataError: a path the layout needs is missing (naming ``dataset.<key>.<path>``), or the reader's errors.
+    """
+    paths = {name: getattr(source, name) for name in ("image_dir", "caption_dir", "file", "root", "shards")}
+    if all(value is None for value in paths.values()):
+        return None
+    missing = [name for name in SOURCE_KEYS[source.type] if paths[name] is None]
+    if missing:
+        keys = " and ".join(f"dataset.{key}.{name}" for name in missing)
+        raise DataError(f"dataset.{key}.type {source.type!r} needs {keys}")
+    return read_pairs(
+        source.type, **paths, caption_suffix=source.caption_suffix, image_list_file=source.image_list_file
+    )
 
 
 def preflight(pairs: CaptionPairs, check_images: bool = True, workers: int = 4) -> dict[str, int]:

@@ -1,8 +1,9 @@
-"""Encoding pair sets: image and caption embeddings, retrieval evaluation, and the frozen-vision embedding cache.
+"""Encoding pair sets: image and caption embeddings, retrieval evaluation, and the frozen-vision feature cache.
 
-A frozen image tower does not change during training, so its embeddings are computed once with the classification
-feature cache (:func:`vfmkit.tasks.classify.features.cached_summaries`, keyed by the tower's weights, preprocessing,
-resolution and every file's identity) and training runs the text tower only (:class:`CachedPairDataset`).
+A frozen image backbone does not change during training, so its image features are computed once with the
+classification feature cache (:func:`vfmkit.tasks.classify.features.cached_summaries`, keyed by the backbone's
+weights, preprocessing, resolution and every file's identity) and training runs the text tower (and an added image
+projection) only (:class:`CachedPairDataset`).
 """
 
 from __future__ import annotations
@@ -14,10 +15,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from vfmkit.data.classification import ClassificationSplit
-from vfmkit.errors import DataError
 from vfmkit.models.backbones.base import Backbone, BackboneOutput, Preprocessing
-from vfmkit.models.clip import ClipModel, ImageTower
+from vfmkit.models.clip import ClipModel, ImageTower, tower_features
+from vfmkit.tasks.classify.data import ClassificationSplit
 from vfmkit.tasks.clip.data import CaptionPairs, PairDataset, pick_caption
 from vfmkit.tasks.clip.metrics import DEFAULT_KS, retrieval_metrics
 
@@ -83,75 +83,92 @@ def unique_captions(pairs: CaptionPairs) -> tuple[list[str], np.ndarray]:
 
 
 class ImageTowerBackbone(Backbone):
-    """An image tower seen as a backbone whose ``summary`` is the (unnormalised) image embedding, so the
-    classification feature cache can store it."""
+    """The feature part of an image tower seen as a backbone whose ``summary`` is the image feature (before an added
+    projection), so the classification feature cache and ``vfm embed``'s extraction can run it. Its weights (and so
+    the cache key) are the tower's backbone, adaptor heads included."""
 
     def __init__(self, tower: ImageTower) -> None:
         super().__init__()
-        self.tower = tower
-        self.embed_dim = self.summary_dim = tower.output_dim
+        self.backbone = tower.backbone
+        self.adaptor_name = tower.adaptor_name
+        self.embed_dim = self.summary_dim = tower.feature_dim
         self.num_blocks = tower.backbone.num_blocks
 
     @property
     def preprocessing(self) -> Preprocessing:
-        return self.tower.preprocessing
+        return self.backbone.preprocessing
 
     def forward(self, images: torch.Tensor) -> BackboneOutput:
-        summary = self.tower(images)
+        summary = tower_features(self.backbone, self.adaptor_name, images)
         return BackboneOutput(summary=summary, features=summary.new_zeros(len(summary), 0, self.embed_dim), grid=(0, 0))
 
 
-def cached_image_embeddings(
+def cached_image_features(
     model: ClipModel,
     pairs: CaptionPairs,
     resolution: int,
-    cache_dir: Path,
+    cache_dir: Path | None,
     cache_fn: CacheFunction | None = None,
     batch_size: int = 64,
     num_workers: int = 0,
 ) -> tuple[torch.Tensor, bool]:
-    """(N_img, D) float32 L2-normalised embeddings of the pair images from the feature cache (computed on a miss).
+    """(N_img, feature_dim) float32 image features of the pair images (``model.visual.features``, before the
+    projection; not normalised) from the feature cache, computed and stored on a miss.
+
+    Images inside WebDataset shards have no file identity to key the cache with: they are computed in memory
+    (``cache_dir`` None does the same for files).
 
     Args:
-        model: the CLIP model whose (frozen) image tower is encoded.
-        pairs: the pairs; images must be files (WebDataset members are not cached).
+        model: the CLIP model whose (frozen) image backbone is encoded.
+        pairs: the pairs.
         resolution: evaluation resize side.
-        cache_dir: the cache folder.
+        cache_dir: the cache folder (None: no cache).
         cache_fn: the cache function; default :func:`vfmkit.tasks.classify.features.cached_summaries`.
 
     Returns:
-        The embeddings and whether they came from the cache.
-
-    Raises:
-        DataError: images inside WebDataset shards.
+        The features and whether they came from the cache.
     """
     if cache_fn is None:
         from vfmkit.tasks.classify.features import cached_summaries as cache_fn
-    if any(image.member is not None for image in pairs.images):
-        raise DataError(f"{pairs.source}: the frozen-vision embedding cache needs image files, not WebDataset shards")
+    backbone = ImageTowerBackbone(model.visual)
+    if cache_dir is None or any(image.member is not None for image in pairs.images):
+        return _features_in_memory(backbone, pairs, resolution, batch_size, num_workers), False
     split = ClassificationSplit(
         name="clip-images",
         files=[image.path for image in pairs.images],
         labels=np.zeros(len(pairs.images), dtype=np.int64),
         classes=["image"],
     )
-    backbone = ImageTowerBackbone(model.visual)
-    embeddings, hit = cache_fn(
+    features, hit = cache_fn(
         backbone, split, resolution, Path(cache_dir), batch_size=batch_size, num_workers=num_workers
     )
-    return torch.nn.functional.normalize(embeddings.float(), dim=-1), hit
+    return features.float(), hit
+
+
+@torch.no_grad()
+def _features_in_memory(
+    backbone: ImageTowerBackbone, pairs: CaptionPairs, resolution: int, batch_size: int, num_workers: int
+) -> torch.Tensor:
+    device = next(backbone.parameters()).device
+    backbone.eval()
+    loader = DataLoader(PairDataset(pairs, resolution), batch_size=batch_size, num_workers=num_workers)
+    rows = [backbone(images.to(device)).summary.float().cpu() for images, _, _ in loader]
+    return torch.cat(rows) if rows else torch.zeros(0, backbone.summary_dim)
 
 
 class CachedPairDataset(Dataset):
-    """Training items from cached image embeddings: ``(embedding (D,), caption index, image index)``, the caption
-    drawn per (seed, epoch, image) as :class:`~vfmkit.tasks.clip.data.PairDataset` does."""
+    """Items from cached image features: ``(feature (C,), caption index, image index)``, the caption drawn per
+    (seed, epoch, image) as :class:`~vfmkit.tasks.clip.data.PairDataset` does in training (``train``), else the
+    image's first caption."""
 
-    def __init__(self, embeddings: torch.Tensor, pairs: CaptionPairs, seed: int = 0) -> None:
-        if embeddings.shape[0] != len(pairs.images):
-            raise ValueError(f"{embeddings.shape[0]} embeddings for {len(pairs.images)} images")
-        self.embeddings = embeddings
+    def __init__(self, features: torch.Tensor, pairs: CaptionPairs, seed: int = 0, train: bool = True) -> None:
+        if features.shape[0] != len(pairs.images):
+            raise ValueError(f"{features.shape[0]} features for {len(pairs.images)} images")
+        self.features = features
+        self.pairs = pairs
         self.owners = pairs.captions_of()
         self.seed = int(seed)
+        self.train = bool(train)
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -162,4 +179,5 @@ class CachedPairDataset(Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int]:
         index = int(index)
-        return self.embeddings[index], pick_caption(self.owners[index], self.seed, self.epoch, index, True), index
+        caption = pick_caption(self.owners[index], self.seed, self.epoch, index, self.train)
+        return self.features[index], caption, index

@@ -1,4 +1,5 @@
-"""ONNX export of CLIP models, with TAO's graph I/O names, tokenizer files beside the graphs, and verification.
+"""ONNX export plans of CLIP models (run by the engine's export skeleton), with TAO's graph I/O names and the
+tokenizer files beside the graphs.
 
 ``encoder_type``:
 
@@ -13,22 +14,21 @@ and ``logit_bias`` the bias (0 for a model without one), both repeated per row s
 batch axis. As in TAO the attention mask is accepted and ignored (the towers attend to the padded sequence they were
 trained on); it enters the graph only through a zero-weighted term so exporters keep the input. Normalisation
 (mean/std) is inside the graph. The tokenizer is saved to ``<stem>_tokenizer/`` (reload with
-:func:`vfmkit.models.text.tokenizers.load_tokenizer_folder`).
+:func:`vfmkit.models.text.tokenizers.load_tokenizer_folder`). The engine verifies every graph with onnxruntime on
+real images and captions of the dataset.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 import torch
 from torch import nn
 
-from vfmkit.export.onnx import export_onnx
-from vfmkit.export.verify import VerifyResult, verify_onnx
+from vfmkit.engine.taskdef import ExportPlan
 from vfmkit.models.clip import ClipModel
 
 EncoderType = Literal["combined", "separate"]
@@ -89,90 +89,64 @@ class CombinedGraph(nn.Module):
         return image_embedding, self.text(input_ids, attention_mask)[0], scale, bias
 
 
-@dataclass
-class ClipExportResult:
-    """What :func:`export_clip_onnx` wrote.
-
-    Attributes:
-        files: graph name (``vision``, ``text`` or ``combined``) -> ``.onnx`` path.
-        tokenizer_dir: the saved tokenizer.
-        verification: graph name -> onnxruntime-vs-PyTorch differences (when verified).
-    """
-
-    files: dict[str, Path]
-    tokenizer_dir: Path
-    verification: dict[str, VerifyResult] = field(default_factory=dict)
-
-
-def export_clip_onnx(
+def export_plans(
     model: ClipModel,
-    out: str | Path,
-    encoder_type: EncoderType = "separate",
-    resolution: int | None = None,
-    opset: int = 17,
-    verify_images: torch.Tensor | None = None,
-    verify_texts: Sequence[str] | None = None,
-    tolerance: float = 1e-4,
-    metadata: dict[str, str] | None = None,
-) -> ClipExportResult:
-    """Export a CLIP model to ONNX (see the module docstring), save its tokenizer, and verify with onnxruntime.
+    encoder_type: EncoderType,
+    images: torch.Tensor,
+    texts: Sequence[str],
+    verify: bool = True,
+) -> list[ExportPlan]:
+    """The graphs of ``encoder_type`` as engine export plans (see the module docstring).
 
     Args:
-        model: the model (exported in eval mode on its device).
-        out: the ``.onnx`` path (``separate``: ``<stem>_vision.onnx`` and ``<stem>_text.onnx`` are written beside it).
-        encoder_type: ``separate`` or ``combined``.
-        resolution: the graph's fixed input side (default: the model's preferred resolution).
-        opset: ONNX operator set (>= 17).
-        verify_images: float (B, 3, R, R) RGB in [0, 1] real images; with ``verify_texts`` (B strings for
-            ``combined``) the graphs are compared with PyTorch and an error raised above ``tolerance``.
-        verify_texts: texts to verify the text graph with.
-        tolerance: max abs difference allowed.
-        metadata: extra ONNX metadata strings.
-
-    Returns:
-        The files written and the verification results.
+        model: the model (exported in eval mode).
+        encoder_type: ``separate`` (a ``_vision`` and a ``_text`` plan) or ``combined`` (one plan).
+        images: float (B, 3, R, R) RGB in [0, 1]: real preprocessed images at the export resolution R (the example
+            and verification inputs of the image graph).
+        texts: captions for the text graph's example and verification inputs (``combined``: B of them are used).
+        verify: give each plan its inputs as ``verify_inputs``.
 
     Raises:
-        ExportError: export or verification failure (the files are removed only by the exporter on its own failure).
+        ValueError: an unknown ``encoder_type``.
     """
-    out = Path(out)
-    stem = out.with_suffix("")
-    side = resolution or model.preprocessing.preferred_resolution[0]
-    image = verify_images if verify_images is not None else torch.rand(2, 3, side, side)
-    tokens = model.tokenizer.encode(list(verify_texts) if verify_texts is not None else ["a photo", "a diagram"])
-    meta = {**_metadata(model, side), **(metadata or {})}
-    graphs: dict[str, tuple[nn.Module, tuple[torch.Tensor, ...], tuple[tuple[str, ...], tuple[str, ...]], Path]] = {}
+    tokens = model.tokenizer.encode(list(texts))
+    meta = _metadata(model)
+    model = model.eval()
     if encoder_type == "separate":
-        graphs["vision"] = (VisionGraph(model), (image,), VISION_IO, Path(f"{stem}_vision.onnx"))
-        graphs["text"] = (
-            TextGraph(model),
-            (tokens.input_ids, tokens.attention_mask),
-            TEXT_IO,
-            Path(f"{stem}_text.onnx"),
-        )
-    elif encoder_type == "combined":
-        rows = min(len(image), len(tokens.input_ids))
-        inputs = (image[:rows], tokens.input_ids[:rows], tokens.attention_mask[:rows])
-        graphs["combined"] = (CombinedGraph(model), inputs, COMBINED_IO, out)
-    else:
-        raise ValueError(f"encoder_type must be combined or separate, got {encoder_type!r}")
-    result = ClipExportResult(files={}, tokenizer_dir=model.tokenizer.save(Path(f"{stem}_tokenizer")))
-    verify = verify_images is not None or verify_texts is not None
-    for name, (module, inputs, (input_names, output_names), path) in graphs.items():
-        export_onnx(module, inputs, path, input_names, output_names, {**meta, "graph": name}, opset=opset)
-        result.files[name] = path
-        if verify:
-            result.verification[name] = verify_onnx(path, module, inputs, tolerance)
-    return result
+        vision = (images,)
+        text = (tokens.input_ids, tokens.attention_mask)
+        return [
+            _plan(VisionGraph(model), vision, VISION_IO, {**meta, "graph": "vision"}, "_vision", verify),
+            _plan(TextGraph(model), text, TEXT_IO, {**meta, "graph": "text"}, "_text", verify),
+        ]
+    if encoder_type == "combined":
+        rows = min(len(images), len(tokens.input_ids))
+        inputs = (images[:rows], tokens.input_ids[:rows], tokens.attention_mask[:rows])
+        return [_plan(CombinedGraph(model), inputs, COMBINED_IO, {**meta, "graph": "combined"}, "", verify)]
+    raise ValueError(f"encoder_type must be combined or separate, got {encoder_type!r}")
 
 
-def _metadata(model: ClipModel, side: int) -> dict[str, str]:
+def _plan(module: nn.Module, inputs: tuple, io: tuple, metadata: dict, suffix: str, verify: bool) -> ExportPlan:
+    names, outputs = io
+    return ExportPlan(module.eval(), inputs, list(names), list(outputs), metadata, suffix, inputs if verify else None)
+
+
+def save_tokenizer_beside(model: ClipModel, files: Sequence[Path]) -> Path:
+    """Save the tokenizer to ``<stem>_tokenizer/`` beside exported graphs (``model_vision.onnx`` and
+    ``model_text.onnx``, or ``model.onnx`` -> ``model_tokenizer/``); returns the folder."""
+    first = Path(files[0])
+    stem = first.stem.removesuffix("_vision").removesuffix("_text")
+    return model.tokenizer.save(first.with_name(f"{stem}_tokenizer"))
+
+
+def _metadata(model: ClipModel) -> dict[str, str]:
     return {
-        "task": "clip",
         "model_id": model.model_id,
         "embed_dim": str(model.embed_dim),
-        "resolution": json.dumps([side, side]),
         "context_length": str(model.context_length),
         "tokenizer": json.dumps(model.tokenizer.describe()),
-        "input_range": "RGB float in [0, 1], normalised inside the graph",
+        "input": "image: float32 (batch, 3, H, W) RGB in [0, 1], normalised inside the graph; input_ids, "
+        "attention_mask: int64 (batch, context_length) from the tokenizer saved beside the graph",
+        "outputs": "image_embedding / text_embedding: float32 (batch, embed_dim), L2-normalised; logit_scale: "
+        "exp(log scale) and logit_bias per row; pair score = logit_scale * cosine + logit_bias",
     }

@@ -92,15 +92,14 @@ def prepare_logit_params(
     loss_type: LossType,
     init_logit_scale: float | None = None,
     init_logit_bias: float | None = None,
-) -> float:
+) -> None:
     """Set the model's logit scale and bias for training with ``loss_type``.
 
     Explicit ``init_*`` values win. Otherwise a model whose pre-training matches the loss (a bias for ``siglip``,
     none for ``clip``) keeps its pre-trained values, and any other starts from the loss type's init
     (:data:`INIT_LOGIT_PARAMS`). With ``clip`` the bias is 0 and frozen; with ``siglip`` it is created if missing.
 
-    Returns:
-        The ceiling of the log scale for :func:`clamp_logit_scale`: max(ln 100, the initial log scale).
+    Works on the meta device (a dry build); the clamp ceiling is :func:`logit_scale_ceiling` of the result.
     """
     if loss_type not in LOSS_TYPES:
         raise ValueError(f"loss_type must be one of {', '.join(LOSS_TYPES)}, got {loss_type!r}")
@@ -118,6 +117,10 @@ def prepare_logit_params(
         if loss_type == "clip":
             model.logit_bias.zero_()
     model.logit_bias.requires_grad_(loss_type == "siglip")
+
+
+def logit_scale_ceiling(model: ClipModel) -> float:
+    """The clamp ceiling of a model about to be trained: max(ln 100, its current (initial) log scale)."""
     return max(LOGIT_SCALE_CEILING, float(model.logit_scale.detach()))
 
 

@@ -9,8 +9,9 @@ queries the images). Two conventions of recall are reported, named in the keys, 
 - ``1cap`` (open_clip's evaluation): one caption per image, the first one; the (N_img, N_img) sub-matrix of those
   captions is ranked with the diagonal as the only relevant item, in both directions (it assumes distinct captions).
 
-``mAP`` (mean average precision over every relevant item), ``MedR`` / ``MeanR`` (median and mean 1-based rank of the
-first relevant item) and ``NDCG`` (binary relevance, whole ranking) use every relevant item (``any`` semantics).
+``mAP`` (mean average precision over every relevant item), ``median_rank`` / ``mean_rank`` (median and mean 1-based
+rank of the first relevant item; TAO's MedR / MeanR) and ``NDCG`` (binary relevance, whole ranking) use every
+relevant item (``any`` semantics).
 Ties count against the query: an irrelevant item with the same score as a relevant one is ranked before it, so a
 collapsed model (all scores equal) gets recall 0, never 1.
 """
@@ -66,7 +67,7 @@ def ranking_metrics(
         chunk: queries ranked at once (memory: chunk x N).
 
     Returns:
-        ``R@k`` (any relevant item in the top k), ``mAP``, ``MedR``, ``MeanR``, ``NDCG``.
+        ``R@k`` (any relevant item in the top k), ``mAP``, ``median_rank``, ``mean_rank``, ``NDCG``.
 
     Raises:
         ValueError: shapes differ, or a query without a relevant item.
@@ -92,8 +93,8 @@ def ranking_metrics(
     metrics = {f"R@{k}": float((ranks <= k).mean()) for k in ks}
     metrics.update(
         mAP=float(np.concatenate(average_precision).mean()),
-        MedR=float(np.median(ranks)),
-        MeanR=float(ranks.mean()),
+        median_rank=float(np.median(ranks)),
+        mean_rank=float(ranks.mean()),
         NDCG=float(np.concatenate(ndcg).mean()),
     )
     return metrics
@@ -111,7 +112,7 @@ def retrieval_metrics(
         ks: recall cut-offs.
 
     Returns:
-        ``{i2t,t2i}_R@k_any``, ``{i2t,t2i}_R@k_1cap``, ``{i2t,t2i}_{mAP,MedR,MeanR,NDCG}``, and ``images`` /
+        ``{i2t,t2i}_R@k_any``, ``{i2t,t2i}_R@k_1cap``, ``{i2t,t2i}_{mAP,median_rank,mean_rank,NDCG}``, and ``images`` /
         ``captions`` (the counts).
     """
     scores = scores.detach().float().cpu().numpy() if isinstance(scores, torch.Tensor) else np.asarray(scores)
@@ -129,7 +130,7 @@ def retrieval_metrics(
         for k in ks:
             out[f"{direction}_R@{k}_any"] = full[f"R@{k}"]
             out[f"{direction}_R@{k}_1cap"] = single[f"R@{k}"]
-        for name in ("mAP", "MedR", "MeanR", "NDCG"):
+        for name in ("mAP", "median_rank", "mean_rank", "NDCG"):
             out[f"{direction}_{name}"] = full[name]
     return out
 
@@ -149,9 +150,10 @@ def zeroshot_metrics(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, fl
     accumulator = MetricAccumulator(num_classes, k=min(5, num_classes))
     accumulator.update(logits, labels)
     result = accumulator.compute()
+    per_class = result.per_class_accuracy()
     return {
         "images": float(result.total),
-        "top1": result.top1 / 100.0,
-        "top5": result.topk / 100.0 if num_classes >= 5 else float("nan"),
-        "mean_per_class_recall": float(np.nanmean(result.per_class_accuracy())) / 100.0,
+        "top1": result.top1 if result.total else float("nan"),
+        "top5": result.topk if num_classes >= 5 and result.total else float("nan"),
+        "mean_per_class_recall": float(np.nanmean(per_class)) if result.total else float("nan"),
     }

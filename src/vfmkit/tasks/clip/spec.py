@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import ClassVar, Literal
 
-from pydantic import AliasChoices, Field, model_validator
+from pydantic import Field, model_validator
 
 from vfmkit.spec.base import (
     EvaluateSpec,
     ExportSpec,
+    OptimizerSpec,
     PredictSpec,
     RunSpec,
     Section,
@@ -20,9 +21,18 @@ from vfmkit.spec.base import (
 class ClipModelSpec(Section):
     type: str = Field(
         "siglip2-so400m-patch16-256",
-        validation_alias=AliasChoices("type", "backbone"),
-        description="CLIP registry id/alias (`vfm models`; TAO names work: c-radio_v3-h, ViT-H-14-SigLIP-CLIPA-224); "
-        "`model.backbone` is accepted too",
+        description="CLIP registry id/alias (`vfm clip models`; TAO names: c-radio_v3-h, ViT-H-14-SigLIP-CLIPA-224)",
+    )
+    backbone: str | None = Field(
+        None,
+        description="image backbone instead of the type's own: a backbone registry id, hf-hub:<repo> or a local "
+        "checkpoint (e.g. your RADIO .pth.tar); the text tower stays the type's",
+    )
+    projection: Literal["native", "linear"] = Field(
+        "native",
+        description="native: image features are in the joint space (the tower's projection; RADIO: the adaptor head, "
+        "which the backbone must carry); linear: a new trained projection of the backbone's summary (backbones "
+        "without a pre-aligned head)",
     )
     adaptor_name: str | None = Field(
         None, description="RADIO-CLIP: adaptor head siglip2-g | siglip | clip (default: the best the checkpoint has)"
@@ -33,7 +43,11 @@ class ClipModelSpec(Section):
     )
     text_checkpoint: SpecPath | None = Field(None, description="RADIO-CLIP: local CLIP checkpoint of the text tower")
     tokenizer_dir: SpecPath | None = Field(None, description="local folder with tokenizer.json (SigLIP, offline)")
-    freeze_vision_encoder: bool = Field(False, description="no training of the image tower (uses cached embeddings)")
+    freeze_vision_encoder: bool = Field(
+        False,
+        description="no training of the image backbone (trains on cached image features; a linear projection "
+        "still trains)",
+    )
     freeze_text_encoder: bool = Field(False, description="no training of the text tower")
     image_size: int | None = Field(None, ge=16, description="input side in pixels (default: the model's preferred)")
     init_logit_scale: float | None = Field(
@@ -45,11 +59,6 @@ class ClipModelSpec(Section):
     canonicalize_text: bool | None = Field(
         None, description="canonical text cleaning (null: the tokenizer's own, on for SigLIP towers)"
     )
-
-    @property
-    def backbone(self) -> str:
-        """``model.type`` under the name other tasks use."""
-        return self.type
 
 
 class PairSourceSpec(Section):
@@ -85,7 +94,14 @@ class WiseFtSpec(Section):
     )
 
 
+class ClipOptimizerSpec(OptimizerSpec):
+    lr: float = Field(1e-3, gt=0, description="not used by clip: train.vision_lr and train.text_lr set the rates")
+    backbone_lr_scale: float = Field(0.1, ge=0, le=1, description="not used by clip (train.vision_lr)")
+    layer_decay: float = Field(1.0, gt=0, le=1, description="not used by clip")
+
+
 class ClipTrainSpec(TrainSpec):
+    optimizer: ClipOptimizerSpec = Field(default_factory=ClipOptimizerSpec)
     loss_type: Literal["siglip", "clip"] = Field("siglip", description="sigmoid (SigLIP) or softmax (CLIP) loss")
     vision_lr: float = Field(1e-5, gt=0, description="peak learning rate of the image tower")
     text_lr: float = Field(1e-5, gt=0, description="peak learning rate of the text tower and the logit scale/bias")

@@ -59,7 +59,7 @@ def load_templates(templates: str | Path | Sequence[str]) -> list:
         path = Path(templates).expanduser()
         if not path.is_file():
             raise DataError(f"templates {str(templates)!r}: expected openai, simple or a templates file")
-        lines = _read_lines(path, "templates file")
+        lines = read_lines(path, "templates file")
         if path.suffix == ".json":
             lines = json.loads("\n".join(lines))
         source = str(path)
@@ -71,12 +71,18 @@ def load_templates(templates: str | Path | Sequence[str]) -> list:
     return [Template(t) for t in lines]
 
 
-def _read_lines(path: Path, what: str) -> list[str]:
+def read_lines(path: Path, what: str, comments: bool = True) -> list[str]:
+    """The stripped non-empty lines of a UTF-8 text file (``#`` comment lines skipped when ``comments``).
+
+    Raises:
+        DataError: missing or unreadable (the message names ``what`` and the file).
+    """
     try:
-        text = path.read_text(encoding="utf-8")
+        text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as err:
         raise DataError(f"cannot read {what} {path}: {err}") from None
-    return [line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith("#")]
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return [line for line in lines if not (comments and line.startswith("#"))]
 
 
 def load_class_names(path: str | Path) -> list[str]:
@@ -88,7 +94,7 @@ def load_class_names(path: str | Path) -> list[str]:
     path = Path(path).expanduser()
     if not path.is_file():
         raise DataError(f"classes file {path} does not exist (expected one class name per line)")
-    names = _read_lines(path, "classes file")
+    names = read_lines(path, "classes file")
     if not names:
         raise DataError(f"classes file {path} lists no class names")
     seen: set[str] = set()
@@ -144,6 +150,19 @@ class ZeroShotResult:
     csv_path: Path | None = None
     templates: str = ""
     extra: dict = field(default_factory=dict)
+
+
+def folder_class_names(root: str | Path) -> list[str]:
+    """The sorted names of the class folders under ``root``.
+
+    Raises:
+        DataError: ``root`` is not a folder or has no sub-folders.
+    """
+    root = Path(root).expanduser()
+    names = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+    if not names:
+        raise DataError(f"{root}: expected a folder of class folders (or give a classes file)")
+    return names
 
 
 def folder_labels(root: Path, files: Sequence[Path], class_names: Sequence[str]) -> torch.Tensor | None:
