@@ -12,6 +12,7 @@ from pathlib import Path
 
 from tests.synthetic import make_segmentation_dataset, make_shapes_dataset
 from tests.tasks.change.change_data import make_golden_csv, make_levir
+from tests.tasks.clip.clip_data import write_caption_folders
 
 PALETTE = "[{name: background, id: 0}, {name: circle, id: 1}, {name: square, id: 2}]"
 COMMON = ["train.num_workers=0", "train.epochs=2", "train.batch_size=4", "evaluate.batch_size=4"]
@@ -88,6 +89,20 @@ def _golden_predict(root: Path) -> tuple[list[str], int]:
     return [f"predict.source={root / 'val.csv'}"], 4
 
 
+def _clip_data(root: Path) -> list[str]:
+    overrides = []
+    for split, seed in (("train", 0), ("val", 1)):
+        images, captions = write_caption_folders(root / split, per_combination=1, seed=seed)
+        overrides += [f"dataset.{split}.image_dir={images}", f"dataset.{split}.caption_dir={captions}"]
+    return overrides
+
+
+def _clip_predict(root: Path) -> tuple[list[str], int]:
+    texts = root / "texts.txt"
+    texts.write_text("a red circle\na blue cross\n")
+    return [f"predict.source={root / 'val' / 'images'}", f"predict.text_file={texts}"], 12 + 2
+
+
 DENSE = ["model.resolution=32", "model.neck_channels=16", "model.decoder_channels=16"]
 NECKS = [["model.neck=vit_adapter"], ["model.neck=simple_pyramid"]]
 GOLDEN = ["dataset.format=csv", "dataset.train_csv=none.csv"]
@@ -131,5 +146,17 @@ CASES: dict[tuple[str, str | None], ContractCase] = {
         config=GOLDEN,
         heads=[[*neck, f"model.difference={d}"] for neck in NECKS for d in ("learnable", "euclidean")],
         meta={"classes": ["PASS", "FAIL"]},
+    ),
+    ("clip", None): ContractCase(
+        "clip",
+        None,
+        _clip_data,
+        _clip_predict,
+        frozen=["model.freeze_vision_encoder=true"],
+        # a local RADIO checkpoint without adaptor heads as the image backbone of RADIO-CLIP's tiny text tower
+        extra=["model.type=test-radio-clip-tiny", "model.projection=linear", "model.image_size=32"],
+        config=["model.type=test-radio-clip-tiny"],
+        heads=[["model.projection=native"], ["model.projection=linear"]],
+        meta={},
     ),
 }

@@ -22,13 +22,17 @@ def caption(colour: str, shape: str) -> str:
 
 
 def draw(colour: str, shape: str, rng: np.random.Generator, size: int = 64) -> Image.Image:
-    """One image: a coloured shape near the centre (jittered position, size and colour) on a dark noisy background."""
+    """One image: a coloured shape in the centre (jittered size and colour) on a dark noisy background.
+
+    The shape is not moved around: a 2-layer ViT with learned position embeddings learns translation invariance only
+    from far more images than a CPU test can afford (with +-5 px jitter, 1000 steps reached 0.78-0.94 held-out R@1).
+    """
     pixels = rng.integers(0, 40, (size, size, 3)).astype(np.uint8)
     image = Image.fromarray(pixels)
     pen = ImageDraw.Draw(image)
     fill = tuple(int(v) for v in np.clip(np.array(COLOURS[colour]) + rng.integers(-25, 25, 3), 0, 255))
     s = int(rng.integers(size * 9 // 16, size * 11 // 16))
-    x, y = (int(v) + (size - s) // 2 for v in rng.integers(-size // 12, size // 12 + 1, 2))
+    x = y = (size - s) // 2
     if shape == "circle":
         pen.ellipse([x, y, x + s, y + s], fill=fill)
     elif shape == "square":

@@ -99,13 +99,13 @@ def test_dataset_and_collate_drop_duplicate_captions(tmp_path) -> None:
 def test_spec_accepts_tao_names(tmp_path) -> None:
     spec = ClipSpec.model_validate(
         {
-            "model": {"backbone": "c-radio_v3-h", "adaptor_name": "siglip2-g", "freeze_vision_encoder": True},
+            "model": {"type": "c-radio_v3-h", "adaptor_name": "siglip2-g", "freeze_vision_encoder": True},
             "train": {"loss_type": "clip", "vision_lr": 1e-5, "text_lr": 1e-6, "wise_ft": {"alpha": 0.5}},
             "export": {"encoder_type": "combined"},
             "dataset": {"train": {"type": "wds", "shards": str(tmp_path)}},
         }
     )
-    assert spec.model.type == spec.model.backbone == "c-radio_v3-h" and spec.train.wise_ft.alpha == 0.5
+    assert spec.model.type == "c-radio_v3-h" and spec.model.backbone is None and spec.train.wise_ft.alpha == 0.5
     assert ClipSpec().model.type == "siglip2-so400m-patch16-256" and ClipSpec().train.loss_type == "siglip"
     with pytest.raises(ValueError, match="nothing trains"):
         ClipSpec.model_validate({"model": {"freeze_vision_encoder": True, "freeze_text_encoder": True}})

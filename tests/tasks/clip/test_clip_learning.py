@@ -1,34 +1,52 @@
-"""Proof that contrastive fine-tuning learns, with a plain PyTorch loop over the library pieces (data, collate, loss,
-logit parameters, metrics, zero-shot, frozen-vision cache, WiSE-FT).
+"""Proof that contrastive fine-tuning learns, with a plain PyTorch loop over the library pieces (pair data, collate,
+loss, logit parameters, retrieval metrics, zero-shot, frozen-vision feature cache); the engine path of the same
+pieces is covered by the task contract.
 
-Tiny NV-CLIP-style model (average-pool image tower at 64 px, 2-layer SigLIP-style text tower), random init, on
+Tiny NV-CLIP-style model (average-pool ViT image tower at 64 px, 2-layer SigLIP-style text tower), random init, on
 generated images captioned "a {colour} {shape}" (12 combinations); batches hold one image per caption (identical
-captions in a batch would be false negatives).
+captions in a batch would be false negatives). Everything is measured on held-out images.
 """
 
 from __future__ import annotations
 
+import copy
 import math
+from dataclasses import dataclass
 
 import pytest
 import torch
-from tests.tasks.clip.clip_data import CLASS_NAMES, write_caption_folders
+from tests.tasks.clip.clip_data import write_caption_folders, write_class_folders
 
 from vfmkit.models.clip_zoo import load_clip_model
 from vfmkit.tasks.clip.data import PairCollate, PairDataset, read_pairs
-from vfmkit.tasks.clip.embeddings import CachedPairDataset, cached_image_embeddings, evaluate_retrieval
-from vfmkit.tasks.clip.losses import ContrastiveLoss, clamp_logit_scale, prepare_logit_params
-from vfmkit.tasks.clip.metrics import zeroshot_metrics
-from vfmkit.tasks.clip.wiseft import apply_wise_ft, snapshot
-from vfmkit.tasks.clip.zeroshot import build_classifier, zeroshot_logits
+from vfmkit.tasks.clip.embeddings import CachedPairDataset, cached_image_features, evaluate_retrieval
+from vfmkit.tasks.clip.losses import ContrastiveLoss, clamp_logit_scale, logit_scale_ceiling, prepare_logit_params
+from vfmkit.tasks.clip.zeroshot import zeroshot_source
 
 MODEL = "test-nvclip-clip-tiny"
-STEPS = 400
-LEARNING_RATES = {"clip": (4e-3, 1e-3), "siglip": (6e-3, 1.5e-3)}
-"""(vision, text and logit) peak learning rates per loss."""
-MIN_R1 = 0.85
-"""Measured here after 400 steps: i2t R@1 0.89 (clip) and >= 0.9 (siglip) on 36 held-out images; the brief asks
-0.9, one image short for the clip loss (see the phase-1 report)."""
+MIN_R1 = 0.9
+"""The bar of the issue: val image->text and text->image R@1, and zero-shot top-1 on other held-out images."""
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Optimizer steps (warmup 10, cosine) and peak learning rates of the image and the text side."""
+
+    steps: int
+    vision_lr: float
+    text_lr: float
+    init_logit_scale: float | None = None
+    init_logit_bias: float | None = None
+
+
+RECIPES = {
+    "clip": Recipe(200, 4e-3, 1e-3),
+    "siglip": Recipe(250, 4e-3, 1e-3, init_logit_scale=math.log(5.0), init_logit_bias=-2.0),
+}
+"""Measured here (2 cores, fp32, two held-out sets): clip reaches i2t/t2i R@1 0.94/1.00 and 0.97/1.00; siglip
+0.97/1.00 and 1.00/1.00. SigLIP's own init (scale 10, bias -10: every pair starts as a confident negative, made for
+batches of thousands) reached 0.67-0.75 in 250 steps at 12 pairs per batch, so the test sets
+``model.init_logit_scale``/``init_logit_bias`` as a small-batch user would."""
 
 
 @pytest.fixture(scope="module")
@@ -36,11 +54,17 @@ def data(tmp_path_factory):
     root = tmp_path_factory.mktemp("clip-pairs")
     train = read_pairs("custom", **_dirs(write_caption_folders(root / "train", per_combination=24, seed=0)))
     val = read_pairs("custom", **_dirs(write_caption_folders(root / "val", per_combination=3, seed=1)))
-    return train, val
+    zeroshot = write_class_folders(root / "zeroshot" / "images", per_combination=2, seed=2)
+    return train, val, zeroshot, _preload(train)
 
 
 def _dirs(paths):
     return {"image_dir": paths[0], "caption_dir": paths[1]}
+
+
+def _preload(pairs):
+    dataset = PairDataset(pairs, 64)
+    return [dataset[i] for i in range(len(dataset))]
 
 
 def _balanced_batches(pairs, steps: int, seed: int = 0):
@@ -54,34 +78,32 @@ def _balanced_batches(pairs, steps: int, seed: int = 0):
         yield [int(g[torch.randint(len(g), (1,), generator=generator)]) for g in groups]
 
 
-def _optimizer(model, vision_lr: float, text_lr: float) -> torch.optim.Optimizer:
+def _optimizer(model, recipe: Recipe) -> torch.optim.Optimizer:
+    scalars = [p for p in (model.logit_scale, model.logit_bias) if p.requires_grad]
     groups = [
-        {"params": [p for _, p in model.vision_parameters() if p.requires_grad], "lr": vision_lr},
-        {"params": [p for _, p in model.text_parameters() if p.requires_grad], "lr": text_lr},
-        {
-            "params": [p for p in (model.logit_scale, model.logit_bias) if p is not None and p.requires_grad],
-            "lr": text_lr,
-        },
+        {"params": [p for _, p in model.vision_parameters() if p.requires_grad], "lr": recipe.vision_lr},
+        {"params": [p for _, p in model.text_parameters() if p.requires_grad] + scalars, "lr": recipe.text_lr},
     ]
-    return torch.optim.AdamW([g for g in groups if g["params"]], weight_decay=0.0, betas=(0.9, 0.98), fused=True)
+    return torch.optim.AdamW([g for g in groups if g["params"]], weight_decay=0.0, betas=(0.9, 0.98))
 
 
-def _train(model, train, loss_type: str, items, steps: int) -> None:
-    """Warmup (10 steps) + cosine schedule at :data:`LEARNING_RATES`; items are preloaded samples."""
-    ceiling = prepare_logit_params(model, loss_type)
-    optimizer = _optimizer(model, *LEARNING_RATES[loss_type])
-    base = [g["lr"] for g in optimizer.param_groups]
+def _train(model, train, loss_type: str, items, recipe: Recipe, on_features: bool = False) -> None:
+    prepare_logit_params(model, loss_type, recipe.init_logit_scale, recipe.init_logit_bias)
+    ceiling = logit_scale_ceiling(model)
+    optimizer = _optimizer(model, recipe)
+    peaks = [g["lr"] for g in optimizer.param_groups]
     collate = PairCollate(model.tokenizer, train.captions)
     loss_fn = ContrastiveLoss(loss_type)
     model.train()
-    for step, indices in enumerate(_balanced_batches(train, steps)):
-        factor = min(1.0, (step + 1) / 10) * 0.5 * (1 + math.cos(math.pi * step / steps))
-        for group, lr in zip(optimizer.param_groups, base, strict=True):
-            group["lr"] = lr * factor
+    for step, indices in enumerate(_balanced_batches(train, recipe.steps)):
+        factor = min(1.0, (step + 1) / 10) * 0.5 * (1 + math.cos(math.pi * step / recipe.steps))
+        for group, peak in zip(optimizer.param_groups, peaks, strict=True):
+            group["lr"] = peak * factor
         batch = collate([items[i] for i in indices])
         assert batch["dropped"] == 0
         images = batch["images"]
-        image_embeddings = model.encode_image(images) if images.ndim == 4 else images
+        image_embeddings = model.encode_image(images) if not on_features else model.visual.project(images)
+        image_embeddings = torch.nn.functional.normalize(image_embeddings, dim=-1)
         loss = loss_fn(image_embeddings, model.encode_text(batch["input_ids"]), model.logit_scale, model.logit_bias)
         optimizer.zero_grad()
         loss.backward()
@@ -90,56 +112,52 @@ def _train(model, train, loss_type: str, items, steps: int) -> None:
     model.eval()
 
 
-def _preload(pairs):
-    dataset = PairDataset(pairs, 64, train=True, crop_scale=None)
-    return [dataset[i] for i in range(len(dataset))]
+def _zeroshot_top1(model, folder) -> float:
+    classes = sorted(p.name for p in folder.iterdir())
+    return zeroshot_source(folder, model, classes, templates=["a {}"]).metrics["top1"]
 
 
-def _zeroshot_top1(model, val) -> float:
-    classifier = build_classifier(model, CLASS_NAMES, ["a {}"])
-    items = _preload(val)
-    with torch.no_grad():
-        embeddings = model.encode_image(torch.stack([item[0] for item in items]))
-    owners = val.captions_of()
-    labels = torch.tensor([CLASS_NAMES.index(val.captions[owners[i][0]].removeprefix("a ")) for i in range(len(val))])
-    return zeroshot_metrics(zeroshot_logits(embeddings, classifier), labels)["top1"]
-
-
-@pytest.mark.parametrize("loss_type", ["clip", "siglip"])
-def test_fine_tuning_learns_retrieval_and_zero_shot(data, loss_type: str) -> None:
-    train, val = data
+@pytest.fixture(scope="module")
+def finetuned(data):
+    """The tiny model fine-tuned with the clip loss, and its val metrics before."""
+    train, val, _, items = data
     torch.manual_seed(0)
     model = load_clip_model(MODEL)
     before = evaluate_retrieval(model, val, 64)
+    _train(model, train, "clip", items, RECIPES["clip"])
+    return model, before
+
+
+@pytest.mark.parametrize("loss_type", ["clip", "siglip"])
+def test_fine_tuning_learns_retrieval_and_zero_shot(data, finetuned, loss_type: str) -> None:
+    train, val, zeroshot, items = data
+    if loss_type == "clip":
+        model, before = finetuned
+    else:
+        torch.manual_seed(0)
+        model = load_clip_model(MODEL)
+        before = evaluate_retrieval(model, val, 64)
+        _train(model, train, loss_type, items, RECIPES[loss_type])
     assert before["i2t_R@1_any"] <= 0.3 and before["t2i_R@1_any"] <= 0.3  # chance is 1/12
-    _train(model, train, loss_type, _preload(train), steps=STEPS)
     after = evaluate_retrieval(model, val, 64)
     assert after["i2t_R@1_any"] >= MIN_R1 and after["t2i_R@1_any"] >= MIN_R1, after
-    assert _zeroshot_top1(model, val) >= MIN_R1
+    assert _zeroshot_top1(model, zeroshot) >= MIN_R1
 
 
-def test_wise_ft_alpha_zero_returns_the_pretrained_metrics(data) -> None:
-    train, val = data
-    model = load_clip_model(MODEL)
-    prepare_logit_params(model, "clip")
-    pretrained, before = snapshot(model), evaluate_retrieval(model, val, 64)
-    _train(model, train, "clip", _preload(train), steps=20)
-    assert evaluate_retrieval(model, val, 64) != before
-    apply_wise_ft(model, pretrained, alpha=0.0)
-    assert evaluate_retrieval(model, val, 64) == before
-
-
-def test_frozen_vision_trains_the_text_tower_on_cached_embeddings(data, tmp_path) -> None:
-    train, val = data
-    model = load_clip_model(MODEL)
+def test_frozen_vision_trains_the_text_tower_on_cached_features(data, finetuned, tmp_path) -> None:
+    """Locked-image tuning: the fine-tuned image tower, frozen, with a new random text tower trained on cached image
+    features (the image tower never runs in training) reaches the same bar."""
+    train, val, zeroshot, _ = data
+    model = load_clip_model(MODEL)  # a random text tower
+    model.visual = copy.deepcopy(finetuned[0].visual)
     model.freeze(vision=True)
     vision_before = {k: v.clone() for k, v in model.visual.state_dict().items()}
-    embeddings, hit = cached_image_embeddings(model, train, 64, tmp_path)
-    assert not hit and cached_image_embeddings(model, train, 64, tmp_path)[1]  # second call: from the cache
-    dataset = CachedPairDataset(embeddings, train)
+    features, hit = cached_image_features(model, train, 64, tmp_path)
+    assert not hit and cached_image_features(model, train, 64, tmp_path)[1]  # second call: from the cache
+    dataset = CachedPairDataset(features, train)
     before = evaluate_retrieval(model, val, 64)
-    _train(model, train, "clip", [dataset[i] for i in range(len(dataset))], steps=200)
+    _train(model, train, "clip", [dataset[i] for i in range(len(dataset))], Recipe(100, 0.0, 3e-3), on_features=True)
     after = evaluate_retrieval(model, val, 64)
     assert all(torch.equal(v, model.visual.state_dict()[k]) for k, v in vision_before.items())
-    for direction in ("i2t", "t2i"):  # a random frozen tower limits what text training can reach: mAP must rise
-        assert after[f"{direction}_mAP"] >= before[f"{direction}_mAP"] + 0.2, (direction, before, after)
+    for direction in ("i2t", "t2i"):  # the random text tower starts well below the bar (0.2-0.45 here)
+        assert after[f"{direction}_R@1_any"] >= max(MIN_R1, before[f"{direction}_R@1_any"] + 0.4), (before, after)

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from vfmkit.models.clip_zoo import load_clip_model
-from vfmkit.tasks.clip.losses import ContrastiveLoss, clamp_logit_scale, prepare_logit_params
+from vfmkit.tasks.clip.losses import ContrastiveLoss, clamp_logit_scale, logit_scale_ceiling, prepare_logit_params
 from vfmkit.tasks.clip.metrics import relevance_from_owners, retrieval_metrics, zeroshot_metrics
 from vfmkit.tasks.clip.wiseft import interpolate_weights
 
@@ -34,12 +34,12 @@ def test_retrieval_metrics_match_hand_computed_values() -> None:
     m = retrieval_metrics(SCORES, relevance_from_owners(OWNERS, 3), ks=(1, 2, 5))
     # image -> text, any of the image's captions: first relevant ranks 1, 4, 2; relevant ranks {1,5}, {4}, {2,5}
     assert (m["i2t_R@1_any"], m["i2t_R@2_any"], m["i2t_R@5_any"]) == pytest.approx((1 / 3, 2 / 3, 1.0))
-    assert (m["i2t_MedR"], m["i2t_MeanR"]) == pytest.approx((2.0, 7 / 3))
+    assert (m["i2t_median_rank"], m["i2t_mean_rank"]) == pytest.approx((2.0, 7 / 3))
     assert m["i2t_mAP"] == pytest.approx(((1 + 2 / 5) / 2 + 1 / 4 + (1 / 2 + 2 / 5) / 2) / 3)
     assert m["i2t_NDCG"] == pytest.approx((_ndcg([1, 5], 2) + _ndcg([4], 1) + _ndcg([2, 5], 2)) / 3)
     # text -> image: each caption has one image; ranks 1, 3, 3, 3, 1
     assert (m["t2i_R@1_any"], m["t2i_R@2_any"], m["t2i_R@5_any"]) == pytest.approx((0.4, 0.4, 1.0))
-    assert (m["t2i_MedR"], m["t2i_MeanR"], m["t2i_mAP"]) == pytest.approx((3.0, 2.2, 0.6))
+    assert (m["t2i_median_rank"], m["t2i_mean_rank"], m["t2i_mAP"]) == pytest.approx((3.0, 2.2, 0.6))
     # one caption per image (the first: 0, 2, 3): diagonal ranks i2t 1, 3, 3 and t2i 1, 3, 3
     assert (m["i2t_R@1_1cap"], m["i2t_R@2_1cap"], m["i2t_R@5_1cap"]) == pytest.approx((1 / 3, 1 / 3, 1.0))
     assert (m["t2i_R@1_1cap"], m["t2i_R@2_1cap"]) == pytest.approx((1 / 3, 1 / 3))
@@ -49,7 +49,7 @@ def test_retrieval_metrics_match_hand_computed_values() -> None:
 def test_ties_count_against_the_query() -> None:
     collapsed = retrieval_metrics(np.zeros((4, 4)), np.eye(4, dtype=bool), ks=(1,))
     assert collapsed["i2t_R@1_any"] == collapsed["t2i_R@1_any"] == 0.0
-    assert collapsed["i2t_MedR"] == 4.0
+    assert collapsed["i2t_median_rank"] == 4.0
     with pytest.raises(ValueError, match="no caption"):
         retrieval_metrics(np.zeros((2, 1)), np.array([[True], [False]]))
 
@@ -82,13 +82,15 @@ def test_losses_are_open_clips() -> None:
 
 def test_logit_params_per_loss_type() -> None:
     clip_style = load_clip_model("test-openclip-clip-tiny")  # pre-trained (here: built) without a bias
-    ceiling = prepare_logit_params(clip_style, "siglip")
+    prepare_logit_params(clip_style, "siglip")
+    ceiling = logit_scale_ceiling(clip_style)
     assert (clip_style.logit_scale.item(), clip_style.logit_bias.item()) == pytest.approx((math.log(10), -10.0))
     assert clip_style.logit_bias.requires_grad and ceiling == pytest.approx(math.log(100))
     siglip_style = load_clip_model("test-nvclip-clip-tiny")
     with torch.no_grad():
         siglip_style.logit_scale.fill_(4.8)  # a pre-trained SigLIP scale above ln 100 is kept, and not clamped
-    ceiling = prepare_logit_params(siglip_style, "siglip")
+    prepare_logit_params(siglip_style, "siglip")
+    ceiling = logit_scale_ceiling(siglip_style)
     assert siglip_style.logit_scale.item() == pytest.approx(4.8) and ceiling == pytest.approx(4.8)
     prepare_logit_params(siglip_style, "clip")
     assert siglip_style.logit_scale.item() == pytest.approx(math.log(1 / 0.07))

@@ -7,14 +7,14 @@ import csv
 import pytest
 import torch
 from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
-from tests.tasks.clip.clip_data import CLASS_NAMES, make_images, write_class_folders
+from tests.tasks.clip.clip_data import CLASS_NAMES, make_images, write_caption_folders, write_class_folders
 
+from vfmkit import Task
 from vfmkit.data.preprocess import pil_to_tensor
 from vfmkit.errors import DataError
 from vfmkit.export.runtime import OnnxModel
 from vfmkit.models.clip_zoo import load_clip_model
 from vfmkit.models.text.tokenizers import load_tokenizer_folder
-from vfmkit.tasks.clip.export import export_clip_onnx
 from vfmkit.tasks.clip.zeroshot import build_classifier, load_class_names, load_templates, zeroshot_source
 
 
@@ -72,34 +72,40 @@ def test_zeroshot_source_writes_csv_and_accuracy_for_class_folders(model, tmp_pa
 @pytest.mark.parametrize(
     ("name", "encoder_type"), [("test-nvclip-clip-tiny", "separate"), ("test-radio-clip-tiny", "combined")]
 )
-def test_onnx_export_matches_pytorch(tmp_path, name: str, encoder_type: str) -> None:
+def test_onnx_export_of_the_pretrained_model_matches_pytorch(tmp_path, name: str, encoder_type: str) -> None:
+    """``vfm clip export`` without a checkpoint: the pre-trained model, TAO's I/O names, tokenizer files beside."""
+    images_dir, captions_dir = write_caption_folders(tmp_path / "val", per_combination=1, seed=3)
+    overrides = [
+        f"model.type={name}",
+        f"dataset.val.image_dir={images_dir}",
+        f"dataset.val.caption_dir={captions_dir}",
+        f"export.encoder_type={encoder_type}",
+        f"export.out={tmp_path / 'export' / 'clip.onnx'}",
+    ]
+    result = Task("clip", None, overrides).export()
+    assert result.max_abs_diff <= 1e-4 and result.verified_samples == 4
     model = load_clip_model(name)
-    images = torch.stack([pil_to_tensor(image) for image in make_images(1, 0)[0][:3]])
+    tokenizer = load_tokenizer_folder(tmp_path / "export" / "clip_tokenizer")
     texts = ["a red circle", "a blue cross", "a green square"]
-    result = export_clip_onnx(
-        model, tmp_path / "clip.onnx", encoder_type, verify_images=images, verify_texts=texts, tolerance=1e-4
-    )
-    assert all(v.max_abs_diff <= 1e-4 for v in result.verification.values())
-    tokenizer = load_tokenizer_folder(result.tokenizer_dir)
     ids = tokenizer.encode(texts)
     assert torch.equal(ids.input_ids, model.tokenize(texts))
+    images = torch.stack([pil_to_tensor(image) for image in make_images(1, 0)[0][:3]])
     with torch.no_grad():
         image_embeddings, text_embeddings = model(images, ids.input_ids)
     if encoder_type == "separate":
-        assert set(result.files) == {"vision", "text"}
-        vision, text = OnnxModel(result.files["vision"]), OnnxModel(result.files["text"])
-        assert vision.input_names == ["image"] and vision.output_names == [
-            "image_embedding",
-            "logit_scale",
-            "logit_bias",
-        ]
+        assert [f.name for f in result.files] == ["clip_vision.onnx", "clip_text.onnx"]
+        vision, text = OnnxModel(result.files[0]), OnnxModel(result.files[1])
+        assert vision.input_names == ["image"]
+        assert vision.output_names == ["image_embedding", "logit_scale", "logit_bias"]
         assert text.input_names == ["input_ids", "attention_mask"]
         assert text.output_names == ["text_embedding", "logit_scale", "logit_bias"]
-        outputs = {**vision(images), **text(ids.input_ids, ids.attention_mask)}
+        outputs = {**vision(images.numpy()), **text(ids.input_ids.numpy(), ids.attention_mask.numpy())}
     else:
-        combined = OnnxModel(result.files["combined"])
+        assert [f.name for f in result.files] == ["clip.onnx"]
+        combined = OnnxModel(result.files[0])
         assert combined.input_names == ["image", "input_ids", "attention_mask"]
-        outputs = combined(images, ids.input_ids, ids.attention_mask)
+        outputs = combined(images.numpy(), ids.input_ids.numpy(), ids.attention_mask.numpy())
+        assert combined.metadata["task"] == "clip" and combined.metadata["model_id"] == name
     torch.testing.assert_close(torch.from_numpy(outputs["image_embedding"]), image_embeddings, atol=1e-4, rtol=0)
     torch.testing.assert_close(torch.from_numpy(outputs["text_embedding"]), text_embeddings, atol=1e-4, rtol=0)
     assert outputs["logit_scale"] == pytest.approx([model.logit_scale.exp().item()] * 3)
