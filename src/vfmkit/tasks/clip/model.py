@@ -71,16 +71,14 @@ def build_pretrained(spec: ClipSpec, pretrained: bool = True, meta: dict | None 
             projection=m.projection,
             adaptor_config=_adaptor_config(spec, entry, pretrained, meta or {}),
         )
-    except IncompatibleTowersError as err:
-        source = f"model.backbone {m.backbone}" if m.backbone else f"model.type {m.type}"
-        raise ConfigurationError(f"{source}: {err}; {LINEAR_HINT}") from None
-    except WeightsError as err:
-        if not (m.backbone and m.projection == "native" and "adaptor" in str(err)):
+    except (ModelNotFoundError, WeightsError) as err:
+        # an image backbone without the pre-aligned head (or of another width) pairs through a linear projection
+        head = isinstance(err, IncompatibleTowersError) or "adaptor" in str(err)
+        hint = f"; {LINEAR_HINT}" if m.projection == "native" and head else ""
+        if isinstance(err, WeightsError) and not hint:
             raise
-        raise ConfigurationError(f"model.backbone {m.backbone}: {err}; {LINEAR_HINT}") from None
-    except ModelNotFoundError as err:
-        key = "model.backbone" if m.backbone else "model.type"
-        raise ConfigurationError(f"{key}: {err}") from None
+        key = f"model.backbone {m.backbone}" if m.backbone else f"model.type {m.type}"
+        raise ConfigurationError(f"{key}: {err}{hint}") from None
     step = model.preprocessing.resolution_step
     resolution = spec_resolution(spec)
     if resolution % step:
