@@ -23,6 +23,7 @@ from vfmkit.models.clip_zoo import CLIP_MODELS
 from vfmkit.models.text.tokenizers import ClipBpeTokenizer
 from vfmkit.models.text.zoo import tokenizer_spec
 from vfmkit.tasks import get_task
+from vfmkit.tasks.clip.model import model_facts
 
 # One published model per build path runs by default (SigLIP2: timm image tower; NV-CLIP: open_clip image tower;
 # RADIO-CLIP), with every tiny test model; the others differ in widths and text configs only: marked slow.
@@ -85,3 +86,20 @@ def test_a_backbone_without_the_adaptor_head_names_the_keys(tmp_path) -> None:
     spec = Task("clip", None, ["model.type=test-radio-clip-tiny", f"model.backbone={source}"]).spec
     with pytest.raises(VfmError, match=r"model.backbone .*model.projection=linear"):
         get_task("clip").select(spec).build_model(spec, {}, pretrained=True)
+
+
+def test_radio_adaptor_heads_rebuild_from_the_saved_config_without_weights(offline_meta_builds) -> None:
+    """A trained RADIO-CLIP checkpoint keeps its adaptor head's architecture (published heads take their sizes from
+    the weights), so reloading it builds the head without downloading anything; without it the error says why."""
+    taskdef = get_task("clip")
+    tiny = taskdef.build_model(Task("clip", None, ["model.type=test-radio-clip-tiny"]).spec, {}, pretrained=True)
+    facts = model_facts(tiny)
+    facts["adaptor"]["summary_mlp"] = ("v2", 64, 16, 40, 1)  # another hidden width than the registry's
+    spec = Task("clip", None, ["model.type=c-radio-v2-b", "model.adaptor_name=siglip"]).spec
+    with pytest.raises(VfmError, match=r"model.pretrained=false: .*model.projection=linear"):
+        taskdef.build_model(spec, {}, pretrained=False)
+    facts["adaptor"]["summary_mlp"] = ("v2", 768, 32, 1152, 1)
+    with torch.device("meta"):
+        model = taskdef.build_model(spec, facts, pretrained=False)
+    head = model.visual.backbone.adaptors["siglip"]
+    assert head.cfg.summary_mlp[2] == 32 and model.embed_dim == 1152

@@ -125,8 +125,3 @@ def build_for_training(spec: ClipSpec, pretrained: bool, meta: dict | None = Non
     prepare_logit_params(model, spec.train.loss_type, m.init_logit_scale, m.init_logit_bias)
     model.freeze(vision=m.freeze_vision_encoder, text=m.freeze_text_encoder)
     return model
-
-
-def trains_on_features(spec: ClipSpec) -> bool:
-    """Whether a run trains on cached image features (a frozen image backbone) instead of images."""
-    return spec.model.freeze_vision_encoder
