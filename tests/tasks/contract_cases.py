@@ -14,6 +14,7 @@ from tests.synthetic import make_segmentation_dataset, make_shapes_dataset
 from tests.tasks.change.change_data import make_golden_csv, make_levir
 from tests.tasks.detect.detect_data import make_detection_dataset
 from tests.tasks.universal.universal_data import CATEGORIES, make_panoptic_dataset, split_paths
+from tests.tasks.clip.clip_data import write_caption_folders
 
 PALETTE = "[{name: background, id: 0}, {name: circle, id: 1}, {name: square, id: 2}]"
 COMMON = ["train.num_workers=0", "train.epochs=2", "train.batch_size=4", "evaluate.batch_size=4"]
@@ -124,6 +125,20 @@ UNIVERSAL = [
 ]
 """A tiny OneFormer (the default head) at 32 px."""
 
+def _clip_data(root: Path) -> list[str]:
+    overrides = []
+    for split, seed in (("train", 0), ("val", 1)):
+        images, captions = write_caption_folders(root / split, per_combination=1, seed=seed)
+        overrides += [f"dataset.{split}.image_dir={images}", f"dataset.{split}.caption_dir={captions}"]
+    return overrides
+
+
+def _clip_predict(root: Path) -> tuple[list[str], int]:
+    texts = root / "texts.txt"
+    texts.write_text("a red circle\na blue cross\n")
+    return [f"predict.source={root / 'val' / 'images'}", f"predict.text_file={texts}"], 12 + 2
+
+
 DENSE = ["model.resolution=32", "model.neck_channels=16", "model.decoder_channels=16"]
 NECKS_NAMES = ("vit_adapter", "simple_pyramid")
 NECKS = [[f"model.neck={neck}"] for neck in NECKS_NAMES]
@@ -220,5 +235,17 @@ CASES: dict[tuple[str, str | None], ContractCase] = {
         config=["dataset.train.images=none", "dataset.train.annotations=none.json"],
         heads=[[*neck, f"model.head={head}"] for neck in NECKS for head in ("mask2former", "oneformer")],
         meta={"categories": [{**c, "isthing": bool(c["isthing"])} for c in CATEGORIES], "format": "coco_panoptic"},
+    ),
+    ("clip", None): ContractCase(
+        "clip",
+        None,
+        _clip_data,
+        _clip_predict,
+        frozen=["model.freeze_vision_encoder=true"],
+        # a local RADIO checkpoint without adaptor heads as the image backbone of RADIO-CLIP's tiny text tower
+        extra=["model.type=test-radio-clip-tiny", "model.projection=linear", "model.image_size=32"],
+        config=["model.type=test-radio-clip-tiny"],
+        heads=[["model.projection=native"], ["model.projection=linear"]],
+        meta={},
     ),
 }

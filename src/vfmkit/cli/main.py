@@ -91,6 +91,11 @@ def models_table(include_test: bool = False) -> str:
         )
         for e in list_backbones(include_test=include_test)
     ]
+    return aligned_table(header, rows)
+
+
+def aligned_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """Rows of text cells as columns padded to their widest cell, header first."""
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
     lines = [
         "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()

@@ -22,6 +22,7 @@ TASK_MODULES: dict[str, str] = {
     "change": "vfmkit.tasks.change.hooks",
     "detect": "vfmkit.tasks.detect.hooks",
     "universal": "vfmkit.tasks.universal.hooks",
+    "clip": "vfmkit.tasks.clip.hooks",
 }
 
 ALIASES: dict[str, str] = {"oneformer": "universal"}
