@@ -12,9 +12,9 @@ from pathlib import Path
 
 from tests.synthetic import make_segmentation_dataset, make_shapes_dataset
 from tests.tasks.change.change_data import make_golden_csv, make_levir
+from tests.tasks.clip.clip_data import write_caption_folders
 from tests.tasks.detect.detect_data import make_detection_dataset
 from tests.tasks.universal.universal_data import CATEGORIES, make_panoptic_dataset, split_paths
-from tests.tasks.clip.clip_data import write_caption_folders
 
 PALETTE = "[{name: background, id: 0}, {name: circle, id: 1}, {name: square, id: 2}]"
 COMMON = ["train.num_workers=0", "train.epochs=2", "train.batch_size=4", "evaluate.batch_size=4"]
@@ -124,6 +124,7 @@ UNIVERSAL = [
     "model.train_num_points=64",
 ]
 """A tiny OneFormer (the default head) at 32 px."""
+
 
 def _clip_data(root: Path) -> list[str]:
     overrides = []
