@@ -1,0 +1,16 @@
+"""Fingerprints of model weights: a sha256 that changes whenever any tensor of the state dict changes."""
+
+from __future__ import annotations
+
+import hashlib
+
+import torch
+
+
+def weights_fingerprint(model: torch.nn.Module) -> str:
+    """sha256 (hex) over the names, shapes, dtypes and bytes of every tensor of ``model.state_dict()``."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
+        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
