@@ -25,8 +25,12 @@ class OnnxModel:
         provider: the onnxruntime execution provider in use (``"CPUExecutionProvider"``).
     """
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, threads: int | None = None) -> None:
         """Load ``path``.
+
+        Args:
+            path: the ``.onnx`` file.
+            threads: onnxruntime intra-op threads; None: onnxruntime's default (one per physical core).
 
         Raises:
             ExportError: the file is missing or is not a loadable ONNX model (the message names it).
@@ -34,7 +38,7 @@ class OnnxModel:
         self.path = Path(path)
         if not self.path.is_file():
             raise ExportError(f"ONNX model not found: {self.path}")
-        self.session = _open_session(self.path)
+        self.session = _open_session(self.path, threads)
         self.provider = self.session.get_providers()[0]
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_names = [o.name for o in self.session.get_outputs()]
@@ -88,14 +92,18 @@ class OnnxModel:
         return f"OnnxModel({str(self.path)!r}, inputs={self.input_shapes}, outputs={self.output_names})"
 
 
-def _open_session(path: Path) -> Any:
-    """An onnxruntime CPU session for ``path``, quiet about benign graph warnings."""
+def _open_session(path: Path, threads: int | None = None) -> Any:
+    """An onnxruntime CPU session for ``path`` (``threads`` intra-op threads when given), quiet about benign
+    graph warnings."""
     try:
         import onnxruntime as ort
     except ImportError as exc:
         raise ExportError("running ONNX models needs the onnxruntime package: pip install onnxruntime") from exc
     options = ort.SessionOptions()
     options.log_severity_level = 3
+    if threads is not None:
+        options.intra_op_num_threads = max(1, int(threads))
+        options.inter_op_num_threads = 1
     try:
         return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
     except Exception as exc:
