@@ -64,7 +64,7 @@ def check_export_options(fmt: str, int8: bool, fp16: bool, calibration: str | Pa
     if int8 and fp16:
         raise VfmError("--int8 and --fp16 exclude each other (an int8 engine runs its other layers in fp16 already)")
     if int8 and calibration is None:
-        raise VfmError("--format tensorrt --int8 needs --calibration DIR: a folder of images like the ones you will run")
+        raise VfmError("--format tensorrt --int8 needs --calibration DIR: a folder of images like those you will run")
     if calibration is not None and not int8:
         raise VfmError("--calibration is only used with --int8")
     return "int8" if int8 else "fp16" if fp16 else "fp32"

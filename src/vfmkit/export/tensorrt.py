@@ -109,7 +109,7 @@ def input_profiles(
         VfmError: a bad batch range, or a symbolic axis with neither a range nor a resolution to fix it to.
     """
     if not 1 <= min_batch <= opt_batch <= max_batch:
-        raise VfmError(f"TensorRT batch range must satisfy 1 <= min <= opt <= max, got {min_batch}/{opt_batch}/{max_batch}")
+        raise VfmError(f"TensorRT batch range needs 1 <= min <= opt <= max, got {min_batch}/{opt_batch}/{max_batch}")
     ranges: dict[str, tuple[int, int, int]] = {BATCH_AXIS_NAME: (min_batch, opt_batch, max_batch)}
     resolution = _resolution(metadata)
     if resolution is not None:
@@ -241,8 +241,8 @@ def _build_serialized(
     """Parse the ONNX file and build the serialized engine."""
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
-    explicit = 0 if int(trt.__version__.split(".")[0]) >= 10 else 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
-    network = builder.create_network(explicit)
+    major = int(trt.__version__.split(".")[0])
+    network = builder.create_network(0 if major >= 10 else 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH))
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
         errors = [str(parser.get_error(i)).strip() for i in range(parser.num_errors)]
@@ -308,9 +308,8 @@ def calibration_batches(
 
     files = list_image_files(source)[:MAX_CALIBRATION_IMAGES]
     size = (shape[2], shape[3])
-    return [
-        lambda chunk=files[i : i + shape[0]]: {names[0]: _load_images(chunk, size)} for i in range(0, len(files), shape[0])
-    ]
+    chunks = [files[i : i + shape[0]] for i in range(0, len(files), shape[0])]
+    return [lambda chunk=chunk: {names[0]: _load_images(chunk, size)} for chunk in chunks]
 
 
 def _load_images(files: Sequence[Path], size: tuple[int, int]) -> np.ndarray:
@@ -396,7 +395,8 @@ class TensorRTEngine:
             self.context.set_tensor_address(name, outputs[name].data_ptr())
         stream = torch.cuda.current_stream()
         if not self.context.execute_async_v3(stream.cuda_stream):
-            raise ExportError(f"TensorRT engine {self.path.name} failed to run on inputs {[tuple(t.shape) for t in keep]}")
+            shapes = [tuple(t.shape) for t in keep]
+            raise ExportError(f"TensorRT engine {self.path.name} failed to run on inputs of shapes {shapes}")
         stream.synchronize()
         return outputs
 

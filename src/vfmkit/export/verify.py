@@ -186,7 +186,9 @@ def cosine_stats(actual: np.ndarray, expected: np.ndarray) -> CosineStats:
     Rows that are all zero on either side count as cosine 1 when both are zero, else 0; NaN counts as 0.
     """
     if actual.shape != expected.shape or actual.ndim == 0 or len(actual) == 0:
-        raise ExportError(f"cosine needs two non-empty (B, ...) arrays of one shape, got {actual.shape} and {expected.shape}")
+        raise ExportError(
+            f"cosine needs two non-empty (B, ...) arrays of one shape, got {actual.shape}, {expected.shape}"
+        )
     a = actual.reshape(len(actual), -1).astype(np.float64)
     b = expected.reshape(len(expected), -1).astype(np.float64)
     norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)

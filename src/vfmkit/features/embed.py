@@ -9,9 +9,10 @@ order of the index file's ``files`` list:
   model was loaded with, following ``what`` likewise.
 
 The safetensors metadata holds the model id, the input resolution (``HxW``), ``what``, the runtime that computed
-the features (e.g. ``torch-fp32``, ``onnxruntime-int8-opset17``), the vfmkit version and the index file name. The index (``<out stem>.index.json``, next to ``out``) holds the same and ``files`` (paths as
-listed, row order) and ``skipped``: ``[{"path", "error"}]`` for images that could not be read. Unreadable images are
-reported, skipped and listed; they never leave a silent gap.
+the features (e.g. ``torch-fp32``, ``onnxruntime-int8-opset17``), the vfmkit version and the index file name. The
+index (``<out stem>.index.json``, next to ``out``) holds the same and ``files`` (paths as listed, row order) and
+``skipped``: ``[{"path", "error"}]`` for images that could not be read. Unreadable images are reported, skipped and
+listed; they never leave a silent gap.
 
 Every image is resized to one size (the model's preferred resolution, or N x N), so rows stack. All rows are held in
 memory until the file is written: spatial features take N x D x h x w x 4 bytes.
@@ -347,6 +348,8 @@ def embed_source(
         raise VfmError(f"what must be one of {', '.join(WHAT_CHOICES)}, got {what!r}")
     backbone, model_id = resolve_model(model, adaptors)
     runner = make_runner(backbone, model_id, runtime)
-    embeddings = extract_embeddings(runner, files, resolution, batch_size, what, progress=progress, on_progress=on_progress)
+    embeddings = extract_embeddings(
+        runner, files, resolution, batch_size, what, progress=progress, on_progress=on_progress
+    )
     index = save_embeddings(embeddings, out, model_id, what, runtime_tag(runner))
     return EmbedResult(Path(out), index, embeddings)

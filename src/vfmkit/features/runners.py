@@ -109,7 +109,7 @@ class TorchRunner:
     def __init__(self, backbone: Backbone, device: str = "auto", dtype: str = "fp32", compile: bool = False) -> None:
         self.device = resolve_device(device)
         if dtype == "fp16" and self.device.type != "cuda":
-            raise VfmError("--dtype fp16 needs a CUDA GPU (fp16 autocast is not supported on the CPU); use bf16 or fp32")
+            raise VfmError("--dtype fp16 needs a CUDA GPU (no fp16 autocast on the CPU here); use --dtype bf16 or fp32")
         if dtype == "bf16" and self.device.type == "cuda" and not torch.cuda.is_bf16_supported():
             raise VfmError("--dtype bf16: this GPU has no bfloat16 support; use --dtype fp16")
         self.backbone = backbone.eval().to(self.device)
