@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-
 from tests.cli.test_cli import _assert_one_line_error, run_cli
+
 from vfmkit.export.runtime import OnnxModel
 
 MODEL = "test-radio-v2-tiny"

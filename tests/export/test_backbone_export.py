@@ -44,6 +44,7 @@ CASES = [
     for steps in ([None] if name.startswith("test-radio") else [None, 3])
 ]
 
+
 def _backbone(name: str, adaptors: tuple[str, ...] = ()):
     torch.manual_seed(0)
     return load_backbone(name, adaptors=list(adaptors) or None).eval()
@@ -113,7 +114,9 @@ def test_outputs_map_back_to_a_backbone_output(radio) -> None:
         expected = backbone(images)
     assert output.grid == expected.grid == (3, 2)
     torch.testing.assert_close(output.spatial(), expected.spatial(), atol=1e-4, rtol=0)
-    torch.testing.assert_close(output.adaptors["siglip"].summary, expected.adaptors["siglip"].summary, atol=1e-4, rtol=0)
+    torch.testing.assert_close(
+        output.adaptors["siglip"].summary, expected.adaptors["siglip"].summary, atol=1e-4, rtol=0
+    )
     assert output.adaptors["siglip"].grid == expected.adaptors["siglip"].grid
 
 

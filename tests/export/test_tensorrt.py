@@ -94,3 +94,26 @@ def test_int8_engine_calibrates_on_an_image_folder(radio_onnx, tmp_path: Path) -
         Image.fromarray((image.permute(1, 2, 0).numpy() * 255).astype(np.uint8)).save(folder / f"{index}.png")
     result = build_tensorrt_engine(path, tmp_path / "int8.engine", "int8", folder, (images,), opt_batch=2, max_batch=4)
     assert min(result.mean_cosine.values()) >= 0.99
+
+
+def test_calibration_folder_gives_lazy_batches_at_the_profile_size(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from vfmkit.export.runtime import OnnxModel
+    from vfmkit.export.tensorrt import calibration_batches
+
+    torch.manual_seed(0)
+    path = export_backbone(load_backbone("test-dinov2-tiny").eval(), tmp_path / "d.onnx").path
+    reference = OnnxModel(path)
+    folder = tmp_path / "calibration"
+    folder.mkdir()
+    for index in range(5):
+        Image.new("RGB", (40 + index, 30), (50 * index, 20, 200)).save(folder / f"{index}.png")
+    profiles = input_profiles(reference.input_shapes, reference.metadata, 1, 2, 4)
+    batches = [load() for load in calibration_batches(folder, reference, profiles)]
+    assert [b["image"].shape for b in batches] == [(2, 3, 64, 64), (2, 3, 64, 64), (1, 3, 64, 64)]
+    assert all(b["image"].dtype == np.float32 and 0 <= b["image"].min() <= b["image"].max() <= 1 for b in batches)
+    given = calibration_batches([(np.zeros((2, 3, 64, 64)),)], reference, profiles)[0]()
+    assert given["image"].dtype == np.float32
+    with pytest.raises(VfmError, match="calibration batches must be non-empty tuples of 1 arrays"):
+        calibration_batches([(np.zeros(1), np.zeros(1))], reference, profiles)

@@ -56,7 +56,9 @@ def test_onnxruntime_rows_equal_eager_rows(backbone, eager, cache, tmp_path: Pat
 
 
 def test_int8_rows_stay_close_to_eager(backbone, eager, cache, tmp_path: Path) -> None:
-    result = embed_source(DEMO / "val", backbone, tmp_path / "i8.safetensors", progress=False, runtime=_onnx(cache, True))
+    result = embed_source(
+        DEMO / "val", backbone, tmp_path / "i8.safetensors", progress=False, runtime=_onnx(cache, True)
+    )
     cosine = torch.nn.functional.cosine_similarity(result.embeddings.tensors["summary"], eager.tensors["summary"])
     assert cosine.min() >= 0.99
 

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from vfmkit._version import __version__
 from vfmkit.errors import VfmError
+from vfmkit.export.onnx import write_atomically
 
 logger = logging.getLogger("vfmkit.export")
 
@@ -131,9 +132,7 @@ class OnnxCache:
         self.discard(key)
         build(path)
         record = {"key": key.digest(), "sha256": file_sha256(path), **asdict(key), "vfmkit_version": __version__}
-        staged = path.with_name(f".{path.stem}.json.tmp")
-        staged.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-        os.replace(staged, path.with_suffix(".json"))
+        write_atomically(path.with_suffix(".json"), (json.dumps(record, indent=2) + "\n").encode())
         self._prune(key)
         return path
 

@@ -459,6 +459,19 @@ def _check_graph(model: Any, graph: _GraphSpec) -> None:
             dims[axis].dim_param = label
 
 
+def write_atomically(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder and ``os.replace`` (parents created)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, staged = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(handle, "wb") as file:
+            file.write(data)
+        os.replace(staged, path)
+    except BaseException:
+        Path(staged).unlink(missing_ok=True)
+        raise
+
+
 def _move_into_place(staged: Path, path: Path) -> None:
     """Replace ``path`` by the staged file; its external-data file (if any) moves first, a stale one is removed."""
     data = path.with_name(f"{path.name}.data")

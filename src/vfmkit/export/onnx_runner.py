@@ -39,7 +39,21 @@ def print_to_stderr(message: str) -> None:
     print(message, file=sys.stderr)
 
 
-class OnnxBackboneRunner:
+class BackboneDelegate:
+    """Base of the runners: the wrapped backbone's ``preprocessing`` and ``adaptor_names``."""
+
+    backbone: Backbone
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        return self.backbone.preprocessing
+
+    @property
+    def adaptor_names(self) -> tuple[str, ...]:
+        return tuple(self.backbone.adaptor_names)
+
+
+class OnnxBackboneRunner(BackboneDelegate):
     """A backbone run with onnxruntime on the CPU from its cached export.
 
     Args:
@@ -72,14 +86,6 @@ class OnnxBackboneRunner:
         self.threads = threads or torch.get_num_threads()
         self._fingerprint: str | None = None
         self._models: dict[tuple[int, int], OnnxModel] = {}
-
-    @property
-    def preprocessing(self) -> Preprocessing:
-        return self.backbone.preprocessing
-
-    @property
-    def adaptor_names(self) -> tuple[str, ...]:
-        return tuple(self.backbone.adaptor_names)
 
     @property
     def precision(self) -> str:

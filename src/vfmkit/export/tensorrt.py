@@ -18,8 +18,6 @@ missing and how to get it. Engines are tied to the GPU model and the TensorRT ve
 
 from __future__ import annotations
 
-import os
-import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -30,7 +28,7 @@ import numpy as np
 import torch
 
 from vfmkit.errors import VfmError
-from vfmkit.export.onnx import BATCH_AXIS_NAME, ExportError
+from vfmkit.export.onnx import BATCH_AXIS_NAME, ExportError, write_atomically
 from vfmkit.export.runtime import OnnxModel
 from vfmkit.export.verify import cosine_stats, max_abs_diffs, scaled_tolerance
 
@@ -223,7 +221,7 @@ def build_tensorrt_engine(
         calibrator = make_calibrator(trt, batches, Path(out_path).with_suffix(".calibration.cache"))
     engine_bytes = _build_serialized(trt, Path(onnx_path), precision, profiles, workspace_gib, calibrator)
     out_path = Path(out_path)
-    _write_atomically(out_path, engine_bytes)
+    write_atomically(out_path, engine_bytes)
     result = TensorRTResult(out_path, precision, profiles, time.perf_counter() - start, trt.__version__)
     if verify_inputs is not None:
         _verify(result, TensorRTEngine(out_path), reference, verify_inputs, min_cosine)
@@ -265,18 +263,6 @@ def _build_serialized(
     if serialized is None:
         raise ExportError(f"TensorRT could not build a {precision} engine from {onnx_path} (see its log above)")
     return bytes(memoryview(serialized))
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, staged = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(handle, "wb") as file:
-            file.write(data)
-        os.replace(staged, path)
-    except BaseException:
-        Path(staged).unlink(missing_ok=True)
-        raise
 
 
 def calibration_batches(
@@ -327,7 +313,15 @@ def _as_array(value: np.ndarray | torch.Tensor) -> np.ndarray:
 
 def make_calibrator(trt: Any, batches: Sequence[Callable[[], Batch]], cache_file: Path | None) -> Any:
     """A ``trt.IInt8EntropyCalibrator2`` feeding ``batches`` from GPU buffers; the calibration table is cached in
-    ``cache_file`` (reused by a rebuild from the same graph)."""
+    ``cache_file`` (reused by a rebuild from the same graph).
+
+    Raises:
+        TensorRTUnavailable: this TensorRT has no implicit int8 calibration any more.
+    """
+    if not hasattr(trt, "IInt8EntropyCalibrator2"):
+        raise TensorRTUnavailable(
+            f"TensorRT {trt.__version__} has no int8 entropy calibrator; build an fp16 engine (--fp16) instead"
+        )
 
     class EntropyCalibrator(trt.IInt8EntropyCalibrator2):
         def __init__(self) -> None:
@@ -352,7 +346,7 @@ def make_calibrator(trt: Any, batches: Sequence[Callable[[], Batch]], cache_file
 
         def write_calibration_cache(self, cache: Any) -> None:
             if cache_file is not None:
-                _write_atomically(cache_file, bytes(memoryview(cache)))
+                write_atomically(cache_file, bytes(memoryview(cache)))
 
     return EntropyCalibrator()
 

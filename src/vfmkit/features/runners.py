@@ -18,7 +18,7 @@ import torch
 
 from vfmkit.errors import VfmError
 from vfmkit.export.cache import OnnxCache
-from vfmkit.export.onnx_runner import DEFAULT_MIN_COSINE, OnnxBackboneRunner
+from vfmkit.export.onnx_runner import DEFAULT_MIN_COSINE, BackboneDelegate, OnnxBackboneRunner
 from vfmkit.models.backbones.base import Backbone, BackboneOutput, Preprocessing
 
 RUNTIMES = ("torch", "onnxruntime")
@@ -93,7 +93,7 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-class TorchRunner:
+class TorchRunner(BackboneDelegate):
     """Eager (or compiled) PyTorch on one device, fp32 or under bf16/fp16 autocast.
 
     Args:
@@ -117,14 +117,6 @@ class TorchRunner:
         self.compile = compile
         self._forward = torch.compile(self.backbone) if compile else self.backbone
         self._compiled_once = not compile
-
-    @property
-    def preprocessing(self) -> Preprocessing:
-        return self.backbone.preprocessing
-
-    @property
-    def adaptor_names(self) -> tuple[str, ...]:
-        return tuple(self.backbone.adaptor_names)
 
     @property
     def cache_tag(self) -> str:
