@@ -254,7 +254,7 @@ def export_backbone(
     with traceable_position_embedding(backbone) if dynamic else contextlib.nullcontext():
         export_onnx(
             traced,
-            (torch.rand(2, 3, *size),),
+            (torch.rand(2, 3, *size, device=_device(backbone)),),
             path,
             [INPUT_NAME],
             module.output_names,
@@ -268,6 +268,10 @@ def export_backbone(
         for images in batches:
             result.verified.append(verify_onnx(path, module, (images,), tolerance=tolerance, relative=True))
     return result
+
+
+def _device(module: nn.Module) -> torch.device:
+    return next((p.device for p in module.parameters()), torch.device("cpu"))
 
 
 def with_position_table_for(backbone: Backbone, size: tuple[int, int]) -> Backbone:
