@@ -63,7 +63,8 @@ class OnnxBackboneRunner(BackboneDelegate):
         min_cosine: int8 only: refuse output whose mean summary cosine to fp32 on the first batch is below this.
         cache: the graph cache (default: the user cache folder, see :mod:`vfmkit.export.cache`).
         opset: ONNX operator set.
-        threads: onnxruntime intra-op threads; None: torch's thread count (``torch.get_num_threads()``).
+        threads: onnxruntime intra-op threads; None: torch's thread count (``torch.get_num_threads()``). Idle
+            threads do not spin-wait, so decoding processes beside them keep their share of the cores.
         report: where the one-line reports go (default stderr).
     """
 
@@ -148,14 +149,14 @@ class OnnxBackboneRunner(BackboneDelegate):
         """Load the cached graph; one that onnxruntime refuses is discarded and rebuilt once."""
         path = self.graph_path(size)
         try:
-            return OnnxModel(path, threads=self.threads)
+            return OnnxModel(path, threads=self.threads, spin=False)
         except ExportError as exc:
             self.report(f"cached ONNX graph {path} does not load ({exc}); rebuilding it")
             key = self._key(size)
             self.cache.discard(key)
             if self.int8:
                 self.cache.discard(key.fp32())
-            return OnnxModel(self.graph_path(size), threads=self.threads)
+            return OnnxModel(self.graph_path(size), threads=self.threads, spin=False)
 
     def _first_batch(self, size: tuple[int, int], images: torch.Tensor) -> tuple[OnnxModel, dict[str, np.ndarray]]:
         """Load the graph for ``size``, run the batch, check it against PyTorch fp32 and report."""
