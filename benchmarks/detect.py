@@ -1,7 +1,8 @@
 """Detection inference throughput: a ViT-B C-RADIO + simple feature pyramid + RT-DETR decoder at 640x640, the share
 of time in backbone / neck / encoder (input projection + hybrid encoder) / decoder (two-stage query selection +
-deformable decoder), peak memory, and, when the ``rfdetr`` package can be imported, RF-DETR at the same resolution
-and the img/s ratio.
+deformable decoder), peak memory; the same detector with the pyramid's unused stride-4 level built (as before the
+detector asked for the levels it reads); and, when the ``rfdetr`` package can be imported, RF-DETR at the same
+resolution and the img/s ratio.
 
     python benchmarks/detect.py [--resolution 640] [--batch 1] [--rounds 3] [--device cpu|cuda] [--dtype fp32|bf16]
 
@@ -78,11 +79,16 @@ def _peak_memory_mb(device: str) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kilobytes on Linux
 
 
-def run_vfmkit(args) -> dict:
+def run_vfmkit(args, all_levels: bool = False) -> dict:
+    """The detector; ``all_levels`` builds the simple pyramid's four levels (stride 4 computed but never read), as
+    before the detector asked the pyramid for the levels it reads only."""
     from vfmkit.models.heads.detr import build_detector
 
     torch.manual_seed(0)
-    model, _ = build_detector(80, args.head, backbone=args.backbone, neck=args.neck, pretrained=False)
+    options = {"strides": (4, 8, 16, 32)} if all_levels else None
+    model, _ = build_detector(
+        80, args.head, backbone=args.backbone, neck=args.neck, pretrained=False, neck_options=options
+    )
     model = model.eval().to(args.device)
     timer = StageTimer(
         args.device,
@@ -94,8 +100,9 @@ def run_vfmkit(args) -> dict:
     images = torch.rand(args.batch, 3, args.resolution, args.resolution, device=args.device)
     total = _time(model, images, args, timer)
     spent = timer.spent
+    levels = " (all 4 levels)" if all_levels else ""
     return {
-        "name": f"vfmkit {args.backbone} + {args.neck} + {args.head}",
+        "name": f"vfmkit {args.backbone} + {args.neck}{levels} + {args.head}",
         "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
         "img_s": args.batch * args.rounds / total,
         "backbone": spent["backbone"] / total,
@@ -156,13 +163,16 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
     parser.add_argument("--rfdetr", default="medium", choices=[*RFDETR_VARIANTS, "none"])
-    parser.add_argument("--only", choices=["vfmkit", "rfdetr"], help=argparse.SUPPRESS)
+    parser.add_argument("--only", choices=["vfmkit", "vfmkit-all-levels", "rfdetr"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if args.only:
-        print(json.dumps(run_vfmkit(args) if args.only == "vfmkit" else run_rfdetr(args)))
+        runs = {"vfmkit": run_vfmkit, "vfmkit-all-levels": lambda a: run_vfmkit(a, True), "rfdetr": run_rfdetr}
+        print(json.dumps(runs[args.only](args)))
         return
     rows = [_child(args, "vfmkit")]
+    if args.neck == "simple_pyramid":
+        rows.append(_child(args, "vfmkit-all-levels"))
     skipped = "--rfdetr none" if args.rfdetr == "none" else _rfdetr_importable()
     if skipped is None:
         rows.append(_child(args, "rfdetr"))
@@ -182,8 +192,8 @@ def main() -> None:
             f"{100 * row[k]:.0f}%" if k in row else "-" for k in ("backbone", "neck", "encoder", "decoder")
         )
         print(f"| {row['name']} | {row['params_m']:.1f} | {row['img_s']:.3f} | {shares} | {row['peak_mb']:.0f} |")
-    if len(rows) == 2 and all("img_s" in r for r in rows):
-        print(f"\nimg/s ratio vfmkit / RF-DETR: {rows[0]['img_s'] / rows[1]['img_s']:.2f}")
+    if skipped is None and "img_s" in rows[0] and "img_s" in rows[-1]:
+        print(f"\nimg/s ratio vfmkit / RF-DETR: {rows[0]['img_s'] / rows[-1]['img_s']:.2f}")
     elif skipped:
         print(f"\nRF-DETR skipped: {skipped}")
 

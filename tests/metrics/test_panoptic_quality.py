@@ -33,7 +33,7 @@ def canvas(regions: dict[int, list[tuple[int, int, int, int]]], shape=(10, 10), 
     return ids
 
 
-def single(gt_ids, gt_segments, pred_ids, pred_segments, merge_stuff=True) -> dict:
+def single(gt_ids, gt_segments, pred_ids, pred_segments, merge_stuff=False) -> dict:
     meter = PanopticQuality(CATEGORIES, merge_stuff=merge_stuff)
     meter.update(gt_ids, gt_segments, pred_ids, pred_segments, image="test")
     return meter.compute()
@@ -145,9 +145,9 @@ def test_stuff_is_merged_per_category():
     pred = canvas({20: [(0, 4, 0, 6)], 21: [(0, 4, 6, 10)], 4: [(4, 10, 0, 10)]})  # sky split 24 + 16 px
     gt_segments = [Segment(3, SKY), Segment(4, ROAD)]
     pred_segments = [Segment(20, SKY), Segment(21, SKY), Segment(4, ROAD)]
-    merged = single(gt, gt_segments, pred, pred_segments)
+    merged = single(gt, gt_segments, pred, pred_segments, merge_stuff=True)
     assert counts(merged, SKY) == (1, 0, 0) and merged["per_class"][SKY]["pq"] == pytest.approx(1.0)
-    as_given = single(gt, gt_segments, pred, pred_segments, merge_stuff=False)
+    as_given = single(gt, gt_segments, pred, pred_segments)  # the default: panopticapi's pq_compute
     assert counts(as_given, SKY) == (1, 1, 0)  # 24/40 = 0.6 matches, the 16 px part is a FP
     assert as_given["per_class"][SKY]["pq"] == pytest.approx(0.6 / 1.5)
     assert as_given["per_class"][SKY]["sq"] == pytest.approx(0.6)

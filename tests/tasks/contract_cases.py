@@ -12,7 +12,10 @@ from pathlib import Path
 
 from tests.synthetic import make_segmentation_dataset, make_shapes_dataset, save_tiny_radio_checkpoint
 from tests.tasks.change.change_data import make_golden_csv, make_levir
+from tests.tasks.clip.clip_data import write_caption_folders
+from tests.tasks.detect.detect_data import make_detection_dataset
 from tests.tasks.distill.distill_data import make_pattern_dataset
+from tests.tasks.universal.universal_data import CATEGORIES, make_panoptic_dataset, split_paths
 
 PALETTE = "[{name: background, id: 0}, {name: circle, id: 1}, {name: square, id: 2}]"
 COMMON = ["train.num_workers=0", "train.epochs=2", "train.batch_size=4", "evaluate.batch_size=4"]
@@ -106,8 +109,91 @@ def _distill_predict(root: Path) -> tuple[list[str], int]:
 
 DISTILL_TEACHER = "{backbone: test-radio-v2-tiny, pretrained: false, name: tiny"
 
+
+def _universal_data(root: Path) -> list[str]:
+    make_panoptic_dataset(root, {"train": 6, "val": 3}, size=32)
+    overrides = []
+    for split in ("train", "val"):
+        images, annotations, _ = split_paths(root, split)
+        overrides += [f"dataset.{split}.images={images}", f"dataset.{split}.annotations={annotations}"]
+    return overrides
+
+
+def _universal_predict(root: Path) -> tuple[list[str], int]:
+    return [f"predict.source={root / 'images' / 'val'}"], 3
+
+
+UNIVERSAL = [
+    "model.resolution=32",
+    "model.neck_channels=16",
+    "model.num_object_queries=6",
+    "model.hidden_dim=16",
+    "model.nheads=2",
+    "model.dim_feedforward=32",
+    "model.dec_layers=2",
+    "model.pixel_decoder.transformer_enc_layers=1",
+    "model.pixel_decoder.conv_dim=16",
+    "model.pixel_decoder.mask_dim=16",
+    "model.pixel_decoder.dim_feedforward=32",
+    "model.pixel_decoder.norm=ln",  # GroupNorm of 16 channels has 1 value per group on the 1x1 map of stride 32
+    "model.text_encoder.width=16",
+    "model.text_encoder.num_layers=1",
+    "model.text_encoder.context_length=8",
+    "model.text_encoder.n_ctx=2",
+    "model.train_num_points=64",
+]
+"""A tiny OneFormer (the default head) at 32 px."""
+
+
+def _clip_data(root: Path) -> list[str]:
+    overrides = []
+    for split, seed in (("train", 0), ("val", 1)):
+        images, captions = write_caption_folders(root / split, per_combination=1, seed=seed)
+        overrides += [f"dataset.{split}.image_dir={images}", f"dataset.{split}.caption_dir={captions}"]
+    return overrides
+
+
+def _clip_predict(root: Path) -> tuple[list[str], int]:
+    texts = root / "texts.txt"
+    texts.write_text("a red circle\na blue cross\n")
+    return [f"predict.source={root / 'val' / 'images'}", f"predict.text_file={texts}"], 12 + 2
+
+
 DENSE = ["model.resolution=32", "model.neck_channels=16", "model.decoder_channels=16"]
-NECKS = [["model.neck=vit_adapter"], ["model.neck=simple_pyramid"]]
+NECKS_NAMES = ("vit_adapter", "simple_pyramid")
+NECKS = [[f"model.neck={neck}"] for neck in NECKS_NAMES]
+
+
+def _detect_data(root: Path) -> list[str]:
+    train = make_detection_dataset(root / "train", num_images=6, size=64, seed=0)
+    val = make_detection_dataset(root / "val", num_images=3, size=64, seed=1, negatives=1)
+    return [
+        f"dataset.train_data_sources=[{{image_dir: {train[0]}, json_file: {train[1]}}}]",
+        f"dataset.val_data_sources=[{{image_dir: {val[0]}, json_file: {val[1]}}}]",
+    ]
+
+
+def _detect_predict(root: Path) -> tuple[list[str], int]:
+    return [f"predict.source={root / 'val' / 'images'}", "predict.conf_threshold=0.0"], 3
+
+
+DETECT_FM = ["model.frozen_fm.enabled=true", "model.frozen_fm.backbone=test-radio-v3-tiny"]
+DETECT_TINY = [
+    "model.resolution=64",
+    "model.hidden_dim=32",
+    "model.nheads=2",
+    "model.num_queries=10",
+    "model.num_select=10",
+    "model.dec_layers=1",
+    "model.dim_feedforward=32",
+    "model.dn_number=4",
+]
+DETECT_HEADS = [
+    [f"model.head={head}", f"model.neck={neck}", *([] if (head, neck) != ("dino", "simple_pyramid") else DETECT_FM)]
+    for head in ("rtdetr", "dino")
+    for neck in NECKS_NAMES
+]
+"""Both presets on both necks; one of them with the frozen foundation-model branch beside the main backbone."""
 GOLDEN = ["dataset.format=csv", "dataset.train_csv=none.csv"]
 
 CASES: dict[tuple[str, str | None], ContractCase] = {
@@ -149,6 +235,38 @@ CASES: dict[tuple[str, str | None], ContractCase] = {
         config=GOLDEN,
         heads=[[*neck, f"model.difference={d}"] for neck in NECKS for d in ("learnable", "euclidean")],
         meta={"classes": ["PASS", "FAIL"]},
+    ),
+    ("detect", None): ContractCase(
+        "detect",
+        None,
+        _detect_data,
+        _detect_predict,
+        extra=DETECT_TINY,
+        config=["dataset.train_data_sources=[{image_dir: none, json_file: none.json}]"],
+        heads=DETECT_HEADS,
+        meta={"classes": ["circle", "square", "triangle"], "category_ids": [1, 3, 7]},
+    ),
+    ("universal", None): ContractCase(
+        "universal",
+        None,
+        _universal_data,
+        _universal_predict,
+        extra=UNIVERSAL,
+        config=["dataset.train.images=none", "dataset.train.annotations=none.json"],
+        heads=[[*neck, f"model.head={head}"] for neck in NECKS for head in ("mask2former", "oneformer")],
+        meta={"categories": [{**c, "isthing": bool(c["isthing"])} for c in CATEGORIES], "format": "coco_panoptic"},
+    ),
+    ("clip", None): ContractCase(
+        "clip",
+        None,
+        _clip_data,
+        _clip_predict,
+        frozen=["model.freeze_vision_encoder=true"],
+        # a local RADIO checkpoint without adaptor heads as the image backbone of RADIO-CLIP's tiny text tower
+        extra=["model.type=test-radio-clip-tiny", "model.projection=linear", "model.image_size=32"],
+        config=["model.type=test-radio-clip-tiny"],
+        heads=[["model.projection=native"], ["model.projection=linear"]],
+        meta={},
     ),
     ("distill", None): ContractCase(
         "distill",

@@ -162,7 +162,7 @@ def test_unknown_spec_key_exits_2_with_a_suggestion(setup, capsys) -> None:
 
 def _outputs(task: str, checkpoint, spec) -> list[torch.Tensor]:
     taskdef, trained = load_trained(get_task(task), checkpoint)
-    resolution = trained.spec.model.resolution
+    resolution = taskdef.resolution(trained.spec)
     inputs = taskdef.verification_inputs(spec, trained, resolution)
     with torch.inference_mode():
         out = taskdef.export_plan(trained, resolution).module(*inputs)

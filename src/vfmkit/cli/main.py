@@ -1,6 +1,7 @@
 """The ``vfm`` command line: a thin shim over the library functions.
 
-Commands: ``vfm models`` / ``vfm models show ID``, ``vfm embed``, ``vfm pca``, ``vfm knn``, ``vfm demo``. Task
+Commands: ``vfm models`` / ``vfm models show ID`` / ``vfm models export ID``, ``vfm embed``, ``vfm pca``,
+``vfm knn``, ``vfm demo``. Task
 commands of the form ``vfm <task> <action> -c spec.yaml key=value`` are added as one typer group per task
 (``app.add_typer(group, name=task)``).
 
@@ -31,12 +32,48 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-models_app = typer.Typer(help="List the backbone registry (`vfm models`) or show one entry (`vfm models show ID`).")
+models_app = typer.Typer(
+    help="List the backbone registry (`vfm models`), show one entry (`vfm models show ID`) or export one to ONNX / "
+    "TensorRT (`vfm models export ID`)."
+)
 app.add_typer(models_app, name="models")
 tasks.register(app)
 
 MODEL_HELP = "registry id or alias (see `vfm models`), hf-hub:<repo>, or a local checkpoint file/folder"
 RESOLUTION_HELP = "resize every image to N x N (a multiple of the patch size); default: the model's preferred size"
+RUNTIME_HELP = "torch (PyTorch) or onnxruntime (CPU; the ONNX export is made once and cached, checked on the 1st batch)"
+INT8_HELP = "with --runtime onnxruntime: int8 weights (dynamic quantization), cosine to fp32 reported and checked"
+MIN_COSINE_HELP = "with --int8: refuse int8 output whose mean summary cosine to fp32 on the first batch is lower"
+
+
+class Runtime(str, Enum):
+    """How `vfm embed` / `pca` / `knn` run the backbone."""
+
+    torch = "torch"
+    onnxruntime = "onnxruntime"
+
+
+class DType(str, Enum):
+    """PyTorch compute precision of `vfm embed` (autocast)."""
+
+    fp32 = "fp32"
+    bf16 = "bf16"
+    fp16 = "fp16"
+
+
+class Device(str, Enum):
+    """Where PyTorch runs."""
+
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+class ExportFormat(str, Enum):
+    """What `vfm models export` writes."""
+
+    onnx = "onnx"
+    tensorrt = "tensorrt"
 
 
 def _model_name(value: str) -> str:
@@ -91,6 +128,11 @@ def models_table(include_test: bool = False) -> str:
         )
         for e in list_backbones(include_test=include_test)
     ]
+    return aligned_table(header, rows)
+
+
+def aligned_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """Rows of text cells as columns padded to their widest cell, header first."""
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
     lines = [
         "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
@@ -125,7 +167,49 @@ def models_show(model_id: str = typer.Argument(..., help="registry id or alias")
         typer.echo(f"{item.name}: {value}")
 
 
+@models_app.command("export")
+def models_export(
+    model_id: str = typer.Argument(..., help=MODEL_HELP),
+    out: Path = typer.Option(..., "--out", "-o", help=".onnx file, or the engine file with --format tensorrt"),
+    resolution: int | None = typer.Option(None, "--resolution", "-r", help="export at N x N; default: preferred"),
+    fmt: ExportFormat = typer.Option(ExportFormat.onnx, "--format", help="onnx, or tensorrt (GPU + tensorrt)"),
+    int8: bool = typer.Option(False, "--int8", help="onnx: onnxruntime int8 weights; tensorrt: int8 engine"),
+    fp16: bool = typer.Option(False, "--fp16", help="tensorrt: fp16 engine"),
+    calibration: Path | None = typer.Option(None, "--calibration", help="tensorrt --int8: calibration image folder"),
+    adaptor: list[str] | None = typer.Option(None, "--adaptor", help="also export this adaptor head (repeatable)"),
+    static: bool = typer.Option(False, "--static-resolution", help="fix H and W even where they could be dynamic"),
+    opset: int = typer.Option(17, "--opset", min=17, help="ONNX operator set"),
+    min_cosine: float = typer.Option(0.995, "--min-cosine", help="--int8 (onnx): lowest mean summary cosine to fp32"),
+    max_batch: int = typer.Option(32, "--max-batch", min=1, help="tensorrt: largest batch of the engine"),
+) -> None:
+    """Export a backbone (image in [0, 1] -> summary, features) to ONNX or TensorRT, verified against PyTorch."""
+    from vfmkit.export.model_export import export_model
+
+    result = export_model(
+        model_id, out, resolution, fmt.value, int8, fp16, calibration, adaptor or (),
+        dynamic_resolution=False if static else None, opset=opset, min_cosine=min_cosine, max_batch=max_batch,
+    )  # fmt: skip
+    graph = result.onnx
+    typer.echo(f"exported {model_id}: {graph.metadata['resolution_rule']}")
+    typer.echo(f"  outputs: {', '.join(json.loads(graph.metadata['outputs']))}")
+    for check in graph.verified:
+        typer.echo(f"  {check}")
+    if result.int8_cosine is not None:
+        typer.echo(f"  int8 summary cosine to PyTorch fp32 on the reference images: {result.int8_cosine}")
+    if result.tensorrt is not None:
+        typer.echo(f"  {result.tensorrt} (ONNX graph: {graph.path})")
+    typer.echo(f"wrote {result.path}")
+
+
 # --- feature extraction -------------------------------------------------------------------------------------------
+
+
+def _runtime(
+    runtime: Runtime, int8: bool, min_cosine: float, device: Device = Device.auto, dtype=DType.fp32, compile_=False
+):
+    from vfmkit.features.runners import RuntimeOptions
+
+    return RuntimeOptions(runtime.value, int8, min_cosine, dtype.value, compile_, device.value)
 
 
 def _print_skipped(skipped: Sequence) -> None:
@@ -144,11 +228,20 @@ def embed(
     out: Path = typer.Option(Path("embeddings.safetensors"), "--out", "-o", help="safetensors file to write"),
     what: What = typer.Option(What.summary, "--what", help="summary (N,C), spatial (N,D,h,w), or both"),
     adaptor: list[str] | None = typer.Option(None, "--adaptor", help="also store this adaptor head (repeatable)"),
+    runtime: Runtime = typer.Option(Runtime.torch, "--runtime", help=RUNTIME_HELP),
+    int8: bool = typer.Option(False, "--int8", help=INT8_HELP),
+    min_cosine: float = typer.Option(0.995, "--min-cosine", help=MIN_COSINE_HELP),
+    device: Device = typer.Option(Device.auto, "--device", help="torch: auto (CUDA when visible), cpu or cuda"),
+    dtype: DType = typer.Option(DType.fp32, "--dtype", help="torch: fp32, or bf16 / fp16 autocast (fp16: GPU only)"),
+    compile_: bool = typer.Option(False, "--compile", help="torch: torch.compile the backbone"),
 ) -> None:
     """Extract features of every image of SOURCE into a safetensors file plus an index of files."""
     from vfmkit.features.embed import embed_source
 
-    result = embed_source(source, model, out, resolution, batch_size, what.value, adaptors=adaptor or ())
+    options = _runtime(runtime, int8, min_cosine, device, dtype, compile_)
+    result = embed_source(
+        source, model, out, resolution, batch_size, what.value, adaptors=adaptor or (), runtime=options
+    )
     shapes = ", ".join(f"{key} {tuple(value.shape)}" for key, value in result.embeddings.tensors.items())
     typer.echo(f"embedded {len(result.embeddings.files)} images at {_size(result.embeddings.resolution)}: {shapes}")
     typer.echo(f"features: {result.out}")
@@ -167,11 +260,14 @@ def pca(
     out: Path = typer.Option(..., "--out", "-o", help="folder for the PNG pictures"),
     resolution: int | None = typer.Option(None, "--resolution", "-r", help=RESOLUTION_HELP),
     batch_size: int = typer.Option(16, "--batch-size", "-b", min=1, help="images per forward pass"),
+    runtime: Runtime = typer.Option(Runtime.torch, "--runtime", help=RUNTIME_HELP),
+    int8: bool = typer.Option(False, "--int8", help=INT8_HELP),
+    min_cosine: float = typer.Option(0.995, "--min-cosine", help=MIN_COSINE_HELP),
 ) -> None:
     """Draw the first 3 principal components of the spatial features as RGB, beside each image (PNG)."""
     from vfmkit.features.pca import pca_source
 
-    result = pca_source(source, model, out, resolution, batch_size)
+    result = pca_source(source, model, out, resolution, batch_size, runtime=_runtime(runtime, int8, min_cosine))
     typer.echo(f"wrote {len(result.pictures)} PCA picture(s) to {out}")
     _print_skipped(result.skipped)
 
@@ -185,11 +281,15 @@ def knn(
     temperature: float = typer.Option(0.07, "--temperature", "-t", min=1e-6, help="vote weight exp(similarity/T)"),
     resolution: int | None = typer.Option(None, "--resolution", "-r", help=RESOLUTION_HELP),
     batch_size: int = typer.Option(32, "--batch-size", "-b", min=1, help="images per forward pass"),
+    runtime: Runtime = typer.Option(Runtime.torch, "--runtime", help=RUNTIME_HELP),
+    int8: bool = typer.Option(False, "--int8", help=INT8_HELP),
+    min_cosine: float = typer.Option(0.995, "--min-cosine", help=MIN_COSINE_HELP),
 ) -> None:
     """k-NN classification of VAL images by their nearest TRAIN images (cosine, weighted votes); top-1/top-5."""
     from vfmkit.features.knn import knn_evaluate
 
-    result = knn_evaluate(train, val, model, k, temperature, resolution, batch_size)
+    options = _runtime(runtime, int8, min_cosine)
+    result = knn_evaluate(train, val, model, k, temperature, resolution, batch_size, runtime=options)
     typer.echo(format_knn(result))
     _print_skipped(result.skipped)
 

@@ -3,11 +3,14 @@
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
 import typer
 
 EXTRA = {"allow_extra_args": True, "ignore_unknown_options": True}
+EXTRA_COMMANDS = {"clip": "vfmkit.cli.clip"}
+"""Task -> the CLI module whose ``register(group)`` adds the task's commands beyond the four verbs."""
 SPEC_HELP = "spec YAML file (`vfm spec init <task>` writes one)"
 
 spec_app = typer.Typer(help="Write a commented starting spec (`init`) or print a resolved spec (`show`).")
@@ -29,6 +32,8 @@ def _task_group(task: str) -> typer.Typer:
 
     for action in ("train", "evaluate", "predict", "export"):
         group.command(action, context_settings=EXTRA)(make(action))
+    if task in EXTRA_COMMANDS:
+        importlib.import_module(EXTRA_COMMANDS[task]).register(group)
     return group
 
 

@@ -126,19 +126,21 @@ def coco_dict(
     return {
         "images": [{"id": i.id, "file_name": i.file_name, "width": i.width, "height": i.height} for i in images],
         "categories": [{"id": c.id, "name": c.name, "supercategory": c.supercategory} for c in categories],
-        "annotations": [
-            {
-                "id": a.id,
-                "image_id": a.image_id,
-                "category_id": a.category_id,
-                "bbox": list(a.bbox),
-                "area": a.area,
-                "iscrowd": int(a.iscrowd),
-                **({"segmentation": a.segmentation} if a.segmentation is not None else {}),
-            }
-            for image in images
-            for a in annotations.get(image.id, [])
-        ],
+        "annotations": [annotation_dict(a) for image in images for a in annotations.get(image.id, [])],
+    }
+
+
+def annotation_dict(annotation: CocoAnnotation) -> dict[str, Any]:
+    """One annotation as a COCO dict (original ids, ``segmentation`` kept where present)."""
+    a = annotation
+    return {
+        "id": a.id,
+        "image_id": a.image_id,
+        "category_id": a.category_id,
+        "bbox": list(a.bbox),
+        "area": a.area,
+        "iscrowd": int(a.iscrowd),
+        **({"segmentation": a.segmentation} if a.segmentation is not None else {}),
     }
 
 

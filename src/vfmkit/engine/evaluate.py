@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -59,15 +60,35 @@ def required_checkpoint(value: Path | None, action: str, task: str) -> Path:
     return Path(value)
 
 
-def evaluate(family: TaskFamily, spec: BaseModel) -> EvalResult:
-    """Metrics of ``evaluate.checkpoint`` on ``evaluate.split`` of this spec's dataset, written to
-    ``<run>/evaluate/<split>/`` (metrics.json and the task's plots)."""
-    checkpoint = required_checkpoint(spec.evaluate.checkpoint, "evaluate", family.name)
-    taskdef, trained = load_trained(family, checkpoint)
+def load_target(family: TaskFamily, spec: BaseModel, action: str) -> tuple[TaskDef, Trained, Path]:
+    """The model of ``<action>.checkpoint`` and the folder its results go under (its run folder); without a
+    checkpoint, the task's pre-trained model (:meth:`TaskDef.pretrained_model`) and
+    ``<results_dir>/<task>/pretrained/<model>``.
+
+    Raises:
+        VfmError: no checkpoint and the task has no usable pre-trained model, or a checkpoint this spec cannot use.
+    """
+    value = getattr(spec, action).checkpoint
+    if value is None:
+        taskdef = family.select(spec)
+        trained = taskdef.pretrained_model(spec)
+        if trained is not None:
+            name = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(taskdef.backbone_id(spec)).name)
+            return taskdef, trained, Path(spec.results_dir) / family.name / "pretrained" / name
+    taskdef, trained = load_trained(family, required_checkpoint(value, action, family.name))
     taskdef.check_compatible(spec, trained)
+    return taskdef, trained, run_dir_of(trained.checkpoint)
+
+
+def evaluate(family: TaskFamily, spec: BaseModel) -> EvalResult:
+    """Metrics of ``evaluate.checkpoint`` (or of the pre-trained model, see :func:`load_target`) on
+    ``evaluate.split`` of this spec's dataset, written to ``<run>/evaluate/<split>/`` (metrics.json and the task's
+    plots)."""
+    taskdef, trained, base = load_target(family, spec, "evaluate")
     name = spec.evaluate.split
     split = taskdef.eval_split(spec, trained, name)
-    out_dir = run_dir_of(trained.checkpoint) / "evaluate" / name
-    metrics = evaluate_and_write(taskdef, trained, split, spec, name, out_dir, f"{name}, {trained.checkpoint.name}")
+    out_dir = base / "evaluate" / name
+    source = trained.checkpoint.name if trained.checkpoint is not None else "pre-trained weights"
+    metrics = evaluate_and_write(taskdef, trained, split, spec, name, out_dir, f"{name}, {source}")
     print(f"written: {out_dir / 'metrics.json'}")
     return EvalResult(metrics, name, out_dir, trained.checkpoint)

@@ -9,11 +9,9 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from vfmkit._version import __version__
-from vfmkit.engine.evaluate import required_checkpoint
+from vfmkit.engine.evaluate import load_target
 from vfmkit.engine.frozen import submodule
-from vfmkit.engine.resume import run_dir_of
 from vfmkit.engine.taskdef import ExportPlan, ExportResult, TaskDef, TaskFamily, Trained
-from vfmkit.engine.trained import load_trained
 from vfmkit.errors import VfmError
 
 
@@ -72,13 +70,13 @@ def _export_one(taskdef, trained, spec, plan: ExportPlan, out: Path, resolution:
 
 
 def export(family: TaskFamily, spec: BaseModel) -> ExportResult:
-    """Export ``export.checkpoint`` to ``export.out`` (default ``<run>/export/model.onnx``) and verify it."""
-    checkpoint = required_checkpoint(spec.export.checkpoint, "export", family.name)
-    taskdef, trained = load_trained(family, checkpoint)
-    taskdef.check_compatible(spec, trained)
+    """Export ``export.checkpoint`` (or the task's pre-trained model, see
+    :func:`~vfmkit.engine.evaluate.load_target`) to ``export.out`` (default ``<run>/export/model.onnx``) and verify
+    it."""
+    taskdef, trained, base = load_target(family, spec, "export")
     resolution = spec.export.resolution or taskdef.resolution(trained.spec)
     _check_resolution(taskdef, trained, resolution)
-    out = Path(spec.export.out or run_dir_of(trained.checkpoint) / "export" / "model.onnx")
+    out = Path(spec.export.out or base / "export" / "model.onnx")
     plans = taskdef.export_plans(trained, resolution, spec)
     files, diffs, samples = [], [], []
     for plan in plans:

@@ -3,31 +3,31 @@ per readable input, written under ``predict.out`` (default ``<run>/predict``).""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import BaseModel
 
-from vfmkit.engine.evaluate import required_checkpoint
-from vfmkit.engine.resume import find_checkpoint, run_dir_of
+from vfmkit.engine.evaluate import load_target
 from vfmkit.engine.taskdef import PredictResult, TaskFamily
-from vfmkit.engine.trained import load_trained
 from vfmkit.errors import DataError
 
 
 def predict(family: TaskFamily, spec: BaseModel) -> PredictResult:
-    """Run ``predict.checkpoint`` on ``predict.source``.
+    """Run ``predict.checkpoint`` (or the task's pre-trained model, see
+    :func:`~vfmkit.engine.evaluate.load_target`) on ``predict.source``.
 
     Raises:
         DataError: no input could be predicted (every input unreadable or none found).
     """
-    target = required_checkpoint(spec.predict.checkpoint, "predict", family.name)
-    if target.suffix == ".onnx":
+    target = spec.predict.checkpoint
+    if target is not None and Path(target).suffix == ".onnx":
         taskdef = family.select(spec)
-        predictor = taskdef.onnx_predictor(target)
-        default_out = target.parent / "predict"
+        predictor = taskdef.onnx_predictor(Path(target))
+        default_out = Path(target).parent / "predict"
     else:
-        taskdef, trained = load_trained(family, target)
-        taskdef.check_compatible(spec, trained)
+        taskdef, trained, base = load_target(family, spec, "predict")
         predictor = taskdef.predictor(trained)
-        default_out = run_dir_of(find_checkpoint(target)) / "predict"
+        default_out = base / "predict"
     result = taskdef.predict(spec, predictor, spec.predict.out, default_out)
     for line in result.skipped:
         print(f"  skipped {line}")

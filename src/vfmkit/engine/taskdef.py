@@ -53,13 +53,14 @@ class Trained:
         model: the task's model.
         spec: the training spec.
         meta: the task facts saved with it (class names ...).
-        checkpoint: the file it came from.
+        checkpoint: the file it came from; None for a pre-trained model built from a spec
+            (:meth:`TaskDef.pretrained_model`).
     """
 
     model: nn.Module
     spec: BaseModel
     meta: dict[str, Any]
-    checkpoint: Path
+    checkpoint: Path | None
 
 
 @dataclass
@@ -96,12 +97,13 @@ class TrainResult:
 
 @dataclass
 class EvalResult:
-    """Metrics of a checkpoint on a split (fractions; None where undefined) and where they were written."""
+    """Metrics of a checkpoint (None: the pre-trained model) on a split (fractions; None where undefined) and where
+    they were written."""
 
     metrics: dict
     split: str
     out_dir: Path
-    checkpoint: Path
+    checkpoint: Path | None
 
 
 @dataclass
@@ -219,6 +221,12 @@ class TaskDef:
         validation, so nothing reloaded it). Runs on rank 0 only, before the model card. Default: nothing."""
 
     # --- evaluation ------------------------------------------------------------------------------------------------
+
+    def pretrained_model(self, spec: BaseModel) -> Trained | None:
+        """The model ``evaluate``, ``predict`` and ``export`` use when no checkpoint is given: a task whose published
+        model is usable untrained (CLIP: zero-shot, retrieval, embeddings) returns it built from ``spec`` alone (eval
+        mode, ``checkpoint`` None); None, the default, makes ``<action>.checkpoint`` required."""
+        return None
 
     def check_compatible(self, spec: BaseModel, trained: Trained) -> None:
         """Refuse a checkpoint this spec cannot evaluate, predict with or export (e.g. another variant)."""

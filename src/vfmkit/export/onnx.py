@@ -4,8 +4,9 @@
 tensors into a single ``.onnx`` file:
 
 - operator set >= 17, standard ONNX operators only (no custom domains), so onnxruntime and TensorRT read it;
-- a dynamic batch axis (named ``batch``) on every input and output unless ``dynamic_batch=False``; every other axis
-  is fixed to the example input's size (export one file per resolution);
+- a dynamic batch axis (named ``batch``) on every input and output unless ``dynamic_batch=False``; other input axes
+  are fixed to the example input's size (export one file per resolution) unless named in ``dynamic_input_axes``
+  (e.g. ``{"image": {2: "height", 3: "width"}}`` for a model whose graph holds for any image size);
 - the caller's ``metadata`` (labels, mean/std, resolution, task...) stored as ONNX ``metadata_props``, plus
   ``vfmkit_version`` and ``vfmkit_exporter``;
 - written atomically: the exporter works in a temporary folder beside the target and the result is moved into place
@@ -29,6 +30,7 @@ returns ``{output name: array}``. Numerical parity with PyTorch is checked by :f
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import logging
 import os
@@ -72,6 +74,7 @@ def export_onnx(
     opset: int = DEFAULT_OPSET,
     dynamic_batch: bool = True,
     exporter: Exporter = "auto",
+    dynamic_input_axes: Mapping[str, Mapping[int, str]] | None = None,
 ) -> Path:
     """Export ``module`` to an ONNX file, check it, and embed ``metadata``.
 
@@ -89,6 +92,9 @@ def export_onnx(
         dynamic_batch: make axis 0 of every input and output a symbolic ``batch`` dimension.
         exporter: ``"auto"`` (the exporter native at ``opset`` first, the other if it raises: see the module
             docstring), ``"dynamo"`` (torch.export-based) or ``"torchscript"``.
+        dynamic_input_axes: input name -> {axis (>= 1): symbolic name} of further axes to keep symbolic, e.g.
+            ``{"image": {2: "height", 3: "width"}}``. The module's forward must hold for any size of those axes
+            (the tracer records one path through Python control flow): verify at a second size.
 
     Returns:
         The path written.
@@ -99,6 +105,7 @@ def export_onnx(
     """
     path = Path(path)
     inputs = _check_export_args(example_inputs, input_names, output_names, metadata, opset, exporter)
+    axes = _check_dynamic_axes(dynamic_input_axes or {}, input_names, inputs)
     _require_onnx()
     with _eval_mode(module):
         _preflight(module, inputs, output_names)
@@ -106,10 +113,11 @@ def export_onnx(
         with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.") as tmp:
             raw = Path(tmp) / "raw.onnx"
             order = _exporter_order(exporter, opset)
-            used = _run_exporters(order, module, inputs, raw, input_names, output_names, opset, dynamic_batch)
+            graph = _GraphSpec(input_names, output_names, opset, dynamic_batch, axes)
+            used = _run_exporters(order, module, inputs, raw, graph)
             staged = Path(tmp) / path.name
             meta = {**metadata, "vfmkit_version": __version__, "vfmkit_exporter": used}
-            _finalize(raw, staged, meta, input_names, output_names, opset, dynamic_batch)
+            _finalize(raw, staged, meta, graph)
             _move_into_place(staged, path)
     logger.info("exported %s (opset %d, %s exporter)", path, opset, used)
     return path
@@ -147,6 +155,43 @@ def _check_export_args(
             raise ExportError(f"metadata key {key!r} is set by vfmkit; remove it from the metadata")
     with torch.inference_mode(False):
         return tuple(t.detach().clone() for t in example_inputs)
+
+
+def _check_dynamic_axes(
+    axes: Mapping[str, Mapping[int, str]], input_names: Sequence[str], inputs: tuple[torch.Tensor, ...]
+) -> dict[str, dict[int, str]]:
+    """Validate ``dynamic_input_axes``: known inputs, axes >= 1 within the rank, non-empty distinct names."""
+    ranks = {name: tensor.ndim for name, tensor in zip(input_names, inputs, strict=True)}
+    checked: dict[str, dict[int, str]] = {}
+    for name, named in axes.items():
+        if name not in ranks:
+            raise ExportError(f"dynamic_input_axes names {name!r}, which is not an input ({list(input_names)})")
+        for axis, label in named.items():
+            if not isinstance(axis, int) or not 1 <= axis < ranks[name] or not isinstance(label, str) or not label:
+                raise ExportError(
+                    f"dynamic_input_axes[{name!r}] must map axes 1..{ranks[name] - 1} to names, got {dict(named)}"
+                )
+        checked[name] = dict(named)
+    labels = [label for named in checked.values() for label in named.values()]
+    if BATCH_AXIS_NAME in labels:
+        raise ExportError(f"the axis name {BATCH_AXIS_NAME!r} is reserved for the batch axis")
+    return checked
+
+
+@dataclasses.dataclass(frozen=True)
+class _GraphSpec:
+    """Names and symbolic axes the exported graph must have."""
+
+    input_names: Sequence[str]
+    output_names: Sequence[str]
+    opset: int
+    dynamic_batch: bool
+    input_axes: Mapping[str, Mapping[int, str]]
+
+    def symbolic_input_axes(self, name: str) -> dict[int, str]:
+        """Axis -> symbolic name of one input, the batch axis included when dynamic."""
+        batch = {0: BATCH_AXIS_NAME} if self.dynamic_batch else {}
+        return {**batch, **self.input_axes.get(name, {})}
 
 
 def _require_onnx() -> None:
@@ -195,14 +240,7 @@ def _exporter_order(exporter: str, opset: int) -> tuple[str, ...]:
 
 
 def _run_exporters(
-    order: Sequence[str],
-    module: nn.Module,
-    inputs: tuple[torch.Tensor, ...],
-    file: Path,
-    input_names: Sequence[str],
-    output_names: Sequence[str],
-    opset: int,
-    dynamic_batch: bool,
+    order: Sequence[str], module: nn.Module, inputs: tuple[torch.Tensor, ...], file: Path, graph: _GraphSpec
 ) -> str:
     """Try the exporters in ``order``; return the name of the first that wrote ``file``."""
     failures = []
@@ -211,7 +249,7 @@ def _run_exporters(
         captured = io.StringIO()
         try:
             with _quiet(captured), torch.no_grad():
-                export(module, inputs, file, input_names, output_names, opset, dynamic_batch)
+                export(module, inputs, file, graph)
             return name
         except Exception as exc:
             logger.debug("%s exporter failed; its output:\n%s", name, captured.getvalue(), exc_info=True)
@@ -231,7 +269,7 @@ def _empty_folder(folder: Path) -> None:
             leftover.unlink()
 
 
-def _export_dynamo(module, inputs, file, input_names, output_names, opset, dynamic_batch) -> None:
+def _export_dynamo(module, inputs, file, graph: _GraphSpec) -> None:
     """torch.export-based exporter.
 
     It translates at its own operator set (18 in torch 2.5-2.15); a lower ``opset`` is reached by converting the
@@ -239,22 +277,27 @@ def _export_dynamo(module, inputs, file, input_names, output_names, opset, dynam
     away, rather than inside torch, which converts before optimising and silently keeps opset 18 when that fails.
     """
     batch = torch.export.Dim(BATCH_AXIS_NAME)
-    shapes = tuple({0: batch} for _ in inputs) if dynamic_batch else None
+    shapes = None
+    if graph.dynamic_batch or graph.input_axes:
+        shapes = tuple(
+            {axis: batch if axis == 0 else torch.export.Dim.DYNAMIC for axis in graph.symbolic_input_axes(name)}
+            for name in graph.input_names
+        )
     torch.onnx.export(
         module,
         inputs,
         str(file),
-        input_names=list(input_names),
-        output_names=list(output_names),
-        opset_version=max(opset, _dynamo_native_opset()),
+        input_names=list(graph.input_names),
+        output_names=list(graph.output_names),
+        opset_version=max(graph.opset, _dynamo_native_opset()),
         dynamo=True,
         dynamic_shapes=shapes,
         external_data=True,
         verbose=False,
         report=False,
     )
-    if opset < _dynamo_native_opset():
-        _convert_opset(file, opset)
+    if graph.opset < _dynamo_native_opset():
+        _convert_opset(file, graph.opset)
 
 
 def _dynamo_native_opset() -> int:
@@ -278,19 +321,21 @@ def _convert_opset(file: Path, opset: int) -> None:
     onnx.checker.check_model(str(file))  # the converter can leave invalid attributes (e.g. ReduceL2 18 -> 17)
 
 
-def _export_torchscript(module, inputs, file, input_names, output_names, opset, dynamic_batch) -> None:
+def _export_torchscript(module, inputs, file, graph: _GraphSpec) -> None:
     """Legacy tracing exporter (deprecated in PyTorch, kept as the fallback)."""
-    axes = {name: {0: BATCH_AXIS_NAME} for name in (*input_names, *output_names)} if dynamic_batch else None
+    axes = {name: graph.symbolic_input_axes(name) for name in graph.input_names}
+    if graph.dynamic_batch:
+        axes.update({name: {0: BATCH_AXIS_NAME} for name in graph.output_names})
     with _mha_fastpath_disabled():
         torch.onnx.export(
             module,
             inputs,
             str(file),
-            input_names=list(input_names),
-            output_names=list(output_names),
-            opset_version=opset,
+            input_names=list(graph.input_names),
+            output_names=list(graph.output_names),
+            opset_version=graph.opset,
             dynamo=False,
-            dynamic_axes=axes,
+            dynamic_axes={name: named for name, named in axes.items() if named} or None,
             do_constant_folding=True,
         )
 
@@ -358,20 +403,12 @@ def _short_reason(exc: BaseException) -> str:
     return f"{type(cause).__name__}: {line[:300]}"
 
 
-def _finalize(
-    raw: Path,
-    staged: Path,
-    metadata: Mapping[str, str],
-    input_names: Sequence[str],
-    output_names: Sequence[str],
-    opset: int,
-    dynamic_batch: bool,
-) -> None:
+def _finalize(raw: Path, staged: Path, metadata: Mapping[str, str], graph: _GraphSpec) -> None:
     """Add metadata to the exported graph, save it as ``staged`` (one file, or + ``.data`` when large), check it."""
     import onnx
 
     model = onnx.load(str(raw))
-    _check_graph(model, input_names, output_names, opset, dynamic_batch)
+    _check_graph(model, graph)
     del model.metadata_props[:]
     for key, value in sorted(metadata.items()):
         model.metadata_props.add(key=key, value=value)
@@ -389,10 +426,9 @@ def _finalize(
         raise ExportError(f"the exported graph fails onnx.checker: {str(exc).strip().splitlines()[0]}") from exc
 
 
-def _check_graph(
-    model: Any, input_names: Sequence[str], output_names: Sequence[str], opset: int, dynamic: bool
-) -> None:
-    """Names, standard-only operators, opset and batch axes of the exported graph."""
+def _check_graph(model: Any, graph: _GraphSpec) -> None:
+    """Names, standard-only operators, opset and symbolic axes of the exported graph (symbolic axes get their names)."""
+    input_names, output_names, opset = graph.input_names, graph.output_names, graph.opset
     inputs = {v.name: v for v in model.graph.input}
     outputs = {v.name: v for v in model.graph.output}
     if list(inputs) != list(input_names) or list(outputs) != list(output_names):
@@ -411,10 +447,29 @@ def _check_graph(
     for name, value in [*inputs.items(), *outputs.items()]:
         dims = value.type.tensor_type.shape.dim
         symbolic = bool(dims) and dims[0].HasField("dim_param")
-        if dynamic and not symbolic:
+        if graph.dynamic_batch and not symbolic:
             raise ExportError(f"'{name}' has no dynamic batch axis in the exported graph (is axis 0 the batch?)")
-        if dynamic:
+        if graph.dynamic_batch:
             dims[0].dim_param = BATCH_AXIS_NAME
+    for name, named in graph.input_axes.items():
+        dims = inputs[name].type.tensor_type.shape.dim
+        for axis, label in named.items():
+            if not dims[axis].HasField("dim_param"):
+                raise ExportError(f"axis {axis} of input '{name}' is not symbolic in the exported graph")
+            dims[axis].dim_param = label
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder and ``os.replace`` (parents created)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, staged = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(handle, "wb") as file:
+            file.write(data)
+        os.replace(staged, path)
+    except BaseException:
+        Path(staged).unlink(missing_ok=True)
+        raise
 
 
 def _move_into_place(staged: Path, path: Path) -> None:

@@ -25,8 +25,14 @@ class OnnxModel:
         provider: the onnxruntime execution provider in use (``"CPUExecutionProvider"``).
     """
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, threads: int | None = None, spin: bool = True) -> None:
         """Load ``path``.
+
+        Args:
+            path: the ``.onnx`` file.
+            threads: onnxruntime intra-op threads; None: onnxruntime's default (one per physical core).
+            spin: let idle worker threads spin-wait for work (onnxruntime's default); False yields the cores
+                between operators, better when other processes (e.g. image decoders) share them.
 
         Raises:
             ExportError: the file is missing or is not a loadable ONNX model (the message names it).
@@ -34,7 +40,7 @@ class OnnxModel:
         self.path = Path(path)
         if not self.path.is_file():
             raise ExportError(f"ONNX model not found: {self.path}")
-        self.session = _open_session(self.path)
+        self.session = _open_session(self.path, threads, spin)
         self.provider = self.session.get_providers()[0]
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_names = [o.name for o in self.session.get_outputs()]
@@ -88,14 +94,20 @@ class OnnxModel:
         return f"OnnxModel({str(self.path)!r}, inputs={self.input_shapes}, outputs={self.output_names})"
 
 
-def _open_session(path: Path) -> Any:
-    """An onnxruntime CPU session for ``path``, quiet about benign graph warnings."""
+def _open_session(path: Path, threads: int | None = None, spin: bool = True) -> Any:
+    """An onnxruntime CPU session for ``path`` (``threads`` intra-op threads when given, spin-waiting or not), quiet
+    about benign graph warnings."""
     try:
         import onnxruntime as ort
     except ImportError as exc:
         raise ExportError("running ONNX models needs the onnxruntime package: pip install onnxruntime") from exc
     options = ort.SessionOptions()
     options.log_severity_level = 3
+    if threads is not None:
+        options.intra_op_num_threads = max(1, int(threads))
+        options.inter_op_num_threads = 1
+    if not spin:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
         return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
     except Exception as exc:

@@ -64,6 +64,7 @@ def verify_onnx(
     module: nn.Module,
     inputs: tuple[torch.Tensor, ...],
     tolerance: float = DEFAULT_TOLERANCE,
+    relative: bool = False,
 ) -> VerifyResult:
     """Compare an exported file with ``module`` on ``inputs`` at two batch sizes.
 
@@ -76,6 +77,8 @@ def verify_onnx(
         inputs: one tensor per graph input in graph order, sharing the batch axis; for an image model float32
             (B, 3, H, W) RGB in [0, 1] as produced by :func:`vfmkit.preprocess_images` from real images.
         tolerance: largest accepted max abs difference per output (fp32 default 1e-4).
+        relative: scale the tolerance of each output by max(1, its largest |PyTorch value|), for models whose
+            outputs reach large magnitudes (e.g. backbone features without a final norm).
 
     Returns:
         The measured differences (also logged at INFO on ``vfmkit.export``).
@@ -89,14 +92,16 @@ def verify_onnx(
         raise ExportError(f"{onnx_model.path.name} takes {len(onnx_model.input_names)} inputs {onnx_model.input_names}")
     per_output = dict.fromkeys(onnx_model.output_names, 0.0)
     worst_batch = dict.fromkeys(onnx_model.output_names, 0)
+    limits = dict.fromkeys(onnx_model.output_names, tolerance)
     batches = _batches(inputs)
     for batch in batches:
-        reference = _run_torch(module, batch, len(onnx_model.output_names))
-        exported = onnx_model(*batch)
-        for (name, actual), expected in zip(exported.items(), reference, strict=True):
-            diff = _max_abs_diff(name, actual, expected)
+        reference = torch_outputs(module, batch, len(onnx_model.output_names))
+        for name, diff in max_abs_diffs(onnx_model(*batch), reference).items():
             if diff > per_output[name]:
                 per_output[name], worst_batch[name] = diff, len(batch[0])
+        if relative:
+            for name, expected in zip(onnx_model.output_names, reference, strict=True):
+                limits[name] = max(limits[name], scaled_tolerance(tolerance, expected))
     result = VerifyResult(
         per_output=per_output,
         max_abs_diff=max(per_output.values()),
@@ -105,13 +110,29 @@ def verify_onnx(
         tolerance=tolerance,
     )
     logger.info("%s", result)
-    failed = [f"'{n}' differs by {d:.3g} (batch size {worst_batch[n]})" for n, d in per_output.items() if d > tolerance]
+    failed = [
+        f"'{n}' differs by {d:.3g} (batch size {worst_batch[n]}{_limit_note(limits[n], tolerance)})"
+        for n, d in per_output.items()
+        if d > limits[n]
+    ]
     if failed:
+        scope = "relative " if relative else ""
         raise ExportError(
-            f"ONNX outputs of {onnx_model.path.name} differ from PyTorch above the tolerance {tolerance:g}: "
+            f"ONNX outputs of {onnx_model.path.name} differ from PyTorch above the {scope}tolerance {tolerance:g}: "
             + "; ".join(failed)
         )
     return result
+
+
+def scaled_tolerance(tolerance: float, expected: np.ndarray) -> float:
+    """``tolerance`` x max(1, largest finite |value| of ``expected``): an absolute bound relative to the output's
+    magnitude."""
+    finite = np.abs(expected[np.isfinite(expected)]) if expected.size else np.zeros(0)
+    return tolerance * max(1.0, float(finite.max()) if finite.size else 1.0)
+
+
+def _limit_note(limit: float, tolerance: float) -> str:
+    return f", limit {limit:.3g}" if limit != tolerance else ""
 
 
 def _batches(inputs: tuple[torch.Tensor, ...]) -> list[tuple[torch.Tensor, ...]]:
@@ -124,8 +145,9 @@ def _batches(inputs: tuple[torch.Tensor, ...]) -> list[tuple[torch.Tensor, ...]]
     return [tuple(t[:1] for t in inputs), inputs]
 
 
-def _run_torch(module: nn.Module, batch: tuple[torch.Tensor, ...], count: int) -> list[np.ndarray]:
-    """Eager outputs of ``module`` as float64-comparable numpy arrays, in graph output order."""
+def torch_outputs(module: nn.Module, batch: tuple[torch.Tensor, ...], count: int) -> list[np.ndarray]:
+    """Eager outputs of ``module`` (eval and inference mode, on its own device) as numpy arrays (floats as float32),
+    in graph output order; ``count`` is the number of graph outputs expected."""
     device = next((p.device for p in module.parameters()), torch.device("cpu"))
     with _eval_mode(module), torch.inference_mode():
         outputs = module(*(t.to(device) for t in batch))
@@ -133,6 +155,48 @@ def _run_torch(module: nn.Module, batch: tuple[torch.Tensor, ...], count: int) -
     if len(outputs) != count:
         raise ExportError(f"the module returns {len(outputs)} outputs but the ONNX graph has {count}")
     return [o.detach().float().cpu().numpy() if o.is_floating_point() else o.cpu().numpy() for o in outputs]
+
+
+def max_abs_diffs(actual: dict[str, np.ndarray], expected: list[np.ndarray]) -> dict[str, float]:
+    """Output name -> max abs difference of ONNX outputs ``actual`` (graph order) against ``expected`` (same order).
+
+    Raises:
+        ExportError: a shape mismatch (naming the output).
+    """
+    return {
+        name: _max_abs_diff(name, value, reference)
+        for (name, value), reference in zip(actual.items(), expected, strict=True)
+    }
+
+
+@dataclass(frozen=True)
+class CosineStats:
+    """Cosine similarity of each row (sample) of one output to a reference: the worst and the mean over the batch."""
+
+    min: float
+    mean: float
+
+    def __str__(self) -> str:
+        return f"min {self.min:.4f}, mean {self.mean:.4f}"
+
+
+def cosine_stats(actual: np.ndarray, expected: np.ndarray) -> CosineStats:
+    """Per-sample cosine similarity of ``actual`` to ``expected``, both (B, ...) and flattened per sample.
+
+    Rows that are all zero on either side count as cosine 1 when both are zero, else 0; NaN counts as 0.
+    """
+    if actual.shape != expected.shape or actual.ndim == 0 or len(actual) == 0:
+        raise ExportError(
+            f"cosine needs two non-empty (B, ...) arrays of one shape, got {actual.shape}, {expected.shape}"
+        )
+    a = actual.reshape(len(actual), -1).astype(np.float64)
+    b = expected.reshape(len(expected), -1).astype(np.float64)
+    norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    both_zero = (np.abs(a).max(axis=1) == 0) & (np.abs(b).max(axis=1) == 0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cosine = np.where(norms > 0, (a * b).sum(axis=1) / np.where(norms > 0, norms, 1.0), both_zero.astype(float))
+    cosine = np.nan_to_num(cosine, nan=0.0)
+    return CosineStats(min=float(cosine.min()), mean=float(cosine.mean()))
 
 
 def _max_abs_diff(name: str, actual: np.ndarray, expected: np.ndarray) -> float:

@@ -8,10 +8,11 @@ order of the index file's ``files`` list:
 - ``adaptor.<name>.summary`` (N, C_a) and ``adaptor.<name>.spatial`` (N, D_a, h_a, w_a) for each adaptor head the
   model was loaded with, following ``what`` likewise.
 
-The safetensors metadata holds the model id, the input resolution (``HxW``), ``what``, the vfmkit version and the
-index file name. The index (``<out stem>.index.json``, next to ``out``) holds the same and ``files`` (paths as
-listed, row order) and ``skipped``: ``[{"path", "error"}]`` for images that could not be read. Unreadable images are
-reported, skipped and listed; they never leave a silent gap.
+The safetensors metadata holds the model id, the input resolution (``HxW``), ``what``, the runtime that computed
+the features (e.g. ``torch-fp32``, ``onnxruntime-int8-opset17``), the vfmkit version and the index file name. The
+index (``<out stem>.index.json``, next to ``out``) holds the same and ``files`` (paths as listed, row order) and
+``skipped``: ``[{"path", "error"}]`` for images that could not be read. Unreadable images are reported, skipped and
+listed; they never leave a silent gap.
 
 Every image is resized to one size (the model's preferred resolution, or N x N), so rows stack. All rows are held in
 memory until the file is written: spatial features take N x D x h x w x 4 bytes.
@@ -36,6 +37,7 @@ from vfmkit._version import __version__
 from vfmkit.data.images import list_image_files
 from vfmkit.data.preprocess import get_preprocessing, preprocess_image, target_size
 from vfmkit.errors import DataError, VfmError
+from vfmkit.features.runners import BackboneRunner, RuntimeOptions, make_runner
 from vfmkit.models.backbones.base import Backbone, BackboneOutput, Preprocessing
 
 WHAT_CHOICES = ("summary", "spatial", "both")
@@ -191,7 +193,7 @@ def _output_tensors(output: BackboneOutput, what: str) -> dict[str, torch.Tensor
 
 
 def extract_embeddings(
-    model: Backbone,
+    model: Backbone | BackboneRunner,
     files: Sequence[str | Path],
     resolution: int | tuple[int, int] | None = None,
     batch_size: int = 32,
@@ -204,7 +206,8 @@ def extract_embeddings(
     """Run ``model`` over image files and keep the outputs in memory.
 
     Args:
-        model: a backbone (eval mode); its adaptor heads are stored too.
+        model: a backbone (eval mode) or a runner of one (:mod:`vfmkit.features.runners`); its adaptor heads are
+            stored too.
         files: image paths; unreadable ones are skipped and listed in ``Embeddings.skipped``.
         resolution: None for the model's preferred resolution, N for N x N, or (H, W).
         batch_size: images per forward.
@@ -249,14 +252,23 @@ def extract_embeddings(
     return Embeddings(tensors, [files[index] for index in rows], skipped, size)
 
 
+def runtime_tag(runner: Backbone | BackboneRunner) -> str:
+    """What computes the features: the runner's ``cache_tag``, ``torch-fp32`` for a bare backbone."""
+    return str(getattr(runner, "cache_tag", "torch-fp32"))
+
+
 def index_path_for(out: str | Path) -> Path:
     """The index file that goes with a features file: ``dir/name.safetensors`` -> ``dir/name.index.json``."""
     out = Path(out)
     return out.with_name(out.stem + ".index.json")
 
 
-def save_embeddings(embeddings: Embeddings, out: str | Path, model_id: str, what: str) -> Path:
+def save_embeddings(
+    embeddings: Embeddings, out: str | Path, model_id: str, what: str, runtime: str = "torch-fp32"
+) -> Path:
     """Write ``embeddings`` to ``out`` (safetensors) and its index JSON; returns the index path.
+
+    ``runtime`` names what computed the features (a runner's ``cache_tag``, e.g. ``onnxruntime-int8-opset17``).
 
     Raises:
         DataError: the output folder cannot be created or written.
@@ -268,13 +280,14 @@ def save_embeddings(embeddings: Embeddings, out: str | Path, model_id: str, what
         "model": model_id,
         "resolution": f"{height}x{width}",
         "what": what,
+        "runtime": runtime,
         "vfmkit_version": __version__,
         "index": index.name,
         "row_order": f"rows follow the 'files' list of {index.name}",
     }
     record = {
         "format": "vfmkit.embeddings/1",
-        **{key: metadata[key] for key in ("model", "what", "vfmkit_version")},
+        **{key: metadata[key] for key in ("model", "what", "runtime", "vfmkit_version")},
         "resolution": [height, width],
         "features_file": out.name,
         "tensors": {key: list(value.shape) for key, value in embeddings.tensors.items()},
@@ -309,6 +322,7 @@ def embed_source(
     adaptors: Sequence[str] = (),
     progress: bool = True,
     on_progress: ProgressCallback | None = None,
+    runtime: RuntimeOptions | None = None,
 ) -> EmbedResult:
     """Embed every image of a source and write the features file and its index (see the module docstring).
 
@@ -323,6 +337,8 @@ def embed_source(
         adaptors: adaptor heads to load with ``model`` (ignored when ``model`` is a loaded backbone).
         progress: show progress on stderr.
         on_progress: ``on_progress(done, total)`` after each batch.
+        runtime: how to run the model (:class:`RuntimeOptions`: PyTorch device/dtype/compile, or onnxruntime fp32 /
+            int8); None: eager PyTorch on the model's device.
 
     Returns:
         An :class:`EmbedResult`.
@@ -331,8 +347,9 @@ def embed_source(
     if what not in WHAT_CHOICES:
         raise VfmError(f"what must be one of {', '.join(WHAT_CHOICES)}, got {what!r}")
     backbone, model_id = resolve_model(model, adaptors)
+    runner = make_runner(backbone, model_id, runtime)
     embeddings = extract_embeddings(
-        backbone, files, resolution, batch_size, what, progress=progress, on_progress=on_progress
+        runner, files, resolution, batch_size, what, progress=progress, on_progress=on_progress
     )
-    index = save_embeddings(embeddings, out, model_id, what)
+    index = save_embeddings(embeddings, out, model_id, what, runtime_tag(runner))
     return EmbedResult(Path(out), index, embeddings)

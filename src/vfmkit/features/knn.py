@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from vfmkit.data.images import list_image_files
 from vfmkit.errors import DataError, VfmError
 from vfmkit.features.embed import SkippedImage, extract_embeddings, resolve_model
+from vfmkit.features.runners import RuntimeOptions, make_runner
 from vfmkit.models.backbones.base import Backbone
 
 
@@ -148,6 +149,7 @@ def knn_evaluate(
     resolution: int | None = None,
     batch_size: int = 32,
     progress: bool = True,
+    runtime: RuntimeOptions | None = None,
 ) -> KnnResult:
     """Embed two class-folder datasets and classify the validation images by k-NN over the training images.
 
@@ -160,17 +162,19 @@ def knn_evaluate(
         resolution: None for the model's preferred resolution, N for N x N.
         batch_size: images per forward.
         progress: show progress on stderr.
+        runtime: how to run the model (see :class:`RuntimeOptions`); None: eager PyTorch.
 
     Returns:
         A :class:`KnnResult`; unreadable images are left out of both sets and listed in ``skipped``.
     """
     train = list_class_folders(train_dir)
     val = list_class_folders(val_dir, classes=train.classes)
-    backbone, _ = resolve_model(model)
+    backbone, model_id = resolve_model(model)
+    runner = make_runner(backbone, model_id, runtime)
     features, labels, skipped = {}, {}, []
     for name, folders in (("train", train), ("val", val)):
         embeddings = extract_embeddings(
-            backbone, folders.files, resolution, batch_size, "summary", progress=progress, desc=f"knn {name}"
+            runner, folders.files, resolution, batch_size, "summary", progress=progress, desc=f"knn {name}"
         )
         position = {path: i for i, path in enumerate(folders.files)}
         features[name] = embeddings.tensors["summary"]

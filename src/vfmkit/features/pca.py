@@ -23,6 +23,7 @@ from vfmkit.data.images import list_image_files
 from vfmkit.data.preprocess import preprocess_image
 from vfmkit.errors import DataError
 from vfmkit.features.embed import SkippedImage, extract_embeddings, resolve_model
+from vfmkit.features.runners import RuntimeOptions, make_runner
 from vfmkit.models.backbones.base import Backbone
 
 GAP_PX = 4
@@ -114,6 +115,7 @@ def pca_source(
     resolution: int | None = None,
     batch_size: int = 16,
     progress: bool = True,
+    runtime: RuntimeOptions | None = None,
 ) -> PcaResult:
     """Write one PCA picture per image of ``source`` into ``out_dir``.
 
@@ -124,14 +126,16 @@ def pca_source(
         resolution: None for the model's preferred resolution, N for N x N.
         batch_size: images per forward.
         progress: show progress on stderr.
+        runtime: how to run the model (see :class:`RuntimeOptions`); None: eager PyTorch.
 
     Returns:
         A :class:`PcaResult`. The PCA is fitted jointly over all images, so their features are held in memory:
         meant for a handful to a few hundred images.
     """
     files = list_image_files(source) if isinstance(source, (str, Path)) else [Path(s) for s in source]
-    backbone, _ = resolve_model(model)
-    embeddings = extract_embeddings(backbone, files, resolution, batch_size, "spatial", progress=progress, desc="pca")
+    backbone, model_id = resolve_model(model)
+    runner = make_runner(backbone, model_id, runtime)
+    embeddings = extract_embeddings(runner, files, resolution, batch_size, "spatial", progress=progress, desc="pca")
     colors = pca_colors(embeddings.tensors["spatial"])
     out_dir = Path(out_dir)
     try:

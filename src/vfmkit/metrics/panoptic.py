@@ -21,9 +21,12 @@ Rules of :class:`PanopticQuality` (panopticapi ``pq_compute_single_core`` / ``PQ
   of each group, with their count ``n`` (NaN means when ``n = 0``, where panopticapi divides by zero).
 - Ground-truth areas come from ``segments_info`` when it lists them (panopticapi reads the JSON ``area``), else from
   the pixels; predicted areas are always counted from the pixels.
-- Stuff is one segment per category and image (the format's rule, which panopticapi's converters enforce): with
-  ``merge_stuff`` (default) segments of one stuff category are merged before matching, in the ground truth and in
-  the prediction. ``merge_stuff=False`` scores them as given, exactly as panopticapi does.
+- Stuff is one segment per category and image: COCO's ground truth (panopticapi's converters) and the predictions
+  vfmkit writes (Mask2Former's panoptic inference merges the stuff queries of one class) hold at most one segment
+  per stuff category, and ``pq_compute`` scores segments as given. That is the default here too
+  (``merge_stuff=False``); ``merge_stuff=True`` first merges the segments of each stuff category, in the ground
+  truth and in the prediction, for files from tools that split stuff (panopticapi would count the extra pieces as
+  false positives / negatives).
 
 Predictions are checked like panopticapi does: a predicted id in the PNG but not in ``segments_info``, a listed
 segment absent from the PNG, or an unknown category is a :class:`~vfmkit.errors.DataError`.
@@ -105,12 +108,13 @@ class PanopticQuality:
     Args:
         categories: category id -> True for a thing, False for stuff (every id a segment may use).
         names: optional category id -> name, added to the per-class results.
-        merge_stuff: merge segments of one stuff category per image before matching.
+        merge_stuff: merge segments of one stuff category per image before matching (default False: as
+            panopticapi).
     """
 
     categories: Mapping[int, bool]
     names: Mapping[int, str] = field(default_factory=dict)
-    merge_stuff: bool = True
+    merge_stuff: bool = False
     stats: dict[int, CategoryStat] = field(init=False)
     images: int = field(init=False, default=0)
 
@@ -345,7 +349,7 @@ def evaluate_panoptic_files(
     pred_json: str | Path,
     gt_folder: str | Path | None = None,
     pred_folder: str | Path | None = None,
-    merge_stuff: bool = True,
+    merge_stuff: bool = False,
 ) -> dict:
     """panopticapi's ``pq_compute`` on files: COCO panoptic ground truth vs predictions in the same format.
 

@@ -20,10 +20,13 @@ TASK_MODULES: dict[str, str] = {
     "classify": "vfmkit.tasks.classify.hooks",
     "segment": "vfmkit.tasks.segment.hooks",
     "change": "vfmkit.tasks.change.hooks",
+    "detect": "vfmkit.tasks.detect.hooks",
+    "universal": "vfmkit.tasks.universal.hooks",
+    "clip": "vfmkit.tasks.clip.hooks",
     "distill": "vfmkit.tasks.distill.hooks",
 }
 
-ALIASES: dict[str, str] = {}
+ALIASES: dict[str, str] = {"oneformer": "universal"}
 """Other names accepted for a task (e.g. TAO's)."""
 
 

@@ -201,3 +201,32 @@ def test_learned_queries_without_two_stage_and_too_many_queries():
     crowded, _ = build_detector(3, "rtdetr", backbone="test-dinov2-tiny", **{**MINI, "num_queries": 200})
     with pytest.raises(ValueError, match="num_queries 200 exceeds the 84 encoder positions"):
         crowded.eval()(torch.rand(1, 3, 64, 64))
+
+
+def test_simple_pyramid_builds_only_the_levels_the_detector_reads():
+    """The detector's pyramid has no stride-4 level; its 8/16/32 maps equal a full pyramid's with the same weights."""
+    from vfmkit import load_backbone
+    from vfmkit.models.necks import SimpleFeaturePyramid
+
+    torch.manual_seed(0)
+    model, _ = build_detector(3, "rtdetr", backbone="test-radio-v2-tiny", **MINI)
+    neck = model.source.neck
+    assert neck.strides == (8, 16, 32) and len(neck.scales) == 3
+    full = SimpleFeaturePyramid(load_backbone("test-radio-v2-tiny"), out_channels=neck.out_channels)
+    state = {
+        key.replace(f"{part}.{i}.", f"{part}.{i + 1}."): value
+        for key, value in neck.state_dict().items()
+        for part in ("scales", "convs")
+        for i in range(3)
+        if key.startswith(f"{part}.{i}.")
+    }
+    full.load_state_dict(
+        {**full.state_dict(), **state, **{k: v for k, v in neck.state_dict().items() if "backbone" in k}}
+    )
+    images = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        expected, got = full.eval()(images).features[1:], model.source.eval()(images)
+    for a, b in zip(expected, got, strict=True):
+        torch.testing.assert_close(a, b)
+    with pytest.raises(ValueError, match="strides"):
+        SimpleFeaturePyramid(load_backbone("test-radio-v2-tiny"), strides=(16, 8))

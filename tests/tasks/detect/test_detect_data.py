@@ -43,10 +43,10 @@ def test_spec_sections_validate():
         DetectDataSpec()
     with pytest.raises(ValidationError, match="root and dataset.names are required"):
         DetectDataSpec(format="yolo", root="x")
-    with pytest.raises(ValidationError, match="multiple of 32"):
-        DetectSpec.model_validate({**DetectSpec.example, "model": {"resolution": 100}})
-    with pytest.raises(ValidationError, match="multiples of 32"):
-        DetectAugmentSpec(multi_scales=[480, 500])
+    with pytest.raises(ValidationError, match="greater than or equal to 32"):
+        DetectSpec.model_validate({**DetectSpec.example, "model": {"resolution": 16}})
+    with pytest.raises(ValidationError, match="at least 32"):
+        DetectAugmentSpec(multi_scales=[480, 16])
 
 
 def test_coco_sources_and_the_preflight_report(coco_set):
@@ -120,11 +120,27 @@ def test_an_image_whose_size_disagrees_with_its_json_is_refused(tmp_path):
     payload = json.loads(json_file.read_text())
     payload["images"][0]["width"] = 80
     json_file.write_text(json.dumps(payload))
-    dataset = DetectionDataset(load_detection_data(_spec(image_dir, json_file)).split("train"), 32)
-    with pytest.raises(
-        DataError, match=r"img_000.png: the image is 64x64 but its annotation says 80x64 \(image id 100\)"
-    ):
+    expected = r"img_000.png: the image is 64x64 but its annotation says 80x64 \(image id 100"
+    with pytest.raises(DataError, match=expected):  # the preflight decodes every image
+        load_detection_data(_spec(image_dir, json_file))
+    dataset = DetectionDataset(load_detection_data(_spec(image_dir, json_file), check_images=False).split("train"), 32)
+    with pytest.raises(DataError, match=expected):
         dataset[0]
+
+
+def test_unreadable_images_are_left_out_and_listed(tmp_path):
+    image_dir, json_file = make_detection_dataset(tmp_path, num_images=4, negatives=1)
+    (image_dir / "img_001.png").write_bytes(b"not a png")
+    lines = []
+    data = preflight_detection(_spec(image_dir, json_file), log=lines.append)
+    split = data.split("train")
+    assert [image.id for image in split.images] == [100, 102, 103] and 101 not in split.annotations
+    assert {a["image_id"] for a in split.ground_truth()["annotations"]} <= {100, 102}
+    assert "unreadable images, left out: 1" in lines[0] and "img_001.png" in lines[0]
+    for index in (0, 2, 3):
+        (image_dir / f"img_{index:03d}.png").write_bytes(b"")
+    with pytest.raises(DataError, match="training split holds no readable images"):
+        load_detection_data(_spec(image_dir, json_file))
 
 
 def test_yolo_folders(tmp_path):

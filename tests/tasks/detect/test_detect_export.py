@@ -1,7 +1,10 @@
-"""ONNX export of the detector (opset 17, dynamic batch, deformable attention as GridSample, TAO's names), with and
-without the post-processing, matching PyTorch under onnxruntime on real preprocessed images."""
+"""ONNX export of the detector (opset 17, dynamic batch, deformable attention as GridSample, TAO's names) matching
+PyTorch under onnxruntime on real preprocessed images, with timm ViTs at grids other than their position grids (the
+post-processed graph is exported and run through the engine in ``test_detect_task.py``)."""
 
 from __future__ import annotations
+
+import copy
 
 import onnx
 import pytest
@@ -9,12 +12,14 @@ import torch
 from tests.tasks.detect.detect_data import make_detection_dataset
 from tests.tasks.detect.train_helper import TINY_HEAD
 
+from vfmkit import load_backbone
 from vfmkit.export.onnx import export_onnx
 from vfmkit.export.runtime import OnnxModel
 from vfmkit.export.verify import verify_onnx
+from vfmkit.models.heads.detr import build_detector
 from vfmkit.tasks.detect.data import DetectionDataset, collate_detection, load_detection_data
+from vfmkit.tasks.detect.export import pin_position_grids
 from vfmkit.tasks.detect.model import ExportableDetector, build_model
-from vfmkit.tasks.detect.postprocess import postprocess_detections
 from vfmkit.tasks.detect.spec import DetectDataSpec, DetectModelSpec
 
 
@@ -30,47 +35,49 @@ def batch(tmp_path_factory):
 SPEC_HEAD = {k: v for k, v in TINY_HEAD.items() if k not in ("csp_blocks",)}
 
 
-def _detector(head: str, frozen_fm: str | None = None):
-    """A tiny detector built from the task spec's model section (as the task builds it)."""
-    torch.manual_seed(0)
+@pytest.mark.parametrize(("head", "frozen_fm"), [("rtdetr", "test-radio-v3-tiny"), ("dino", None)])
+def test_the_spec_model_section_builds_the_preset(head, frozen_fm):
     fm = {"enabled": frozen_fm is not None, "backbone": frozen_fm or "c-radio-v3-b", "pretrained": False}
     spec = DetectModelSpec(backbone="test-radio-v2-tiny", head=head, resolution=64, frozen_fm=fm, **SPEC_HEAD)
     model, criterion = build_model(spec, 3)
-    assert model.config.num_queries == TINY_HEAD["num_queries"] and model.config.encoder in ("hybrid", "deformable")
+    assert model.config.num_queries == TINY_HEAD["num_queries"]
+    assert model.config.encoder == ("hybrid" if head == "rtdetr" else "deformable")
     assert criterion.cls_loss == ("vfl" if head == "rtdetr" else "focal")
     assert (model.frozen_fm is not None) == (frozen_fm is not None)
-    return model.eval()
 
 
-def test_raw_outputs_with_a_frozen_foundation_model(batch, tmp_path):
-    _, images, _ = batch
-    module = ExportableDetector(_detector("rtdetr", frozen_fm="test-radio-v3-tiny"))
-    path = export_onnx(
-        module, (images[:1],), tmp_path / "det.onnx", module.input_names, module.output_names, {"task": "detect"}
-    )
-    graph = onnx.load(str(path))
-    assert [i.name for i in graph.graph.input] == ["inputs"] and [o.name for o in graph.graph.output] == [
-        "pred_logits",
-        "pred_boxes",
-    ]
-    assert graph.opset_import[0].version == 17 and "GridSample" in {n.op_type for n in graph.graph.node}
-    result = verify_onnx(path, module, (images,), tolerance=1e-4)
-    assert result.batch_sizes == (1, 3) and result.max_abs_diff <= 1e-4
-    logits = OnnxModel(path)(images.numpy())["pred_logits"]
-    assert logits.shape == (3, TINY_HEAD["num_queries"], 3)
-
-
-def test_postprocessed_outputs(batch, tmp_path):
-    data, images, orig_sizes = batch
-    module = ExportableDetector(_detector("dino"), postprocess=True, category_ids=data.category_ids, num_select=5)
-    path = export_onnx(
-        module, (images[:1], orig_sizes[:1]), tmp_path / "det.onnx", module.input_names, module.output_names, {}
-    )
-    verify_onnx(path, module, (images, orig_sizes), tolerance=1e-4)
-    outputs = OnnxModel(path)(images.numpy(), orig_sizes.numpy())
-    assert list(outputs) == ["pred_logits", "pred_boxes", "boxes", "scores", "labels"]
-    assert outputs["boxes"].shape == (3, 5, 4) and set(outputs["labels"].ravel().tolist()) <= {1, 3, 7}
+@pytest.mark.parametrize("name", ["test-dinov2-tiny", "test-openclip-tiny"])
+def test_pinned_position_grid_gives_the_same_features(name):
+    """timm / open_clip ViTs resize their position embedding (antialiased bicubic, no opset-17 operator) at a grid
+    other than their own; a pinned copy holds the resized embedding and computes the same features."""
+    backbone = load_backbone(name)
+    images = torch.rand(2, 3, 48, 80)  # grid 6 x 10 (patch 8) vs the position grid 8 x 8
+    pinned = copy.deepcopy(backbone)
+    pinned.pin_position_grid((6, 10))
     with torch.no_grad():
-        raw = module.detector(images)
-        expected = postprocess_detections(raw["pred_logits"], raw["pred_boxes"], orig_sizes, 5, torch.tensor([1, 3, 7]))
-    assert (outputs["labels"] == expected[2].numpy()).all()
+        expected, got = backbone(images), pinned(images)
+    torch.testing.assert_close(got.features, expected.features, rtol=0, atol=0)
+    torch.testing.assert_close(got.summary, expected.summary, rtol=0, atol=0)
+
+
+def test_timm_backbones_export_at_any_resolution(batch, tmp_path):
+    """A timm ViT main backbone and a timm frozen foundation model at grids other than their position grids."""
+    torch.manual_seed(0)
+    detector, _ = build_detector(
+        3, "rtdetr", backbone="test-dinov2-tiny", frozen_fm="test-siglip-tiny", **{**SPEC_HEAD, "dn_number": 0}
+    )
+    module = ExportableDetector(detector.eval())
+    images = torch.nn.functional.interpolate(batch[1], size=(96, 96), mode="bilinear")
+    pinned = pin_position_grids(module, (images,))
+    assert pinned is not module and module.detector.source.backbone.model.patch_embed.grid_size == (8, 8)
+    assert pinned.detector.source.backbone.model.patch_embed.grid_size == (12, 12)
+    assert pinned.detector.frozen_fm.backbone.model.patch_embed.grid_size == (6, 6)  # input scale 0.5
+    path = export_onnx(pinned, (images[:1],), tmp_path / "det.onnx", module.input_names, module.output_names, {})
+    graph = onnx.load(str(path))
+    assert [i.name for i in graph.graph.input] == ["inputs"]
+    assert [o.name for o in graph.graph.output] == ["pred_logits", "pred_boxes"]
+    assert graph.opset_import[0].version == 17 and "GridSample" in {n.op_type for n in graph.graph.node}
+    assert {node.domain for node in graph.graph.node} <= {"", "ai.onnx"}  # no custom operators
+    result = verify_onnx(path, module, (images,), tolerance=1e-4)  # against the unpinned model
+    assert result.batch_sizes == (1, 3) and result.max_abs_diff <= 1e-4
+    assert OnnxModel(path)(images.numpy())["pred_logits"].shape == (3, SPEC_HEAD["num_queries"], 3)

@@ -1,6 +1,8 @@
 """Proof that the detectors learn: overfit a fixed set of 8 generated images (sparse category ids, 2 without
-objects) with a tiny registered backbone, measured as train AP50 with metrics/coco.py; both presets, denoising on
-and off, and the frozen foundation-model branch. The held-out variant is slow."""
+objects) with a tiny registered backbone, measured as train AP50 with metrics/coco.py. These plain training loops
+(about 5x cheaper per step than a run of the engine, whose per-epoch plots and checkpoints dominate at this size)
+cover DINO without denoising and the frozen foundation-model branch; RT-DETR with denoising learns through
+``Task.train`` in ``test_detect_task.py``. The held-out variant is slow."""
 
 from __future__ import annotations
 
@@ -36,10 +38,6 @@ def _learns(eight, head: str, dn_number: int, frozen_fm: str | None = None) -> N
     assert before.ap50 < 0.1, before.summary()
     assert after.ap50 >= 0.5, (after.summary(), losses[::10])
     assert set(after.per_class_ap) == {1, 3, 7}  # predictions carry the original sparse ids
-
-
-def test_rtdetr_with_denoising_overfits(eight):
-    _learns(eight, "rtdetr", dn_number=12)
 
 
 def test_dino_without_denoising_overfits(eight):

@@ -25,10 +25,11 @@ RESULTS = [
 
 
 def test_table_lists_every_metric_and_class():
-    table = format_metrics_table(evaluate_coco(GT, RESULTS))
-    assert "COCO bbox (2 images, 2 objects)" in table and "AP @[.50:.95]" in table and "AR @100" in table
-    rows = {line.split()[0]: line.split() for line in table.splitlines()[1:]}
-    assert rows["AP50"][-1] == "0.750"  # circle 1.0; square 0.5 (its false positive outscores the hit)
+    lines = format_metrics_table(evaluate_coco(GT, RESULTS).as_dict())
+    table = "\n".join(lines)
+    assert "COCO bbox (2 images, 2 objects, 3 detections)" in table and "AP @[.50:.95]" in table and "AR @100" in table
+    rows = {line.split()[0]: line.split() for line in lines[1:]}
+    assert rows["AP50"][-1] == "75.00%"  # circle 1.0; square 0.5 (its false positive outscores the hit)
     assert rows["triangle"] == ["triangle", "7", "-", "-"] and rows["square"][1] == "3"
 
 

@@ -17,11 +17,11 @@ from vfmkit.metrics.panoptic import id2rgb, read_panoptic_png
 from vfmkit.models.heads.mask2former import task_tokens
 from vfmkit.spec.dense import DenseAugmentSpec
 from vfmkit.tasks.universal.categories import CategoryTable, SegmentInfo
-from vfmkit.tasks.universal.data import (
-    UniversalDataset,
-    collate_universal,
+from vfmkit.tasks.universal.data import UniversalDataset, collate_universal, preflight_universal
+from vfmkit.tasks.universal.splits import (
+    load_annotation,
+    load_coco_instances_split,
     load_coco_panoptic_split,
-    preflight_universal,
     semantic_mask_split,
 )
 from vfmkit.tasks.universal.targets import (
@@ -224,3 +224,48 @@ def test_semantic_mask_pairs_become_stuff_segments(tmp_path):
     Image.fromarray(mask, mode="L").save(tmp_path / "a_mask.png")
     with pytest.raises(DataError, match=r"a_mask\.png: unknown id value"):
         preflight_universal({"train": split})
+
+
+def _instances_json(tmp_path, annotations, size=(8, 10)) -> tuple:
+    Image.fromarray(np.zeros((*size, 3), dtype=np.uint8)).save(tmp_path / "a.png")
+    data = {
+        "images": [{"id": 5, "file_name": "a.png", "height": size[0], "width": size[1]}],
+        "categories": [{"id": 9, "name": "dog"}, {"id": 4, "name": "cat"}],
+        "annotations": annotations,
+    }
+    (tmp_path / "inst.json").write_text(json.dumps(data))
+    return tmp_path, tmp_path / "inst.json"
+
+
+def _box(ann_id, category, x0, y0, x1, y1, **extra) -> dict:
+    polygon = [[x0, y0, x1, y0, x1, y1, x0, y1]]
+    bbox = [x0, y0, x1 - x0, y1 - y0]
+    return {"id": ann_id, "image_id": 5, "category_id": category, "bbox": bbox, "segmentation": polygon, **extra}
+
+
+def test_coco_instances_become_an_id_map_with_small_objects_on_top(tmp_path):
+    big, small = _box(1, 9, 0, 0, 8, 6, area=48), _box(2, 4, 2, 2, 4, 4, area=4)
+    split = load_coco_instances_split("val", *_instances_json(tmp_path, [small, big]))
+    assert split.categories.original_ids == [4, 9] and split.categories.isthing == [True, True]  # ascending ids
+    (sample,) = split.samples
+    ids, segments = load_annotation(sample, split)
+    assert segments == (SegmentInfo(1, 0, False), SegmentInfo(2, 1, False))  # segment k + 1 = annotation k
+    assert (ids == 1).sum() == 4 and (ids == 2).sum() == 44 and (ids == 0).sum() == 80 - 48
+    report = preflight_universal({"val": split})
+    assert report.segments["val"].tolist() == [1, 1] and report.void_pixels["val"] == 32
+    item = UniversalDataset(split, 8)[0]
+    assert [o["id"] for o in item["objects"]] == [2, 1] and item["objects"][0]["segmentation"] == small["segmentation"]
+
+
+def test_coco_instances_refusals_name_the_annotation(tmp_path):
+    no_mask = {**_box(3, 9, 0, 0, 2, 2), "segmentation": None}
+    with pytest.raises(DataError, match=r"inst\.json: annotation 3 \(image 5\) has no 'segmentation'"):
+        load_coco_instances_split("val", *_instances_json(tmp_path, [no_mask]))
+    bad = {**_box(4, 9, 0, 0, 2, 2), "segmentation": [[0, 0, 1]]}
+    split = load_coco_instances_split("val", *_instances_json(tmp_path, [bad]))
+    with pytest.raises(DataError, match=r"inst\.json: annotation 4 \(image 5\): every polygon needs at least 3"):
+        preflight_universal({"val": split})
+    split = load_coco_instances_split("val", *_instances_json(tmp_path, [_box(1, 9, 0, 0, 2, 2)], size=(8, 10)))
+    Image.fromarray(np.zeros((9, 10, 3), dtype=np.uint8)).save(tmp_path / "a.png")  # the JSON says 10x8
+    with pytest.raises(DataError, match=r"is 10x8 but its image .*a\.png is 10x9"):
+        preflight_universal({"val": split})

@@ -57,6 +57,7 @@ def test_task_probabilities_by_head_and_format():
         "semantic": {"root": "d", "palette": [{"name": "a", "id": 0}, {"name": "b", "id": 1}]},
     }
     assert spec(dataset=semantic).task_probabilities() == {"semantic": 1.0, "instance": 0.0, "panoptic": 0.0}
+    assert spec(dataset={"format": "coco_instances"}).task_probabilities()["instance"] == 1.0
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,8 @@ is used. With ``special=True`` (default) image 0 holds a crowd region (three sma
 as one ``iscrowd`` disc segment) and image 1 a VOID region (a grey noise rectangle, id 0 in the PNG).
 
 Layout (COCO panoptic): ``root/images/<split>/NNN.png``, ``root/annotations/panoptic_<split>.json`` and its PNGs in
-``root/annotations/panoptic_<split>/NNN.png``.
+``root/annotations/panoptic_<split>/NNN.png``. :func:`make_instances_dataset` and :func:`make_semantic_dataset` add
+the same images as COCO instances and as semantic masks.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from vfmkit.metrics.panoptic import id2rgb
+from vfmkit.metrics.panoptic import id2rgb, rgb2id
 
 CATEGORIES = [
     {"id": 3, "name": "disc", "isthing": 1, "color": [220, 50, 50], "supercategory": "shape"},
@@ -138,3 +139,86 @@ def split_paths(root: Path, split: str) -> tuple[Path, Path, Path]:
         root / "annotations" / f"panoptic_{split}.json",
         root / "annotations" / f"panoptic_{split}",
     )
+
+
+def repeat_split(root: Path, split: str, times: int) -> Path:
+    """A panoptic JSON listing every image of ``split`` ``times`` times (new image ids, same files): one training
+    epoch then makes ``times`` passes over the images. Returns the new JSON (its PNG folder is the split's)."""
+    _, json_file, png_dir = split_paths(root, split)
+    data = json.loads(json_file.read_text())
+    images, annotations = [], []
+    for r in range(times):
+        for image, ann in zip(data["images"], data["annotations"], strict=True):
+            images.append({**image, "id": image["id"] + 10_000 * r})
+            annotations.append({**ann, "image_id": image["id"] + 10_000 * r})
+    target = json_file.with_name(f"panoptic_{split}_x{times}.json")
+    target.write_text(json.dumps({**data, "images": images, "annotations": annotations}))
+    return target
+
+
+def uncompressed_rle(mask: np.ndarray) -> dict:
+    """COCO's uncompressed RLE of a bool (H, W) mask: column-major run lengths starting with a run of zeros."""
+    flat = np.asarray(mask, dtype=np.uint8).flatten(order="F")
+    changes = np.flatnonzero(np.diff(np.concatenate([[0], flat, [1 - flat[-1]]])))
+    return {"size": list(mask.shape), "counts": np.diff(np.concatenate([[0], changes])).tolist()}
+
+
+def make_instances_dataset(root: Path, per_split: dict[str, int], size: int = 64, seed: int = 0) -> Path:
+    """The same images as :func:`make_panoptic_dataset` as a COCO instances file per split
+    (``root/annotations/instances_<split>.json``, images in ``root/images/<split>``): things only (categories 3 and
+    7); blocks as polygons, discs as compressed RLE, the crowd region as an uncompressed RLE."""
+    from vfmkit.data.coco_masks import mask_to_rle
+
+    make_panoptic_dataset(root, per_split, size, seed)
+    for split in per_split:
+        _, json_file, png_dir = split_paths(root, split)
+        data = json.loads(json_file.read_text())
+        annotations = []
+        for ann in data["annotations"]:
+            ids = rgb2id(np.asarray(Image.open(png_dir / ann["file_name"]).convert("RGB")))
+            for segment in ann["segments_info"]:
+                if segment["category_id"] not in THING_COLOURS:
+                    continue
+                mask = ids == segment["id"]
+                x, y, w, h = segment["bbox"]
+                if segment["iscrowd"]:
+                    shape = uncompressed_rle(mask)
+                elif segment["category_id"] == BLOCK:
+                    shape = [[x, y, x + w, y, x + w, y + h, x, y + h]]
+                else:
+                    shape = mask_to_rle(mask)
+                annotations.append(
+                    {
+                        "id": len(annotations) + 1,
+                        "image_id": ann["image_id"],
+                        "category_id": segment["category_id"],
+                        "bbox": [x, y, w, h],
+                        "area": segment["area"],
+                        "iscrowd": segment["iscrowd"],
+                        "segmentation": shape,
+                    }
+                )
+        things = [{k: c[k] for k in ("id", "name", "supercategory")} for c in CATEGORIES if c["isthing"]]
+        instances = {"images": data["images"], "annotations": annotations, "categories": things}
+        (root / "annotations" / f"instances_{split}.json").write_text(json.dumps(instances))
+    return root
+
+
+SEMANTIC_PALETTE = "[{name: disc, id: 3}, {name: block, id: 7}, {name: sky, id: 12}, {name: ground, id: 25}]"
+"""The palette of :func:`make_semantic_dataset`'s masks (ids = the panoptic category ids; 255 = ignored)."""
+
+
+def make_semantic_dataset(root: Path, per_split: dict[str, int], size: int = 64, seed: int = 0) -> Path:
+    """The same images as :func:`make_panoptic_dataset` in the segment task's layout: ``root/images/<split>/`` and
+    ``root/masks/<split>/`` (pixel = category id of :data:`SEMANTIC_PALETTE`, 255 on VOID)."""
+    make_panoptic_dataset(root, per_split, size, seed)
+    for split in per_split:
+        _, json_file, png_dir = split_paths(root, split)
+        (root / "masks" / split).mkdir(parents=True, exist_ok=True)
+        for ann in json.loads(json_file.read_text())["annotations"]:
+            ids = rgb2id(np.asarray(Image.open(png_dir / ann["file_name"]).convert("RGB")))
+            mask = np.full(ids.shape, 255, dtype=np.uint8)
+            for segment in ann["segments_info"]:
+                mask[ids == segment["id"]] = segment["category_id"]
+            Image.fromarray(mask, mode="L").save(root / "masks" / split / ann["file_name"])
+    return root

@@ -18,6 +18,7 @@ import torch
 from open_clip.model import _build_vision_tower
 from open_clip.transformer import VisionTransformer
 from timm.layers import resample_abs_pos_embed
+from torch import nn
 
 from vfmkit.errors import ModelNotFoundError, WeightsError
 from vfmkit.models.backbones.base import Backbone, BackboneOutput, Preprocessing, resolve_block_indices
@@ -58,6 +59,17 @@ class OpenClipVisionBackbone(Backbone):
         if tuple(grid) == tuple(self.tower.grid_size):
             return pos
         return resample_abs_pos_embed(pos.unsqueeze(0), list(grid), list(self.tower.grid_size), num_prefix_tokens=1)[0]
+
+    def pin_position_grid(self, grid: tuple[int, int]) -> None:
+        """Resample the position embedding once to ``grid`` (h, w) and keep it as the tower's own (see
+        :meth:`vfmkit.models.backbones.timm_family.TimmBackbone.pin_position_grid`: for ONNX export, on a copy)."""
+        if tuple(grid) == tuple(self.tower.grid_size):
+            return
+        with torch.no_grad():
+            pinned = self._position_embedding(tuple(grid))
+        pos = self.tower.positional_embedding
+        self.tower.positional_embedding = nn.Parameter(pinned, requires_grad=pos.requires_grad)
+        self.tower.grid_size = tuple(int(s) for s in grid)
 
     def _embed(self, images: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
         """Normalised images -> (B, 1 + h*w, width) tokens entering the transformer (the tower's ``_embeds``)."""

@@ -17,6 +17,7 @@ from timm.layers import freeze_batch_norm_2d
 from torch import nn
 
 from vfmkit.errors import ModelNotFoundError, WeightsError
+from vfmkit.models.backbones.base import Preprocessing
 from vfmkit.models.backbones.timm_family import fetch_hub_weights
 
 TIMM_PREFIX = "timm:"
@@ -41,6 +42,8 @@ class TimmCNN(nn.Module):
 
     Attributes:
         strides: the output strides; channels: their channel counts.
+        preprocessing: mean/std (applied inside) and the resolution step (the network's coarsest reduction, so every
+            stage has an exact size).
 
     Raises:
         ModelNotFoundError: unknown architecture, or a stride the network does not produce.
@@ -77,6 +80,11 @@ class TimmCNN(nn.Module):
         std = getattr(config, "std", None) or (0.229, 0.224, 0.225)
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+        step = max(reductions)
+        side = int((getattr(config, "input_size", None) or (3, 224, 224))[-1])
+        self.preprocessing = Preprocessing(
+            tuple(mean), tuple(std), step, (side, side), max_resolution=4096, resolution_step=step
+        )
 
     def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
         """images (B, 3, H, W) float RGB in [0, 1] -> per stride s a map (B, C_s, ~H/s, ~W/s), finest first."""

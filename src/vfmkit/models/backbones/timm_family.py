@@ -18,7 +18,7 @@ from typing import Any
 
 import timm
 import torch
-from timm.layers import GluMlp, Mlp, SwiGLU, SwiGLUPacked
+from timm.layers import GluMlp, Mlp, SwiGLU, SwiGLUPacked, resample_abs_pos_embed
 from torch import nn
 
 from vfmkit.errors import ModelNotFoundError, WeightsError
@@ -148,6 +148,23 @@ class TimmBackbone(Backbone):
         """Checkpoint blocks in timm's own loops (``forward_features``, ``forward_intermediates``) and ours."""
         super().set_grad_checkpointing(enable)
         self.model.set_grad_checkpointing(bool(enable))
+
+    def pin_position_grid(self, grid: tuple[int, int]) -> None:
+        """Resample the absolute position embedding once to ``grid`` (h, w) and keep it as the model's own: a forward
+        at that grid then computes exactly what it computed before, without resizing.
+
+        For ONNX export (use it on a copy): timm resizes the embedding on every forward with an antialiased bicubic
+        interpolation, which has no opset-17 operator. A forward at another grid resamples from the pinned one.
+        """
+        model = self.model
+        old = tuple(int(s) for s in model.patch_embed.grid_size)
+        if getattr(model, "pos_embed", None) is None or old == tuple(grid):
+            return
+        prefix = 0 if getattr(model, "no_embed_class", False) else int(getattr(model, "num_prefix_tokens", 0))
+        with torch.no_grad():
+            pinned = resample_abs_pos_embed(model.pos_embed, list(grid), list(old), num_prefix_tokens=prefix)
+        model.pos_embed = nn.Parameter(pinned, requires_grad=model.pos_embed.requires_grad)
+        model.patch_embed.grid_size = tuple(int(s) for s in grid)
 
     def no_weight_decay(self) -> set[str]:
         """timm's no-weight-decay set (position embeddings, class / register tokens), as names in this module."""

@@ -327,7 +327,8 @@ class MaskSetCriterion(nn.Module):
     def _warn_single_image(self) -> None:
         if not self._warned_single_image:
             logger.warning(
-                "the query-text contrastive loss is inactive: it needs at least 2 images per step and got 1 "
-                "(set train.batch_size >= 2; with 1 the loss is 0 and the text branch does not learn)"
+                "the query-text contrastive loss is inactive in a step with 1 image: it needs at least 2 images per "
+                "step (set train.batch_size >= 2; with 1 the loss is 0 and the text branch does not learn; a last "
+                "partial batch of 1 image also skips it)"
             )
             self._warned_single_image = True

@@ -17,6 +17,7 @@ from torch import nn
 
 from vfmkit.models.backbones.base import Backbone, BackboneOutput, resolve_block_indices, tokens_to_nchw
 from vfmkit.models.necks.common import (
+    NECK_STRIDES,
     BackboneNeck,
     NeckOutput,
     SummaryFusion,
@@ -91,6 +92,8 @@ class SimpleFeaturePyramid(BackboneNeck):
         norm: norm after each conv: ``ln`` (channel LayerNorm, as ViTDet), ``bn``, ``syncbn`` or ``gn``.
         summary_fusion: add a Linear projection of the backbone summary to every level.
         freeze_backbone: no gradients into the backbone; it then stays in eval mode when the neck trains.
+        strides: the levels built and returned, finest first, a subset of 4/8/16/32 (default all four; a detector
+            that reads 8/16/32 skips the stride-4 level, the dearest one).
     """
 
     def __init__(
@@ -101,11 +104,19 @@ class SimpleFeaturePyramid(BackboneNeck):
         norm: str = "ln",
         summary_fusion: bool = False,
         freeze_backbone: bool = False,
+        strides: Sequence[int] = NECK_STRIDES,
     ):
         super().__init__()
         dim = backbone.embed_dim
         if dim % 4:
             raise ValueError(f"the simple pyramid needs a width divisible by 4, got {dim}")
+        self.strides = tuple(int(s) for s in strides)
+        if (
+            not self.strides
+            or any(s not in NECK_STRIDES for s in self.strides)
+            or list(self.strides) != sorted(set(self.strides))
+        ):
+            raise ValueError(f"strides must be ascending values of {list(NECK_STRIDES)}, got {list(strides)}")
         self.backbone = backbone
         self.out_channels = out_channels
         self.indices = list(indices) if indices else None
@@ -114,7 +125,7 @@ class SimpleFeaturePyramid(BackboneNeck):
         self.layer_weights = nn.Parameter(torch.zeros(len(self.indices))) if self.indices else None
         self.scales = nn.ModuleList()
         self.convs = nn.ModuleList()
-        for stride in (4, 8, 16, 32):
+        for stride in self.strides:
             scale, channels = _scale_stage(dim, stride, norm)
             self.scales.append(scale)
             self.convs.append(
@@ -125,7 +136,8 @@ class SimpleFeaturePyramid(BackboneNeck):
                     make_norm2d(norm, self.out_channels),
                 )
             )
-        self.summary_fusion = SummaryFusion(backbone.summary_dim, [self.out_channels] * 4) if summary_fusion else None
+        levels = [self.out_channels] * len(self.strides)
+        self.summary_fusion = SummaryFusion(backbone.summary_dim, levels) if summary_fusion else None
         if freeze_backbone:
             freeze(backbone)
 
@@ -136,8 +148,8 @@ class SimpleFeaturePyramid(BackboneNeck):
             images: (B, 3, H, W) float RGB in [0, 1]; H, W multiples of the backbone's resolution step.
 
         Returns:
-            :class:`NeckOutput`: features (B, out_channels, ceil(H/s), ceil(W/s)) for s = 4, 8, 16, 32; summary
-            (B, summary_dim).
+            :class:`NeckOutput`: features (B, out_channels, ceil(H/s), ceil(W/s)) for s in ``strides`` (4, 8, 16,
+            32 by default); summary (B, summary_dim).
         """
         final, maps = backbone_pass(self.backbone, images, self.indices)
         if self.layer_weights is None:
@@ -145,8 +157,8 @@ class SimpleFeaturePyramid(BackboneNeck):
         else:
             weights = self.layer_weights.softmax(0)
             base = sum(w * m for w, m in zip(weights, maps, strict=True))
-        sizes = level_sizes(*images.shape[-2:])
-        base = resize_to(base, sizes[2])  # stride p -> stride 16 (patch 14, 8, ...)
+        base = resize_to(base, level_sizes(*images.shape[-2:], (16,))[0])  # stride p -> stride 16 (patch 14, 8, ...)
+        sizes = level_sizes(*images.shape[-2:], self.strides)
         features = [
             resize_to(conv(scale(base)), size) for scale, conv, size in zip(self.scales, self.convs, sizes, strict=True)
         ]

@@ -81,7 +81,9 @@ class ChangeDataSpec(Section):
 
 
 class ChangeModelSpec(Section):
-    backbone: str = Field("c-radio-v3-b", min_length=1, description="registry id/alias (`vfm models`), hf-hub:<repo> or a path")
+    backbone: str = Field(
+        "c-radio-v3-b", min_length=1, description="registry id/alias (`vfm models`), hf-hub:<repo> or a path"
+    )
     pretrained: bool = Field(True, description="load the backbone's published weights (False: random init)")
     neck: Literal["vit_adapter", "simple_pyramid"] = Field(
         "vit_adapter", description="4-level pyramid neck: vit_adapter (SPM + deformable interactions) or simple_pyramid"

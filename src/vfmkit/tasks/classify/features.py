@@ -3,7 +3,8 @@
 ``weights_fingerprint`` is re-exported from :mod:`vfmkit.weights.fingerprint` for callers of this module.
 
 The cache key covers the backbone weights (a hash of every tensor), the resolution, the model's preprocessing and
-the identity of each file (path, size, modification time); any change gives a new cache file.
+the identity of each file (path, size, modification time), and the runner's ``cache_tag`` when a runner (e.g.
+onnxruntime int8, :mod:`vfmkit.features.runners`) computes the summaries; any change gives a new cache file.
 """
 
 from __future__ import annotations
@@ -11,13 +12,14 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
 
-from vfmkit.models.backbones.base import Backbone
+from vfmkit.models.backbones.base import Backbone, BackboneOutput
 from vfmkit.tasks.classify.data import ClassificationDataset, ClassificationSplit
 from vfmkit.utils.atomic import atomic_output
 from vfmkit.weights.fingerprint import weights_fingerprint
@@ -44,16 +46,23 @@ def cache_key(backbone: Backbone, weights: str, split: ClassificationSplit, reso
 
 @torch.inference_mode()
 def extract_summaries(
-    backbone: Backbone, split: ClassificationSplit, resolution: int, batch_size: int, num_workers: int
+    backbone: Backbone,
+    split: ClassificationSplit,
+    resolution: int,
+    batch_size: int,
+    num_workers: int,
+    runner: Callable[[torch.Tensor], BackboneOutput] | None = None,
 ) -> torch.Tensor:
-    """(N, C) float32 backbone summaries of the split's images (eval preprocessing), in file order."""
+    """(N, C) float32 backbone summaries of the split's images (eval preprocessing), in file order; computed by
+    ``runner`` (images (B, 3, H, W) in [0, 1] -> BackboneOutput, e.g. an onnxruntime runner) when given."""
     dataset = ClassificationDataset(split, resolution, train=False)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
     device = next(backbone.parameters()).device
     backbone.eval()
+    forward = runner if runner is not None else backbone
     rows = []
     for images, _, _ in loader:
-        rows.append(backbone(images.to(device)).summary.float().cpu())
+        rows.append(forward(images.to(device)).summary.float().cpu())
     return torch.cat(rows) if rows else torch.zeros(0, backbone.summary_dim)
 
 
@@ -65,19 +74,23 @@ def cached_summaries(
     batch_size: int = 32,
     num_workers: int = 0,
     weights: str | None = None,
+    runner: Callable[[torch.Tensor], BackboneOutput] | None = None,
 ) -> tuple[torch.Tensor, bool]:
-    """The split's summaries from the cache, computing and storing them on a miss.
+    """The split's summaries from the cache, computing and storing them on a miss (with ``runner`` when given: its
+    ``cache_tag`` attribute, e.g. ``onnxruntime-int8-opset17``, becomes part of the cache key).
 
     Returns:
         (N, C) float32 summaries and whether they came from the cache.
     """
     weights = weights or weights_fingerprint(backbone)
     key = cache_key(backbone, weights, split, resolution)
+    if runner is not None:
+        key = hashlib.sha256(f"{key}:{getattr(runner, 'cache_tag', type(runner).__name__)}".encode()).hexdigest()
     path = Path(cache_dir) / f"{split.name}-{key[:24]}.safetensors"
     if path.is_file():
         logger.info("feature cache hit: %s", path)
         return load_file(str(path))["summary"], True
-    summaries = extract_summaries(backbone, split, resolution, batch_size, num_workers)
+    summaries = extract_summaries(backbone, split, resolution, batch_size, num_workers, runner)
     with atomic_output(path) as tmp:  # safetensors writes mode 0600 files: atomic_output gives the umask's mode
         save_file({"summary": summaries.contiguous()}, str(tmp), metadata={"key": key, "split": split.name})
     return summaries, False

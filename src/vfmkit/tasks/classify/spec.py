@@ -18,7 +18,9 @@ from vfmkit.spec.base import (
 
 
 class ClassifyModelSpec(Section):
-    backbone: str = Field("c-radio-v3-b", min_length=1, description="registry id/alias (`vfm models`), hf-hub:<repo> or a path")
+    backbone: str = Field(
+        "c-radio-v3-b", min_length=1, description="registry id/alias (`vfm models`), hf-hub:<repo> or a path"
+    )
     pretrained: bool = Field(True, description="load the backbone's published weights (False: random init)")
     mode: Literal["linear_probe", "finetune", "partial"] = Field(
         "linear_probe",

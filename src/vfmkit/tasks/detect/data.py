@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -33,7 +34,7 @@ from vfmkit.data.coco import (
     merge_categories,
     read_coco,
 )
-from vfmkit.data.images import load_image_rgb
+from vfmkit.data.images import load_image_rgb, unreadable_files
 from vfmkit.data.preprocess import pil_to_tensor
 from vfmkit.errors import DataError
 from vfmkit.tasks.detect.spec import DetectAugmentSpec, DetectDataSpec
@@ -44,18 +45,30 @@ SPLITS = ("train", "val", "test")
 
 @dataclass
 class DetectionSplit:
-    """The images and objects of one split (its sources concatenated)."""
+    """The images and objects of one split (its sources concatenated) and the task's categories."""
 
     name: str
     sources: list[str]
     images: list[CocoImage]
     annotations: dict[int, list[CocoAnnotation]]
+    categories: list[CocoCategory] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.images)
 
     def objects(self, image_id: int, include_crowd: bool = False) -> list[CocoAnnotation]:
         return [a for a in self.annotations.get(image_id, []) if include_crowd or not a.iscrowd]
+
+    def ground_truth(self) -> dict[str, Any]:
+        """COCO dict of the split (original ids, crowd regions included) for
+        :func:`vfmkit.metrics.coco.evaluate_coco`."""
+        return coco_dict(self.images, self.categories, self.annotations)
+
+    def without(self, image_ids: set[int]) -> DetectionSplit:
+        """The split without the images ``image_ids`` (and their objects)."""
+        kept = [image for image in self.images if image.id not in image_ids]
+        annotations = {image.id: self.annotations.get(image.id, []) for image in kept}
+        return DetectionSplit(self.name, self.sources, kept, annotations, self.categories)
 
 
 @dataclass
@@ -66,38 +79,35 @@ class DetectionData(CategoryList):
     format: str
     categories: list[CocoCategory]
     splits: dict[str, DetectionSplit] = field(default_factory=dict)
+    unreadable: list[str] = field(default_factory=list)
 
     def split(self, name: str) -> DetectionSplit | None:
         return self.splits.get(name)
 
     def ground_truth(self, name: str) -> dict[str, Any]:
         """COCO dict of split ``name`` (original ids) for :func:`vfmkit.metrics.coco.evaluate_coco`."""
-        split = self.splits[name]
-        return coco_dict(split.images, self.categories, split.annotations)
+        return self.splits[name].ground_truth()
 
 
-def load_detection_data(spec: DetectDataSpec) -> DetectionData:
-    """Read and check every split the spec names.
+def load_detection_data(
+    spec: DetectDataSpec, splits: Sequence[str] = SPLITS, check_images: bool = True, workers: int = 8
+) -> DetectionData:
+    """Read and check the splits ``splits`` of the spec (those it names).
+
+    With ``check_images`` every image is decoded (in parallel threads): undecodable files are left out (with their
+    objects) and listed in ``unreadable``.
 
     Raises:
         DataError: any problem in a source (see :mod:`vfmkit.data.coco` and :mod:`~vfmkit.tasks.detect.yolo`),
-            categories that differ between sources, an image id used twice in a split, no training images, or a
+            categories that differ between sources, an image id used twice in a split, no (readable) training images
+            when ``train`` is asked for, an image whose decoded size differs from its annotation, or a
             ``num_classes`` that disagrees with the data.
     """
-    per_split: dict[str, list[CocoDataset]] = {}
-    if spec.format == "coco":
-        for name in SPLITS:
-            sources = getattr(spec, f"{name}_data_sources") or []
-            if sources:
-                per_split[name] = [read_coco(s.json_file, s.image_dir) for s in sources]
-    else:
-        for name in SPLITS:
-            dataset = read_yolo_split(spec.root, getattr(spec, f"{name}_split"), list(spec.names))
-            if dataset is not None:
-                per_split[name] = [dataset]
-    if not per_split.get("train") or not sum(len(d.images) for d in per_split["train"]):
-        where = spec.root if spec.format == "yolo" else "dataset.train_data_sources"
-        raise DataError(f"no training images found ({where})")
+    per_split = _read_sources(spec, splits)
+    if "train" in splits and (not per_split.get("train") or not sum(len(d.images) for d in per_split["train"])):
+        raise DataError(f"no training images found ({_where(spec, 'train')})")
+    if not per_split:
+        raise DataError(f"none of the splits {', '.join(splits)} is in the data ({_where(spec, splits[0])})")
     categories = merge_categories([d for datasets in per_split.values() for d in datasets])
     if spec.num_classes is not None and spec.num_classes != len(categories):
         raise DataError(
@@ -107,11 +117,60 @@ def load_detection_data(spec: DetectDataSpec) -> DetectionData:
         )
     data = DetectionData(spec.format, categories)
     for name, datasets in per_split.items():
-        data.splits[name] = _merge_split(name, datasets)
+        split = _merge_split(name, datasets, categories)
+        data.splits[name] = _drop_unreadable(split, data.unreadable, workers) if check_images else split
+    if "train" in data.splits and not len(data.splits["train"]):
+        raise DataError(f"the training split holds no readable images ({_where(spec, 'train')}; see above)")
     return data
 
 
-def _merge_split(name: str, datasets: Sequence[CocoDataset]) -> DetectionSplit:
+def _where(spec: DetectDataSpec, split: str) -> str:
+    if spec.format == "yolo":
+        return str(spec.root / "images" / getattr(spec, f"{split}_split"))
+    return f"dataset.{split}_data_sources"
+
+
+def _read_sources(spec: DetectDataSpec, splits: Sequence[str]) -> dict[str, list[CocoDataset]]:
+    """Split name -> its sources read as COCO datasets (splits the spec does not name are absent)."""
+    per_split: dict[str, list[CocoDataset]] = {}
+    for name in dict.fromkeys(splits):
+        if spec.format == "coco":
+            sources = getattr(spec, f"{name}_data_sources") or []
+            if sources:
+                per_split[name] = [read_coco(s.json_file, s.image_dir) for s in sources]
+        else:
+            dataset = read_yolo_split(spec.root, getattr(spec, f"{name}_split"), list(spec.names))
+            if dataset is not None:
+                per_split[name] = [dataset]
+    return per_split
+
+
+def _drop_unreadable(split: DetectionSplit, unreadable: list[str], workers: int) -> DetectionSplit:
+    """Decode every image of ``split``: undecodable ones are left out (reasons appended to ``unreadable``).
+
+    Raises:
+        DataError: an image whose decoded size differs from its annotation (boxes would be misplaced).
+    """
+    sizes: dict[Path, tuple[int, int]] = {}
+
+    def decode(path: Path) -> None:
+        sizes[path] = load_image_rgb(path).size
+
+    paths = [image.path for image in split.images]
+    reasons = unreadable_files(paths, check=decode, workers=workers, what=f"{split.name} images")
+    for image in split.images:
+        if image.path in sizes and sizes[image.path] != (image.width, image.height):
+            width, height = sizes[image.path]
+            raise DataError(
+                f"{image.path}: the image is {width}x{height} but its annotation says {image.width}x{image.height} "
+                f"(image id {image.id} of {', '.join(split.sources)}); boxes would be misplaced"
+            )
+    bad = {image.id for image, reason in zip(split.images, reasons, strict=True) if reason}
+    unreadable += [f"{split.name}: {reason}" for reason in reasons if reason]
+    return split.without(bad) if bad else split
+
+
+def _merge_split(name: str, datasets: Sequence[CocoDataset], categories: list[CocoCategory]) -> DetectionSplit:
     images, annotations, owner = [], {}, {}
     for dataset in datasets:
         for image in dataset.images:
@@ -123,7 +182,7 @@ def _merge_split(name: str, datasets: Sequence[CocoDataset]) -> DetectionSplit:
             owner[image.id] = dataset.json_file
             images.append(image)
             annotations[image.id] = dataset.annotations.get(image.id, [])
-    return DetectionSplit(name, [str(d.json_file) for d in datasets], images, annotations)
+    return DetectionSplit(name, [str(d.json_file) for d in datasets], images, annotations, list(categories))
 
 
 def format_report(data: DetectionData) -> str:
@@ -151,15 +210,22 @@ def format_report(data: DetectionData) -> str:
         + ", ".join(f"{c.name} (id {c.id})" for c in data.categories)
     ]
     lines += ["  ".join(str(v).rjust(w) for v, w in zip(row, widths, strict=True)) for row in rows]
+    empty = [row[0] for row in rows[1:] if row[0] != "train" and row[3] == 0]
+    lines += [f"warning: the {name} split has no boxes: its AP is undefined (None)" for name in empty]
     missing = [n for n, count in zip(names, per_class_train, strict=True) if count == 0]
-    if missing:
+    if missing and "train" in data.splits:
         lines.append(f"warning: {len(missing)} class(es) have no training boxes: {', '.join(missing[:10])}")
+    if data.unreadable:
+        lines.append(f"unreadable images, left out: {len(data.unreadable)}")
+        lines += [f"  {reason}" for reason in data.unreadable[:20]]
     return "\n".join(lines)
 
 
-def preflight_detection(spec: DetectDataSpec, log: Callable[[str], None] = print) -> DetectionData:
+def preflight_detection(
+    spec: DetectDataSpec, log: Callable[[str], None] = print, splits: Sequence[str] = SPLITS
+) -> DetectionData:
     """Load and check the data (see :func:`load_detection_data`), then ``log`` the :func:`format_report` table."""
-    data = load_detection_data(spec)
+    data = load_detection_data(spec, splits)
     log(format_report(data))
     return data
 

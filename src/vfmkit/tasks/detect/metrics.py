@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -34,17 +35,25 @@ def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
 
 
-def format_metrics_table(metrics: CocoMetrics) -> str:
-    """The COCO numbers and the per-class AP as aligned text ("-" where undefined)."""
-    lines = [f"COCO {metrics.iou_type} ({metrics.num_images} images, {metrics.num_objects} objects)"]
-    lines += [f"  {_LABELS[key]:<14} {_fmt(value)}" for key, value in metrics.summary().items()]
-    if metrics.per_class_ap:
-        width = max(len(metrics.category_names.get(c, str(c))) for c in metrics.per_class_ap)
-        lines.append(f"  {'class':<{width}}  {'id':>5}  {'AP':>6}  {'AP50':>6}")
-        for cid, ap in metrics.per_class_ap.items():
-            name = metrics.category_names.get(cid, str(cid))
-            lines.append(f"  {name:<{width}}  {cid:>5}  {_fmt(ap):>6}  {_fmt(metrics.per_class_ap50[cid]):>6}")
-    return "\n".join(lines)
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{100.0 * value:.2f}%"
+
+
+def format_metrics_table(metrics: dict[str, Any]) -> list[str]:
+    """The COCO numbers and the per-class AP of :meth:`CocoMetrics.as_dict` as aligned lines, rates in percent
+    ("-" where undefined)."""
+    lines = [
+        f"COCO {metrics['iou_type']} ({metrics['num_images']} images, {metrics['num_objects']} objects, "
+        f"{metrics['num_detections']} detections)"
+    ]
+    lines += [f"  {label:<14} {_percent(metrics.get(key)):>8}" for key, label in _LABELS.items()]
+    per_class = metrics.get("per_class") or {}
+    if per_class:
+        width = max(len(str(row["name"])) for row in per_class.values())
+        lines.append(f"  {'class':<{width}}  {'id':>5}  {'AP':>8}  {'AP50':>8}")
+        for cid, row in per_class.items():
+            lines.append(f"  {row['name']:<{width}}  {cid:>5}  {_percent(row['ap']):>8}  {_percent(row['ap50']):>8}")
+    return lines
 
 
 def save_figure(fig: plt.Figure, path: str | Path, dpi: int = 100) -> Path:

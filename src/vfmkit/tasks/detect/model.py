@@ -4,14 +4,16 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
-from vfmkit.models.heads.detr import DETRDetector, build_detector
+from vfmkit.errors import ConfigurationError, VfmError
+from vfmkit.models.heads.detr import DETRDetector, build_criterion, build_detector, detr_preset
 from vfmkit.models.losses.detr import DetrCriterion
 from vfmkit.tasks.detect.postprocess import postprocess_detections
-from vfmkit.tasks.detect.spec import DetectModelSpec
+from vfmkit.tasks.detect.spec import DetectModelSpec, DetectSpec
 
 HEAD_FIELDS = (
     "num_queries",
@@ -54,8 +56,7 @@ def build_model(
     Raises:
         VfmError / ModelNotFoundError / WeightsError: unknown backbone, bad options, unusable weights.
     """
-    overrides = {name: getattr(model, name) for name in HEAD_FIELDS}
-    overrides.update(model.loss.model_dump())
+    overrides = head_overrides(model)
     fm = model.frozen_fm
     return build_detector(
         num_classes,
@@ -73,6 +74,68 @@ def build_model(
         frozen_fm_checkpoint=fm.checkpoint,
         **overrides,
     )
+
+
+def head_overrides(model: DetectModelSpec) -> dict[str, Any]:
+    """The ``model.*`` head and ``model.loss.*`` fields given to the DETR preset (None keeps the preset's value)."""
+    return {**{name: getattr(model, name) for name in HEAD_FIELDS}, **model.loss.model_dump()}
+
+
+def build_task_model(spec: DetectSpec, meta: dict[str, Any], pretrained: bool) -> DETRDetector:
+    """The detector of a spec over ``meta["classes"]`` (what the engine builds, trains and reloads).
+
+    Args:
+        spec: the detect spec.
+        meta: task facts; ``classes`` (names in label order) sets C.
+        pretrained: True loads weights as the spec says (``model.pretrained`` / ``backbone_checkpoint`` for the
+            main backbone, ``model.frozen_fm.*`` for the frozen foundation model); False builds every backbone with
+            random weights (a checkpoint that holds them is loaded next, or a dry build on the meta device).
+
+    Raises:
+        ConfigurationError: a DETR option (naming the ``model.*`` key), or ``dataset.augment.multi_scales`` the main
+            backbone cannot take (``model.resolution`` is checked by the engine).
+    """
+    num_classes = len(meta["classes"])
+    try:
+        detr_preset(spec.model.head, num_classes, **head_overrides(spec.model))
+    except VfmError as err:  # the DETR fields are the spec's model.* fields (TAO names)
+        raise ConfigurationError(f"model ({spec.model.head} head): {err}") from None
+    detector, _ = build_model(spec.model, num_classes, pretrained=None if pretrained else False)
+    if spec.dataset.augment.multi_scales:
+        check_sizes(spec.dataset.augment.multi_scales, detector, "dataset.augment.multi_scales")
+    return detector
+
+
+def build_task_criterion(model: DetectModelSpec, num_classes: int) -> DetrCriterion:
+    """The set criterion of ``spec.model`` (the preset's loss with the ``model.loss.*`` overrides)."""
+    config, loss = detr_preset(model.head, num_classes, **head_overrides(model))
+    return build_criterion(config, loss)
+
+
+def check_sizes(sizes: Sequence[int], detector: DETRDetector, key: str) -> None:
+    """Every input side in ``sizes`` must be a multiple of the main backbone's resolution step (its patch size; the
+    coarsest stride of a timm CNN). Other sides work (levels are ceil(side / stride)), not exactly aligned.
+
+    Raises:
+        ConfigurationError: naming ``key`` and the nearest valid values.
+    """
+    step = main_backbone_step(detector)
+    bad = [size for size in sizes if size % step]
+    if bad:
+        size = bad[0]
+        lower, upper = max(step, size // step * step), (size // step + 1) * step
+        raise ConfigurationError(
+            f"{key}: {size} is not a multiple of {step} (the main backbone's patch size / stride); use {lower} or "
+            f"{upper}"
+        )
+
+
+def main_backbone_step(detector: DETRDetector) -> int:
+    """The resolution step of the main backbone (a foundation model's patch size, the coarsest stride of a timm
+    CNN)."""
+    source = detector.source
+    backbone = source.backbone if hasattr(source, "backbone") else source
+    return int(backbone.preprocessing.resolution_step)
 
 
 class ExportableDetector(nn.Module):

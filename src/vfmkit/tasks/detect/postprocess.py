@@ -75,3 +75,19 @@ def to_coco_results(
         ):
             results.append({"image_id": int(image_id), "category_id": int(label), "bbox": box, "score": float(score)})
     return results
+
+
+RESULT_FIELDS = 7
+"""Numbers per detection in :func:`pack_results`: image id, category id, x, y, w, h, score."""
+
+
+def pack_results(results: Sequence[dict[str, Any]]) -> torch.Tensor:
+    """COCO results entries as a float64 (N * 7,) tensor (to gather them over processes)."""
+    rows = [[r["image_id"], r["category_id"], *r["bbox"], r["score"]] for r in results]
+    return torch.tensor(rows, dtype=torch.float64).reshape(-1)
+
+
+def unpack_results(packed: torch.Tensor) -> list[dict[str, Any]]:
+    """The inverse of :func:`pack_results`."""
+    rows = packed.reshape(-1, RESULT_FIELDS).tolist()
+    return [{"image_id": int(row[0]), "category_id": int(row[1]), "bbox": row[2:6], "score": row[6]} for row in rows]

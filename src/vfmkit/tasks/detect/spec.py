@@ -60,7 +60,12 @@ class DetectModelSpec(Section):
     neck_channels: int | None = Field(None, ge=8, description="pyramid channels (null: hidden_dim)")
     summary_fusion: bool = Field(False, description="add the projected backbone summary to every pyramid level")
     head: Literal["rtdetr", "dino"] = Field("rtdetr", description="DETR preset: rtdetr (3 levels) or dino (4 levels)")
-    resolution: int = Field(640, ge=32, description="training / inference side in pixels (a multiple of 32)")
+    resolution: int = Field(
+        640,
+        ge=32,
+        description="training / inference side in pixels, a multiple of the backbone's patch size (32 for "
+        "timm CNNs); e.g. 644 or 672 for patch 14",
+    )
     num_queries: int | None = Field(None, ge=1, description="object queries (rtdetr 300, dino 900)")
     num_select: int | None = Field(None, ge=1, description="detections kept per image by the post-processing (300)")
     hidden_dim: int | None = Field(None, ge=8, description="transformer width (256)")
@@ -81,12 +86,6 @@ class DetectModelSpec(Section):
     loss: DetectLossSpec = Field(default_factory=DetectLossSpec)
     frozen_fm: FrozenFMSpec = Field(default_factory=FrozenFMSpec)
 
-    @model_validator(mode="after")
-    def _check_resolution(self) -> DetectModelSpec:
-        if self.resolution % 32:
-            raise ValueError(f"model.resolution must be a multiple of 32, got {self.resolution}")
-        return self
-
 
 class DataSourceSpec(Section):
     image_dir: SpecPath = Field(description="folder the JSON's file_name entries are relative to")
@@ -95,7 +94,9 @@ class DataSourceSpec(Section):
 
 class DetectAugmentSpec(Section):
     multi_scales: list[int] | None = Field(
-        None, description="sizes drawn per training batch (e.g. [480, 512, ..., 800]; null: model.resolution only)"
+        None,
+        description="sizes drawn per training batch, multiples of the backbone's patch size (e.g. [480, 512, ..., "
+        "800]; null: model.resolution only)",
     )
     photometric: float = Field(0.8, ge=0, le=1, description="photometric distortion probability")
     zoom_out: float = Field(0.5, ge=0, le=1, description="random zoom-out probability")
@@ -105,10 +106,8 @@ class DetectAugmentSpec(Section):
 
     @model_validator(mode="after")
     def _check_scales(self) -> DetectAugmentSpec:
-        if self.multi_scales is not None and (
-            not self.multi_scales or any(s % 32 or s < 32 for s in self.multi_scales)
-        ):
-            raise ValueError(f"augment.multi_scales must be positive multiples of 32, got {self.multi_scales}")
+        if self.multi_scales is not None and (not self.multi_scales or any(s < 32 for s in self.multi_scales)):
+            raise ValueError(f"augment.multi_scales must be sizes of at least 32, got {self.multi_scales}")
         return self
 
 

@@ -71,7 +71,9 @@ class SegmentDataSpec(Section):
 
 
 class SegmentModelSpec(Section):
-    backbone: str = Field("c-radio-v3-b", min_length=1, description="registry id/alias (`vfm models`), hf-hub:<repo> or a path")
+    backbone: str = Field(
+        "c-radio-v3-b", min_length=1, description="registry id/alias (`vfm models`), hf-hub:<repo> or a path"
+    )
     pretrained: bool = Field(True, description="load the backbone's published weights (False: random init)")
     neck: Literal["vit_adapter", "simple_pyramid"] = Field(
         "vit_adapter", description="vit_adapter (deformable-attention interactions) or simple_pyramid (ViTDet, cheaper)"

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from vfmkit.errors import DataError
 
@@ -94,9 +95,10 @@ class CategoryTable:
         return cls([Category(int(m["id"]), str(m["name"]), bool(m["isthing"]), m.get("color")) for m in meta])
 
 
-@dataclass(frozen=True)
-class SegmentInfo:
-    """One segment of a sample: PNG ``id``, contiguous ``category``, ``iscrowd``, ``area`` (from the JSON or None)."""
+class SegmentInfo(NamedTuple):
+    """One segment of a sample: PNG ``id``, contiguous ``category``, ``iscrowd``, ``area`` (from the JSON or None).
+
+    A named tuple (not a frozen dataclass) so batches holding it can be moved between devices by Lightning."""
 
     id: int
     category: int

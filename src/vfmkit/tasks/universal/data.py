@@ -1,16 +1,8 @@
-"""Universal-segmentation data: COCO panoptic splits, semantic mask splits, a preflight and the dataset.
-
-COCO panoptic (cocodataset/panopticapi): a JSON with ``images`` ({id, file_name, width, height}), ``annotations``
-({image_id, file_name of the PNG, segments_info [{id, category_id, iscrowd, area, bbox}]}) and ``categories``
-({id, name, isthing}); one PNG per image whose pixels hold segment ids ``R + 256 G + 256^2 B`` (0 = VOID,
-unlabeled). Category ids are kept as in the file (any sparse ids > 0); the model uses contiguous indices 0..K-1 in
-the order of ``categories`` (:class:`CategoryTable`), and results are written back with the original ids.
-
-Semantic masks: class-index masks (decoded by a :class:`~vfmkit.data.palette.Palette`) become one stuff segment
-per class present (ignored pixels are VOID); such data has no instances.
+"""Universal-segmentation data: a preflight of the splits (:mod:`vfmkit.tasks.universal.splits` reads the three
+formats) and the dataset.
 
 Training targets follow OneFormer's unified mapper (:mod:`vfmkit.tasks.universal.targets`): each sample draws a task
-(``task_prob``) and gets, from its one panoptic annotation, ``semantic`` targets (one mask per class: the union of
+(``task_prob``) and gets, from its one segment-id map, ``semantic`` targets (one mask per class: the union of
 its non-crowd segments), ``instance`` targets (non-crowd things only) or ``panoptic`` targets (every non-crowd
 segment), plus the contrastive texts ("a photo with a {class}" per target in class order, padded with
 "a {task} photo"). Crowd regions are never targets.
@@ -25,154 +17,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 from vfmkit.data.augment import EpochSeededDataset, sample_seed
+from vfmkit.data.coco import annotation_dict
 from vfmkit.data.dense_augment import JointAugment, eval_transform
 from vfmkit.data.images import image_size, load_image_rgb
-from vfmkit.data.palette import Palette
 from vfmkit.data.preprocess import pil_to_tensor
 from vfmkit.errors import DataError
-from vfmkit.metrics.panoptic import VOID, load_json, read_panoptic_png
+from vfmkit.metrics.panoptic import VOID
 from vfmkit.models.heads.mask2former.oneformer import task_tokens, tokenize_texts
-from vfmkit.tasks.universal.categories import Category, CategoryTable, SegmentInfo
+from vfmkit.tasks.universal.categories import SegmentInfo
+from vfmkit.tasks.universal.splits import PanopticSample, UniversalSplit, load_annotation
 from vfmkit.tasks.universal.targets import draw_task, resolve_task_prob, semantic_map, target_texts, task_targets
-
-
-@dataclass(frozen=True)
-class PanopticSample:
-    """One image: its file, its annotation (a panoptic PNG + segments, or a class mask for semantic data)."""
-
-    image: str
-    image_id: int | str
-    panoptic: str | None = None
-    segments: tuple[SegmentInfo, ...] = ()
-    mask: str | None = None
-
-
-@dataclass
-class UniversalSplit:
-    """The samples of one split and the category table.
-
-    Attributes:
-        name: ``train`` / ``val`` / ``test``.
-        categories: the categories (contiguous order).
-        samples: the samples.
-        source: where they came from (for messages).
-        palette: semantic-mask splits: the palette decoding the masks.
-    """
-
-    name: str
-    categories: CategoryTable
-    samples: list[PanopticSample]
-    source: Path
-    palette: Palette | None = None
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-
-def load_coco_panoptic_split(
-    name: str, images_dir: str | Path, json_file: str | Path, panoptic_dir: str | Path | None = None
-) -> UniversalSplit:
-    """Read a COCO panoptic JSON (no image or PNG is opened).
-
-    Args:
-        name: the split name.
-        images_dir: folder of the images (``images[].file_name`` relative to it).
-        json_file: the ``panoptic_*.json``.
-        panoptic_dir: folder of the PNGs (default: ``json_file`` without ``.json``, the COCO layout).
-
-    Returns:
-        The split; images without annotation are left out (an annotation without image is an error).
-
-    Raises:
-        DataError: an unreadable JSON, missing sections, a bad category list, an annotation whose image is not in
-            ``images``, a segment id <= 0 or repeated, or a segment whose category is not in ``categories`` (each
-            naming the file, the image and the id).
-    """
-    json_file = Path(json_file)
-    panoptic_dir = Path(panoptic_dir) if panoptic_dir is not None else json_file.with_suffix("")
-    data = load_json(json_file, "panoptic JSON")
-    for key in ("images", "annotations", "categories"):
-        if not isinstance(data.get(key), list):
-            raise DataError(f"panoptic JSON {json_file}: missing '{key}' list (expected the COCO panoptic format)")
-    categories = CategoryTable.from_coco(data["categories"], json_file)
-    images = {entry["id"]: entry for entry in data["images"]}
-    samples = []
-    for ann in data["annotations"]:
-        image = images.get(ann.get("image_id"))
-        if image is None:
-            raise DataError(
-                f"panoptic JSON {json_file}: annotation {ann.get('file_name')} has image_id "
-                f"{ann.get('image_id')} which is not in 'images'"
-            )
-        segments = _segments(ann, categories, json_file)
-        samples.append(
-            PanopticSample(
-                str(Path(images_dir) / image["file_name"]),
-                ann["image_id"],
-                str(panoptic_dir / ann["file_name"]),
-                segments,
-            )
-        )
-    return UniversalSplit(name, categories, samples, json_file)
-
-
-def _segments(ann: Mapping, categories: CategoryTable, source: Path) -> tuple[SegmentInfo, ...]:
-    out, seen = [], set()
-    where = f"panoptic JSON {source}, annotation {ann.get('file_name')}"
-    for info in ann.get("segments_info", []):
-        segment_id = int(info["id"])
-        if segment_id <= 0:
-            raise DataError(f"{where}: segment id {segment_id} must be > 0 (0 is VOID)")
-        if segment_id in seen:
-            raise DataError(f"{where}: segment id {segment_id} is listed twice")
-        seen.add(segment_id)
-        index = categories.index(info["category_id"])
-        if index is None:
-            raise DataError(
-                f"{where}: segment id {segment_id} has category_id {info['category_id']}, which is missing from "
-                f"'categories' (ids {categories.original_ids})"
-            )
-        area = info.get("area")
-        out.append(SegmentInfo(segment_id, index, bool(info.get("iscrowd", 0)), None if area is None else int(area)))
-    return tuple(out)
-
-
-def semantic_mask_split(
-    name: str, images: Sequence[str | Path], masks: Sequence[str | Path], palette: Palette, source: str | Path
-) -> UniversalSplit:
-    """A split of image / class-mask pairs (already paired); every palette class is a stuff category with its
-    palette index as id."""
-    if len(images) != len(masks):
-        raise ValueError(f"{len(images)} images but {len(masks)} masks")
-    colors = palette.colors.tolist()
-    table = CategoryTable([Category(k, n, False, tuple(colors[k])) for k, n in enumerate(palette.names)])
-    samples = [PanopticSample(str(i), Path(i).stem, mask=str(m)) for i, m in zip(images, masks, strict=True)]
-    return UniversalSplit(name, table, samples, Path(source), palette)
-
-
-def load_annotation(sample: PanopticSample, split: UniversalSplit) -> tuple[np.ndarray, tuple[SegmentInfo, ...]]:
-    """The segment-id map int64 (H, W) (0 = VOID) and the segments of a sample.
-
-    Raises:
-        DataError: an unreadable PNG / mask, or unknown mask values.
-    """
-    if sample.panoptic is not None:
-        return read_panoptic_png(sample.panoptic), sample.segments
-    if split.palette is None or sample.mask is None:
-        raise ValueError(f"sample {sample.image} has neither a panoptic PNG nor a class mask")
-    try:
-        with Image.open(sample.mask) as mask:
-            mask.load()
-            classes = split.palette.encode(mask, sample.mask)
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise DataError(f"cannot read mask {sample.mask}: {exc}") from exc
-    valid = (classes >= 0) & (classes < len(split.palette))
-    ids = np.where(valid, classes + 1, VOID).astype(np.int64)
-    present = np.unique(classes[valid]).tolist()
-    return ids, tuple(SegmentInfo(int(k) + 1, int(k)) for k in present)
 
 
 @dataclass
@@ -242,7 +98,7 @@ def preflight_universal(splits: Mapping[str, UniversalSplit | None], workers: in
                 counts[segment.category] += 0 if segment.iscrowd else 1
             report.crowd[name] = report.crowd.get(name, 0) + sum(s.iscrowd for s in segments)
             report.void_pixels[name] = report.void_pixels.get(name, 0) + void
-            empty += [f"{Path(str(sample.panoptic)).name}: {unused}"] if unused else []
+            empty += [f"{Path(sample.annotation).name}: {unused}"] if unused else []
         if empty:
             report.warnings.append(f"{len(empty)} annotations list segments without pixels ({'; '.join(empty[:5])})")
         report.segments[name] = counts
@@ -258,7 +114,7 @@ def _check_sample(sample: PanopticSample, split: UniversalSplit) -> tuple[tuple[
     """(segments, VOID pixels, listed segment ids without pixels) of one sample after checking it."""
     width, height = image_size(Path(sample.image))
     ids, segments = load_annotation(sample, split)
-    annotation = sample.panoptic or sample.mask
+    annotation = sample.annotation
     if ids.shape != (height, width):
         raise DataError(
             f"annotation {annotation} is {ids.shape[1]}x{ids.shape[0]} but its image {sample.image} is "
@@ -325,7 +181,8 @@ class UniversalDataset(EpochSeededDataset):
         """Training: ``image`` float32 (3, S, S) in [0, 1], ``task`` str, ``labels`` int64 (T,), ``masks`` bool
         (T, S, S), ``task_tokens`` int64 (77,), ``text_tokens`` int64 (num_texts, 77) (when num_texts > 0),
         ``index``. Evaluation: ``image`` resized to ``size``, ``ids`` int64 (H, W) segment ids, ``segments``,
-        ``semantic`` int64 (H, W) (``IGNORE`` on VOID), ``index``.
+        ``semantic`` int64 (H, W) (``IGNORE`` on VOID), ``image_id``, ``index`` and, for COCO-instances data,
+        ``objects`` (the image's COCO annotations: mask AP's ground truth).
 
         Raises:
             DataError: an unreadable file or an annotation of another size than its image.
@@ -336,7 +193,7 @@ class UniversalDataset(EpochSeededDataset):
         ids, segments = load_annotation(sample, self.split)
         if tuple(ids.shape) != tuple(image.shape[-2:]):
             raise DataError(
-                f"annotation {sample.panoptic or sample.mask} is {tuple(ids.shape)} but image "
+                f"annotation {sample.annotation} is {tuple(ids.shape)} but image "
                 f"{sample.image} is {tuple(image.shape[-2:])} (H, W); they must have the same size"
             )
         if not self.train:
@@ -347,7 +204,9 @@ class UniversalDataset(EpochSeededDataset):
                 "ids": torch.from_numpy(ids),
                 "segments": segments,
                 "semantic": semantic,
+                "image_id": sample.image_id,
                 "index": index,
+                **({"objects": [annotation_dict(a) for a in sample.instances]} if sample.size is not None else {}),
             }
         seed = sample_seed(self.seed, self.epoch, index)
         images, id_map = self.augment([image], torch.from_numpy(ids), seed)

@@ -23,7 +23,7 @@ from vfmkit.spec.base import (
     TrainSpec,
 )
 from vfmkit.spec.dense import DenseAugmentSpec
-from vfmkit.tasks.segment.spec import SegmentDataSpec
+from vfmkit.tasks.segment.spec import SegmentDataSpec  # universal reads the segment task's mask folders
 
 Task = Literal["semantic", "instance", "panoptic"]
 
@@ -57,7 +57,8 @@ class SemanticMasksSpec(SegmentDataSpec):
 
     @model_validator(mode="after")
     def _augment_elsewhere(self) -> SemanticMasksSpec:
-        if "augment" in self.model_fields_set:
+        # the default is accepted: a saved spec (checkpoints, spec.resolved.yaml) writes every field
+        if self.augment != type(self).model_fields["augment"].default_factory():
             raise ValueError("dataset.semantic.augment is not used by the universal task; set dataset.augment")
         return self
 
@@ -96,7 +97,8 @@ class UniversalDataSpec(Section):
     task_prob: TaskProbSpec | None = Field(
         None,
         description="training task probabilities {semantic, instance, panoptic} (null: OneFormer's 0.33 / 0.33 / "
-        "0.34 for oneformer on coco data, panoptic for mask2former, semantic for semantic_masks)",
+        "0.34 for oneformer on coco_panoptic, panoptic for mask2former; instance for coco_instances, semantic for "
+        "semantic_masks)",
     )
     augment: UniversalAugmentSpec = Field(default_factory=UniversalAugmentSpec, description="joint augmentation")
 
@@ -258,6 +260,8 @@ class UniversalSpec(RunSpec):
             return self.dataset.task_prob.as_dict()
         if self.dataset.format == "semantic_masks":
             return {"semantic": 1.0, "instance": 0.0, "panoptic": 0.0}
+        if self.dataset.format == "coco_instances":  # things only, most pixels unannotated
+            return {"semantic": 0.0, "instance": 1.0, "panoptic": 0.0}
         if self.model.head == "mask2former":
             return {"semantic": 0.0, "instance": 0.0, "panoptic": 1.0}
         return TaskProbSpec().as_dict()

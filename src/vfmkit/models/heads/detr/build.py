@@ -51,6 +51,8 @@ def build_feature_source(
         backbone = load_backbone(backbone, pretrained=pretrained, checkpoint=checkpoint)
     frozen = True if freeze_backbone is None else bool(freeze_backbone)
     options = {"out_channels": neck_channels, "freeze_backbone": frozen, **(neck_options or {})}
+    if neck == "simple_pyramid":  # build only the levels read (the stride-4 level is the dearest)
+        options.setdefault("strides", tuple(strides))
     return NeckLevels(build_neck(neck, backbone, **options), strides)
 
 

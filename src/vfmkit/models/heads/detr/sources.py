@@ -19,22 +19,24 @@ from vfmkit.models.necks.common import NECK_STRIDES, resize_to
 
 
 class NeckLevels(nn.Module):
-    """The levels of a dense neck (``build_neck``: strides 4/8/16/32) at the chosen strides.
+    """The levels of a dense neck (``build_neck``: strides 4/8/16/32, or the neck's own ``strides``) at the chosen
+    strides.
 
     Args:
         neck: a vfmkit neck (``forward(images) -> NeckOutput``) with ``out_channels``.
-        strides: the strides kept, finest first, each in 4/8/16/32.
+        strides: the strides kept, finest first, each one the neck builds.
     """
 
     def __init__(self, neck: nn.Module, strides: Sequence[int]):
         super().__init__()
-        bad = [s for s in strides if s not in NECK_STRIDES]
-        if bad:
-            raise ValueError(f"a neck gives strides {list(NECK_STRIDES)}, not {bad}")
+        available = tuple(getattr(neck, "strides", NECK_STRIDES))  # a simple pyramid can build just what is read
+        missing = [s for s in strides if s not in available]
+        if missing:
+            raise ValueError(f"the neck builds strides {list(available)}, not {missing}")
         self.neck = neck
         self.strides = [int(s) for s in strides]
         self.channels = [int(neck.out_channels)] * len(self.strides)
-        self._indices = [NECK_STRIDES.index(s) for s in self.strides]
+        self._indices = [available.index(s) for s in self.strides]
 
     @property
     def backbone(self) -> Backbone:

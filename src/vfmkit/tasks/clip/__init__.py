@@ -1,0 +1,1 @@
+"""The CLIP task: zero-shot classification, retrieval, embeddings and contrastive fine-tuning."""

@@ -1,0 +1,195 @@
+"""``vfm universal predict``: one task per run (``predict.task``), every readable image of ``predict.source``, results
+at the image's original size with the original category ids, and an overlay per image.
+
+- ``semantic``: ``semantic/<stem>.png``, pixel = the original category id (8-bit, 16-bit when an id is > 255);
+- ``instance``: ``instances.json``, a COCO results list (``image_id``, ``file_name``, ``category_id``, ``score``,
+  ``segmentation`` compressed RLE, ``bbox`` [x, y, w, h]) of the predictions scoring above
+  ``predict.score_threshold``; ``image_id`` is the file stem as an integer when it is all digits (COCO file
+  names), else the stem;
+- ``panoptic``: ``panoptic.json`` + ``panoptic/<stem>.png`` in panopticapi's format (PNG id = R + 256 G + 256^2 B,
+  ``segments_info`` with ``category_id``, ``isthing``, ``score``, ``area``, ``bbox``; the JSON lists the categories);
+- ``overlays/<stem>.png``: the image with each segment / instance tinted (things: one shade per instance).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from vfmkit.data.coco_masks import mask_to_rle
+from vfmkit.data.dense_augment import eval_transform
+from vfmkit.data.images import list_image_files, load_image_rgb
+from vfmkit.data.palette import default_colors
+from vfmkit.data.preprocess import pil_to_tensor
+from vfmkit.engine.taskdef import PredictResult, Trained
+from vfmkit.errors import DataError, VfmError
+from vfmkit.metrics.panoptic import segment_bbox, write_panoptic_results
+from vfmkit.tasks.universal.categories import CategoryTable
+from vfmkit.tasks.universal.infer import task_outputs
+from vfmkit.tasks.universal.postprocess import (
+    instance_inference,
+    panoptic_inference,
+    resize_mask_logits,
+    semantic_inference,
+)
+from vfmkit.tasks.universal.spec import UniversalSpec
+from vfmkit.utils.atomic import atomic_write_bytes, atomic_write_text
+
+
+@dataclass
+class UniversalPredictor:
+    """A trained universal segmenter with what predict needs: its categories, training resolution and thresholds."""
+
+    trained: Trained
+
+    @property
+    def categories(self) -> CategoryTable:
+        return CategoryTable.from_meta(self.trained.meta["categories"])
+
+    def colors(self) -> np.ndarray:
+        """uint8 (K, 3) display colours: the dataset's where given, else distinct defaults."""
+        table = self.categories
+        defaults = default_colors(len(table) + 1)[1:]
+        return np.asarray([c.color or defaults[k] for k, c in enumerate(table.categories)], dtype=np.uint8)
+
+
+def predict_universal(spec: UniversalSpec, predictor: UniversalPredictor, out: Path) -> PredictResult:
+    """Predict ``spec.predict.task`` for every image of ``spec.predict.source`` into ``out`` (see the module)."""
+    if spec.predict.source is None:
+        raise VfmError("predict.source (image folder, glob pattern or list file) is required")
+    task, trained = spec.predict.task, predictor.trained
+    model, test = trained.model.eval(), trained.spec.model.test
+    categories, colors = predictor.categories, predictor.colors()
+    resolution = trained.spec.model.resolution
+    files, skipped = list_image_files(spec.predict.source), []
+    instances, panoptic = [], []
+    written = 0
+    for start in range(0, len(files), spec.predict.batch_size):
+        images, loaded = [], []
+        for path in files[start : start + spec.predict.batch_size]:
+            try:
+                images.append(load_image_rgb(path))
+            except DataError as err:
+                skipped.append(str(err))
+                continue
+            loaded.append(path)
+        if not loaded:
+            continue
+        batch = torch.stack([eval_transform([pil_to_tensor(i)], None, resolution)[0][0] for i in images])
+        with torch.inference_mode():
+            outputs = task_outputs(model, batch, [task])[task]
+        for b, (path, image) in enumerate(zip(loaded, images, strict=True)):
+            size = (image.height, image.width)
+            logits, masks = outputs["pred_logits"][b], resize_mask_logits(outputs["pred_masks"][b], size)
+            if task == "semantic":
+                labels = semantic_inference(logits, masks).argmax(0).numpy()
+                _write_png(out / "semantic" / f"{path.stem}.png", np.asarray(categories.original_ids)[labels])
+                painted = _paint(image, labels, colors)
+            elif task == "instance":
+                found = instance_inference(logits, masks, test.test_topk_per_image, categories.isthing)
+                found = found.above(spec.predict.score_threshold)
+                instances += _instance_results(path, found, categories)
+                painted = _paint_instances(image, found, colors)
+            else:
+                result = panoptic_inference(
+                    logits, masks, categories.isthing, test.object_mask_threshold, test.overlap_threshold
+                )
+                ids = result.ids.numpy()
+                segments = [_segment_info(s, categories) for s in result.segments]
+                panoptic.append((_image_id(path), f"{path.stem}.png", ids, segments))
+                painted = _paint_segments(image, ids, result.segments, colors)
+            _write_png(out / "overlays" / f"{path.stem}.png", painted)
+            written += 1
+    if task == "instance" and written:
+        atomic_write_text(out / "instances.json", json.dumps(instances))
+    if task == "panoptic" and written:
+        meta = [{"id": c.id, "name": c.name, "isthing": int(c.isthing)} for c in categories.categories]
+        write_panoptic_results(out / "panoptic.json", panoptic, meta)
+    if written:
+        what = {"semantic": "semantic/", "instance": "instances.json", "panoptic": "panoptic.json + panoptic/"}[task]
+        print(f"predicted {task} for {written} image(s): {out / what}, overlays in {out / 'overlays'}")
+    return PredictResult(out, written, skipped)
+
+
+def _image_id(path: Path) -> int | str:
+    return int(path.stem) if path.stem.isdigit() else path.stem
+
+
+def _segment_info(segment: dict, categories: CategoryTable) -> dict:
+    category = categories.categories[segment["category"]]
+    return {
+        "id": segment["id"],
+        "category_id": category.id,
+        "isthing": int(segment["isthing"]),
+        "score": segment["score"],
+    }
+
+
+def _instance_results(path: Path, found, categories: CategoryTable) -> list[dict]:
+    results = []
+    for mask, score, label in zip(found.masks.numpy(), found.scores.tolist(), found.labels.tolist(), strict=True):
+        results.append(
+            {
+                "image_id": _image_id(path),
+                "file_name": path.name,
+                "category_id": categories.original_ids[label],
+                "score": round(float(score), 5),
+                "segmentation": mask_to_rle(mask),
+                "bbox": segment_bbox(mask),
+            }
+        )
+    return results
+
+
+def _write_png(path: Path, pixels: np.ndarray | Image.Image) -> None:
+    """Save an RGB picture or an id map (8-bit when every value is < 256, else 16-bit) as a PNG, atomically."""
+    if isinstance(pixels, np.ndarray):
+        pixels = Image.fromarray(pixels.astype(np.uint8 if pixels.max(initial=0) < 256 else np.uint16))
+    buffer = io.BytesIO()
+    pixels.save(buffer, format="PNG")
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def _paint(image: Image.Image, labels: np.ndarray, colors: np.ndarray, alpha: float = 0.5) -> Image.Image:
+    """Blend ``colors[labels]`` over the image where ``labels`` >= 0; label borders are drawn dark."""
+    pixels = np.asarray(image.convert("RGB"), dtype=np.float32)
+    valid = labels >= 0
+    if not valid.any():
+        return image.convert("RGB")
+    tint = colors[np.where(valid, labels, 0)].astype(np.float32)
+    blended = np.where(valid[..., None], (1 - alpha) * pixels + alpha * tint, pixels)
+    border = np.zeros_like(valid)
+    border[1:, :] |= labels[1:, :] != labels[:-1, :]
+    border[:, 1:] |= labels[:, 1:] != labels[:, :-1]
+    blended[border] *= 0.3
+    return Image.fromarray(np.clip(np.rint(blended), 0, 255).astype(np.uint8))
+
+
+def _shades(colors: np.ndarray, categories: list[int]) -> np.ndarray:
+    """One colour per instance: its category's colour mixed with a distinct colour per instance."""
+    distinct = default_colors(len(categories) + 1)[1:].astype(np.float32)
+    base = colors[np.asarray(categories, dtype=np.int64)].astype(np.float32) if categories else distinct
+    return (0.65 * base + 0.35 * distinct).astype(np.uint8).reshape(-1, 3)
+
+
+def _paint_segments(image: Image.Image, ids: np.ndarray, segments: list[dict], colors: np.ndarray) -> Image.Image:
+    labels = np.full(ids.shape, -1, dtype=np.int64)
+    for k, segment in enumerate(segments):
+        labels[ids == segment["id"]] = k
+    shades = _shades(colors, [s["category"] for s in segments])
+    stuff = [k for k, s in enumerate(segments) if not s["isthing"]]
+    shades[stuff] = colors[[segments[k]["category"] for k in stuff]]
+    return _paint(image, labels, shades)
+
+
+def _paint_instances(image: Image.Image, found, colors: np.ndarray) -> Image.Image:
+    labels = np.full((image.height, image.width), -1, dtype=np.int64)
+    for k in reversed(range(len(found.scores))):  # the best-scoring instance on top
+        labels[found.masks[k].numpy()] = k
+    return _paint(image, labels, _shades(colors, found.labels.tolist()))
