@@ -9,6 +9,7 @@ from tests.tasks.distill.distill_data import (
     ColourTeacher,
     PatternTeacher,
     distill_spec,
+    load_images,
     make_pattern_dataset,
 )
 
@@ -18,6 +19,7 @@ from vfmkit.models.backbones.adapted import AdaptedBackbone
 from vfmkit.models.backbones.base import is_frozen
 from vfmkit.models.backbones.radio.adaptors import AttnFeatureHead
 from vfmkit.tasks.distill.data import DistillImages, collate_distill
+from vfmkit.tasks.distill.export import export_adapted_student
 from vfmkit.tasks.distill.heads import backbone_parameters, head_parameters
 from vfmkit.tasks.distill.model import build_distill_model
 
@@ -159,3 +161,27 @@ def test_checkpoints_keep_teacher_fingerprints_and_refuse_other_teacher_weights(
     other = build_distill_model(spec, teacher_backbones={"pattern": ColourTeacher()})  # same widths, other weights
     with pytest.raises(WeightsError, match=r"teacher 'pattern'.*other teacher weights"):
         other.load_state_dict(state)
+
+
+def test_wrapped_radio_heads_equal_the_native_heads_of_the_saved_folder(data, tmp_path):
+    """While training, a RADIO student's heads sit outside it (each reads its cls slot from ``out.cls_tokens``);
+    saved and loaded, they are native RADIO adaptors: same outputs, for every slot."""
+    teachers = [{"backbone": "colour-oracle", "name": "colour"}, {"backbone": "pattern-oracle", "name": "pattern"}]
+    model = build_distill_model(
+        distill_spec(data, teachers), teacher_backbones={"colour": ColourTeacher(), "pattern": PatternTeacher()}
+    ).eval()
+    for _ in range(3):  # statistics, so the folded inverse is not the identity
+        model.train()(_batch(model, data, count=8))
+    model.eval()
+    export_adapted_student(tmp_path / "adapted", model.student, model.standardizers)
+    loaded = load_backbone(tmp_path / "adapted", adaptors=["colour", "pattern"])
+    images = load_images(data.files["val"][:4])
+    with torch.no_grad():
+        wrapped, native = model.student(images), loaded(images)
+    assert isinstance(model.student, AdaptedBackbone) and "colour" in loaded.adaptors  # native RADIO heads
+    torch.testing.assert_close(native.summary, wrapped.summary, rtol=0, atol=1e-5)
+    for name in ("colour", "pattern"):
+        kinds = model.standardizers[name]
+        for kind in ("summary", "features"):
+            expected = kinds[kind].inverse(getattr(wrapped.adaptors[name], kind))
+            torch.testing.assert_close(getattr(native.adaptors[name], kind), expected, rtol=1e-4, atol=1e-4)
