@@ -31,7 +31,7 @@ from vfmkit.models.registry import find_entry
 from vfmkit.tasks.distill.data import DistillImages, collate_distill
 from vfmkit.tasks.distill.export import ExportableStudent, export_adapted_student
 from vfmkit.tasks.distill.heads import teacher_space_student
-from vfmkit.tasks.distill.metrics import DistillMeter, KnnImages, KnnSet, collate_knn
+from vfmkit.tasks.distill.metrics import MEMORY, DistillMeter, KnnImages, KnnSet, collate_knn
 from vfmkit.tasks.distill.model import (
     DistillModel,
     build_distill_model,
@@ -78,7 +78,7 @@ class DistillTask(TaskDef):
         sets = knn_sets(spec, "val") if spec.dataset.knn_validation is not None else None
         print(f"unlabeled images: {len(files)} ({spec.dataset.train_nolabel.folder_path})")
         for knn_set in sets or []:
-            memory = knn_set.roles.count(0)
+            memory = knn_set.roles.count(MEMORY)
             print(
                 f"k-NN {knn_set.name}: {len(knn_set.classes)} classes, {memory} memory, {len(knn_set) - memory} query"
             )
