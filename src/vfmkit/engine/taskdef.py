@@ -218,7 +218,8 @@ class TaskDef:
     def after_train(self, run_dir: Path, best: Path, trained: Trained | None) -> None:
         """Write what a finished run offers besides its checkpoints (e.g. the backbone a distillation made), from
         the best checkpoint ``best``; ``trained`` is that checkpoint already reloaded (None when the run had no
-        validation, so nothing reloaded it). Runs on rank 0 only, before the model card. Default: nothing."""
+        validation, so nothing reloaded it). Runs on rank 0 only, after ``MODEL_CARD.md`` and
+        ``evaluate/val/metrics.json`` are written (a task may add a section to the card). Default: nothing."""
 
     # --- evaluation ------------------------------------------------------------------------------------------------
 

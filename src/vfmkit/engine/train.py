@@ -99,8 +99,8 @@ def _fit_and_evaluate(family, taskdef, spec, data, model, run_dir, resume_from, 
         title = f"val, best checkpoint ({checkpoints.best_path.name})"
         val = evaluate_and_write(taskdef, trained, data.split("val"), spec, "val", run_dir / "evaluate" / "val", title)
     if leader:
-        taskdef.after_train(run_dir, checkpoints.best_path, trained)
         _write_card(taskdef, spec, run_dir, data, val)
+        taskdef.after_train(run_dir, checkpoints.best_path, trained)
     return TrainResult(run_dir, checkpoints.best_path, checkpoints.last_path, taskdef.monitor, val)
 
 
