@@ -99,6 +99,8 @@ def test_one_teacher_student_learns_classes_without_labels(data, single):
     assert val["knn_top1"] >= CHANCE + 0.40, val
     assert val["knn_top1"] >= 0.9 * teacher_knn, (teacher_knn, val)
     assert val["control_knn_top1"] is None and val["pattern/summary_cosine"] > 0.9, val  # fidelity, teacher space
+    card = (single.result.run_dir / "MODEL_CARD.md").read_text()
+    assert "| domain (dataset.knn_validation) | " in card and f"{100 * val['knn_top1']:.2f}% |" in card
     rows = (single.result.run_dir / "metrics.csv").read_text().splitlines()
     assert len(rows) == 17 and "train/pattern/summary_loss" in rows[0]
     first, last = (float(r.split(",")[rows[0].split(",").index("train/loss")]) for r in (rows[1], rows[-1]))

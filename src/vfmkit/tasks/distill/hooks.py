@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader
 
 from vfmkit.data.images import list_image_files
 from vfmkit.data.sampling import EpochSeededSampler
+from vfmkit.engine.run_dir import atomic_write_text
 from vfmkit.engine.runs import make_eval_loader, make_loader
 from vfmkit.engine.taskdef import ExportPlan, PredictResult, TaskData, TaskDef, Trained, format_metric
 from vfmkit.errors import DataError, VfmError
@@ -124,6 +125,11 @@ class DistillTask(TaskDef):
             _, trained = load_trained(TASK, best)
         manifest = export_adapted(trained, run_dir)
         print(f"adapted backbone: {manifest} (load it with --model {run_dir})")
+        metrics_file = run_dir / "evaluate" / "val" / "metrics.json"
+        if metrics_file.is_file() and (run_dir / "MODEL_CARD.md").is_file():
+            card = (run_dir / "MODEL_CARD.md").read_text()
+            table = before_after_table(json.loads(metrics_file.read_text()), trained)
+            atomic_write_text(run_dir / "MODEL_CARD.md", card.rstrip("\n") + "\n\n" + table)
 
     # --- evaluation ------------------------------------------------------------------------------------------------
 
@@ -239,6 +245,28 @@ def student_before(spec: DistillSpec):
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(BEFORE_SEED)
         return build_student(spec)
+
+
+def before_after_table(metrics: dict, trained: Trained) -> str:
+    """The model card's before/after section: k-NN top-1 on the domain and control sets, and teacher fidelity."""
+    distill = trained.spec.distill
+    lines = [
+        f"## Before / after distillation (val, k-NN top-1, k={distill.knn_k}, T={distill.knn_temperature:g})",
+        "",
+        "| set | before | after |",
+        "|---|---|---|",
+    ]
+    for label, key in (
+        ("domain (dataset.knn_validation)", "knn_top1"),
+        ("control (dataset.control)", "control_knn_top1"),
+    ):
+        before, after = metrics.get(f"{key}_before"), metrics.get(key)
+        lines.append(f"| {label} | {format_metric(key, before)} | {format_metric(key, after)} |")
+    lines += ["", "| teacher | summary cosine | feature cosine |", "|---|---|---|"]
+    for name in trained.model.teachers:
+        cosines = [metrics.get(f"{name}/{kind}") for kind in ("summary_cosine", "feature_cosine")]
+        lines.append(f"| {name} | " + " | ".join("-" if c is None else f"{c:.4f}" for c in cosines) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def export_adapted(trained: Trained, folder: Path) -> Path:
