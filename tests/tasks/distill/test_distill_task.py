@@ -140,6 +140,11 @@ def test_the_run_folder_is_a_backbone_with_teacher_space_heads(data, single, tmp
     tensors = load_file(str(out))
     assert set(tensors) == {"summary", "adaptor.pattern.summary"} and len(tensors["summary"]) == len(data.files["val"])
     assert knn_top1(load_backbone(run_dir), data.by_pattern, resolution=SIZE).top1 >= 100 * (CHANCE + 0.40)
+    # ... and in a task spec: a classifier on the adapted student
+    spec = Task("classify", None, ["dataset.root=none", f"model.backbone={run_dir}", f"model.resolution={SIZE}"]).spec
+    classifier = get_task("classify").build_model(spec, {"classes": list(PATTERNS)}, pretrained=True)
+    torch.testing.assert_close(classifier.backbone(images).summary, expected.summary, rtol=0, atol=1e-5)
+    assert classifier.backbone.weights_source == str(run_dir.resolve())
 
 
 def test_export_writes_onnx_and_the_adapted_folder(single, tmp_path):
