@@ -134,7 +134,10 @@ class DistillModelSpec(Section):
         "its heads train; null: the whole student",
     )
     resolution: int | None = Field(
-        None, ge=16, description="student input side in pixels (null: the student's preferred resolution)"
+        None,
+        ge=16,
+        description="student input side in pixels (null: a registry student's preferred resolution; required for a "
+        "student given as a path or hub id)",
     )
     summary_from_teachers: bool = Field(
         True,
