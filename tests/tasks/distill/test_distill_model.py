@@ -158,9 +158,11 @@ def test_checkpoints_keep_teacher_fingerprints_and_refuse_other_teacher_weights(
     assert not any(key.startswith("teachers.") for key in state)  # teachers are rebuilt from the spec, not saved
     same = build_distill_model(spec, teacher_backbones={"pattern": PatternTeacher()})
     same.load_state_dict(state)
+    same.check_teachers()
     other = build_distill_model(spec, teacher_backbones={"pattern": ColourTeacher()})  # same widths, other weights
+    other.load_state_dict(state)  # loading is allowed (train.init_from may change teachers) ...
     with pytest.raises(WeightsError, match=r"teacher 'pattern'.*other teacher weights"):
-        other.load_state_dict(state)
+        other.check_teachers()  # ... evaluate, predict, export and resume check
 
 
 def test_wrapped_radio_heads_equal_the_native_heads_of_the_saved_folder(data, tmp_path):

@@ -15,6 +15,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 from safetensors.torch import load_file
+from tests.synthetic import save_tiny_radio_checkpoint
+from tests.tasks.contract_cases import CASES
 from tests.tasks.distill.distill_data import (
     PATTERNS,
     SIZE,
@@ -28,6 +30,7 @@ import vfmkit.tasks.distill.model as distill_model
 from vfmkit import Task, load_backbone
 from vfmkit.cli.main import main
 from vfmkit.engine.trained import load_trained
+from vfmkit.errors import WeightsError
 from vfmkit.export.runtime import OnnxModel
 from vfmkit.models.backbones.radio.model import RadioBackbone
 from vfmkit.tasks import get_task
@@ -212,3 +215,14 @@ def test_two_teachers_on_scales_1e6_apart_through_the_engine(data, oracles, tmp_
         assert colour >= 0.9 and pattern >= 0.9, val
     else:  # raw MSE: the x1e-3 teacher is lost (the phi_s run of the same test reaches >= 0.9 on it)
         assert colour >= 0.9 and pattern <= 0.9 - 0.2, val
+
+
+def test_a_changed_teacher_file_is_refused_by_evaluate(tmp_path):
+    case = CASES[("distill", None)]
+    args = [*case.data(tmp_path / "data"), *case.extra, *STUDENT, "train.epochs=1", "train.num_workers=0"]
+    args += ["train.batch_size=16", "dataset.knn_validation=null", "dataset.control=null"]  # one step, no validation
+    run = Task("distill", None, [*args, f"results_dir={tmp_path / 'runs'}"]).train().run_dir
+    teacher = tmp_path / "data" / "teacher.pth.tar"
+    save_tiny_radio_checkpoint(teacher, noise=0.5, seed=2)  # other weights at the same path
+    with pytest.raises(WeightsError, match=r"teacher 'tiny' \(.*teacher.pth.tar\).*other teacher weights"):
+        Task("distill", None, [*args, f"evaluate.checkpoint={run}"]).evaluate()

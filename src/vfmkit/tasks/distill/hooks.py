@@ -133,6 +133,9 @@ class DistillTask(TaskDef):
 
     # --- evaluation ------------------------------------------------------------------------------------------------
 
+    def check_compatible(self, spec: DistillSpec, trained: Trained) -> None:
+        trained.model.check_teachers()  # the teachers rebuilt from the checkpoint's spec are the ones it learned from
+
     def eval_split(self, spec: DistillSpec, trained: Trained, split: str) -> list[KnnSet]:
         if spec.dataset.knn_validation is None:
             raise DataError("dataset.knn_validation.root is required to evaluate (labelled class folders)")

@@ -13,8 +13,9 @@ One training step is ``losses = model(batch)`` on a :func:`~vfmkit.tasks.distill
 
 Checkpoints hold the student, its heads and the standardisers' statistics, never the teachers: they are rebuilt
 from the spec (``state_dict`` leaves ``teachers.*`` out and ``load_state_dict`` keeps the teachers it has). What
-they hold instead is each teacher's weights fingerprint (``teacher_fingerprints``, sha256 bytes per teacher): a
-reload whose rebuilt teacher has other weights (the file at its source was replaced) stops with a WeightsError.
+they hold instead is each teacher's weights fingerprint (``teacher_fingerprints``, sha256 bytes per teacher):
+:meth:`DistillModel.check_teachers` refuses a reloaded model whose rebuilt teacher has other weights (the file at its
+source was replaced); evaluation, prediction, export and resuming call it (``train.init_from`` may change teachers).
 """
 
 from __future__ import annotations
@@ -83,13 +84,19 @@ class DistillModel(nn.Module):
         # a saved state has no teacher tensors: the teachers loaded from the spec stay as they are
         for key, value in self.teachers.state_dict(prefix=prefix + TEACHER_PREFIX, keep_vars=True).items():
             state_dict.setdefault(key, value)
-        saved = state_dict.get(prefix + "teacher_fingerprints")
-        if saved is not None and saved.shape == self.teacher_fingerprints.shape:
-            self._check_teachers(saved)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
-    def _check_teachers(self, saved: torch.Tensor) -> None:
-        """Refuse rebuilt teachers whose weights differ from those the saved state was trained with."""
+    def check_teachers(self, saved: torch.Tensor | None = None) -> None:
+        """Refuse teachers whose weights differ from those a state was trained with.
+
+        Args:
+            saved: (T, 32) uint8 fingerprints of a saved state (default: the loaded ``teacher_fingerprints``); an
+                all-zero row (never saved) is not checked.
+
+        Raises:
+            WeightsError: naming the teacher, its source and both fingerprints.
+        """
+        saved = self.teacher_fingerprints if saved is None else saved
         for row, (name, teacher) in enumerate(self.teachers.items()):
             expected = bytes(saved[row].cpu().tolist()).hex()
             if expected != "00" * 32 and expected != teacher.fingerprint:

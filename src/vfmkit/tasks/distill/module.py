@@ -30,6 +30,12 @@ class DistillModule(TaskModule):
         super().__init__(model, spec, meta, taskdef)
         self.meter: DistillMeter | None = None
 
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        super().on_load_checkpoint(checkpoint)
+        saved = checkpoint.get("state_dict", {}).get("model.teacher_fingerprints")
+        if saved is not None:  # resuming: the teachers rebuilt from the spec must be the ones trained with
+            self.model.check_teachers(saved)
+
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         before = (self.model.cache_hits, self.model.cache_misses)
         losses = self.model(batch)
