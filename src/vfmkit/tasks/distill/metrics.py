@@ -125,7 +125,9 @@ class DistillMeter:
                 self.fidelity[t, column] += torch.tensor([float(cos.sum()), len(cos)], dtype=torch.float64)
 
     def gathered(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(N,) dataset indices and (N, C) summaries of this process."""
+        """(N,) dataset indices and (N, C) summaries of this process (N = 0: a process that got no image)."""
+        if not self.index:
+            return torch.zeros(0, dtype=torch.int64), torch.zeros(0, 0)
         return torch.cat(self.index), torch.cat(self.summaries)
 
     def compute(self, index: torch.Tensor | None = None, summaries: torch.Tensor | None = None) -> dict[str, Any]:

@@ -72,7 +72,7 @@ class DistillModule(TaskModule):
     def on_validation_epoch_end(self) -> None:
         meter = self.meter
         index, summaries = meter.gathered()
-        width = summaries.shape[1]
+        width = self.model.student.summary_dim
         index = self.gather_cat(index)
         summaries = self.gather_cat(summaries.flatten()).view(-1, width)
         meter.fidelity = self.gather_sum(meter.fidelity)
