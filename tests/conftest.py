@@ -11,13 +11,22 @@ import torch
 REPO_ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = Path(os.environ.get("VFMKIT_FIXTURES", REPO_ROOT.parent / "shared" / "fixtures"))
 
-# VFM_TEST_THREADS=1 avoids oversubscription when several test runs share the cores
-torch.set_num_threads(int(os.environ.get("VFM_TEST_THREADS", min(2, os.cpu_count() or 1))))
+
+def _test_threads() -> int:
+    """Torch threads per test process: VFM_TEST_THREADS if set, else the cores (at most 2) shared among the
+    pytest-xdist workers, so ``-n 2`` on 2 cores runs two single-threaded workers."""
+    if "VFM_TEST_THREADS" in os.environ:
+        return int(os.environ["VFM_TEST_THREADS"])
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    return max(1, min(2, os.cpu_count() or 1) // workers)
+
+
+torch.set_num_threads(_test_threads())
 
 
 @pytest.fixture(autouse=True)
 def _offline_hub(monkeypatch, tmp_path_factory):
-    """Every test runs offline against an empty, private Hugging Face cache."""
+    """Every test runs offline against an empty, private Hugging Face cache (and a private vfmkit cache)."""
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     cache = tmp_path_factory.getbasetemp() / "hf-cache"
     monkeypatch.setenv("HF_HUB_CACHE", str(cache))
@@ -25,6 +34,7 @@ def _offline_hub(monkeypatch, tmp_path_factory):
 
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setenv("VFMKIT_CACHE", str(tmp_path_factory.getbasetemp() / "vfmkit-cache"))  # never ~/.cache
 
 
 def radio_fixtures() -> Path:

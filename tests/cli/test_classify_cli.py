@@ -13,6 +13,7 @@ import yaml
 from tests.synthetic import make_shapes_dataset
 
 from vfmkit.cli.main import main
+from vfmkit.export.tensorrt import tensorrt_unavailable_reason
 
 
 def vfm(capsys, *args, cwd) -> tuple[int, str, str]:
@@ -70,6 +71,23 @@ def test_classify_end_to_end(project, capsys):
     assert [r["label_1"] for r in onnx_rows] == [r["label_1"] for r in torch_rows]
     for a, b in zip(onnx_rows, torch_rows, strict=True):
         assert abs(float(a["score_1"]) - float(b["score_1"])) < 1e-4
+
+    engine = [
+        "classify",
+        "export",
+        *common,
+        f"export.checkpoint={run}",
+        "export.format=tensorrt",
+        "export.out=trt/m.onnx",
+    ]
+    code, out, err = vfm(capsys, *engine, "export.precision=fp32", cwd=project)
+    missing = tensorrt_unavailable_reason()
+    if missing:  # one line saying what is missing, before anything is written
+        assert code == 2 and err.count("\n") == 1 and missing in err and "pip install tensorrt" in err
+        assert not (project / "trt").exists()
+    else:
+        assert code == 0, err
+        assert (project / "trt" / "m.engine").is_file() and "TensorRT fp32 engine" in out
 
 
 @pytest.mark.parametrize(

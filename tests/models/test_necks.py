@@ -247,6 +247,7 @@ class _Flat(torch.nn.Module):
         return (*out.features, out.summary)
 
 
+@pytest.mark.slow  # the segment contract case exports the default ViT-Adapter through the engine
 def test_adapter_onnx_export_parity(tmp_path) -> None:
     torch.manual_seed(0)
     backbone = load_backbone("test-radio-v2-tiny", pretrained=False)

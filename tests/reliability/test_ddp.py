@@ -51,7 +51,7 @@ def data(tmp_path_factory):
     return root
 
 
-@pytest.mark.parametrize("task", ["classify", "segment"])
+@pytest.mark.parametrize("task", ["classify", pytest.param("segment", marks=pytest.mark.slow)])
 def test_ddp_writes_one_run_folder_with_gathered_metrics(task, data, tmp_path) -> None:
     source = data / ("shapes" if task == "classify" else "seg")
     result = _run(_command(task, source, tmp_path / "runs"))

@@ -2,8 +2,8 @@
 `train.resume`: the resumed run ends with the weights and every metrics row of an uninterrupted run.
 
 - kill -9 at random moments after the first checkpoint (several seeds; one in the default suite, the rest slow);
-- kill -9 in the middle of a checkpoint write, and between the ``best.ckpt`` and ``last.ckpt`` renames;
-- SIGTERM (schedulers, `docker stop`): exit 143 with how to resume; Ctrl-C (SIGINT): exit 130, the same line.
+- kill -9 in the middle of a checkpoint write, and (slow) between the ``best.ckpt`` and ``last.ckpt`` renames;
+- SIGTERM (schedulers, `docker stop`): exit 143 with how to resume; (slow) Ctrl-C (SIGINT): exit 130, the same line.
 """
 
 from __future__ import annotations
@@ -144,7 +144,7 @@ def test_kill_9_at_a_random_moment_then_resume(seed, data, reference, tmp_path) 
     _assert_same_run(tmp_path / "classify" / "exp", reference)
 
 
-@pytest.mark.parametrize("where", ["mid-write", "between-renames"])
+@pytest.mark.parametrize("where", ["mid-write", pytest.param("between-renames", marks=pytest.mark.slow)])
 def test_kill_9_during_a_checkpoint_write_then_resume(where, data, reference, tmp_path) -> None:
     killed = subprocess.run(
         _command(data, tmp_path, harness=True),
@@ -162,7 +162,11 @@ def test_kill_9_during_a_checkpoint_write_then_resume(where, data, reference, tm
 
 
 @pytest.mark.parametrize(
-    ("sig", "code", "words"), [(signal.SIGTERM, 143, "stopped by SIGTERM"), (signal.SIGINT, 130, "interrupted")]
+    ("sig", "code", "words"),
+    [
+        (signal.SIGTERM, 143, "stopped by SIGTERM"),
+        pytest.param(signal.SIGINT, 130, "interrupted", marks=pytest.mark.slow),
+    ],
 )
 def test_signals_stop_with_how_to_resume(sig, code, words, data, reference, tmp_path) -> None:
     process = subprocess.Popen(

@@ -69,10 +69,34 @@ def _export_one(taskdef, trained, spec, plan: ExportPlan, out: Path, resolution:
     return result.max_abs_diff, len(inputs[0])
 
 
+def _tensorrt_engine(taskdef, trained, spec, plan: ExportPlan, onnx: Path, resolution: int) -> Path:
+    """A TensorRT engine (``<graph>.engine``) built from the exported graph, verified against onnxruntime on the
+    task's real verification inputs (or the export example); returns its path."""
+    from vfmkit.export.tensorrt import build_tensorrt_engine
+
+    inputs = plan.verify_inputs or taskdef.verification_inputs(spec, trained, resolution)
+    max_batch = max(spec.export.max_batch, len(inputs[0]))
+    result = build_tensorrt_engine(
+        onnx,
+        onnx.with_suffix(".engine"),
+        spec.export.precision,
+        calibration=spec.export.calibration,
+        verify_inputs=inputs,
+        opt_batch=min(8, max_batch),
+        max_batch=max_batch,
+    )
+    print(f"{result} (built in {result.build_seconds:.0f} s with TensorRT {result.tensorrt_version})")
+    return result.engine
+
+
 def export(family: TaskFamily, spec: BaseModel) -> ExportResult:
     """Export ``export.checkpoint`` (or the task's pre-trained model, see
     :func:`~vfmkit.engine.evaluate.load_target`) to ``export.out`` (default ``<run>/export/model.onnx``) and verify
     it."""
+    if spec.export.format == "tensorrt":  # refused before anything is loaded or written
+        from vfmkit.export.tensorrt import require_tensorrt
+
+        require_tensorrt()
     taskdef, trained, base = load_target(family, spec, "export")
     resolution = spec.export.resolution or taskdef.resolution(trained.spec)
     _check_resolution(taskdef, trained, resolution)
@@ -85,6 +109,9 @@ def export(family: TaskFamily, spec: BaseModel) -> ExportResult:
         files.append(target)
         diffs.append(diff)
         samples.append(count)
+    if spec.export.format == "tensorrt":
+        pairs = list(zip(plans, files, strict=True))
+        files += [_tensorrt_engine(taskdef, trained, spec, plan, onnx, resolution) for plan, onnx in pairs]
     taskdef.after_export(trained, files)
     worst = None if any(d is None for d in diffs) else max(diffs)
     first = plans[0]

@@ -96,6 +96,12 @@ class ExportSpec(Section):
     resolution: int | None = Field(None, ge=16, description="export input size (default: the training size)")
     verify: bool = Field(True, description="compare onnxruntime with PyTorch on real preprocessed images")
     tolerance: float = Field(1e-4, gt=0, description="max abs difference allowed in verification (fp32)")
+    format: Literal["onnx", "tensorrt"] = Field(
+        "onnx", description="onnx, or tensorrt: also a TensorRT engine beside each graph (needs tensorrt and a GPU)"
+    )
+    precision: Literal["fp32", "fp16", "int8"] = Field("fp16", description="TensorRT engine precision")
+    calibration: SpecPath | None = Field(None, description="TensorRT int8: a folder of calibration images")
+    max_batch: int = Field(32, ge=1, description="TensorRT: largest batch of the optimisation profile")
 
 
 class RunSpec(Section):

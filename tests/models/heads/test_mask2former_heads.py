@@ -205,7 +205,7 @@ def trained_a_little(model: UniversalSegmenter, tokens) -> None:
     [
         ("mask2former", None, ["images"]),
         ("oneformer", None, ["images", "task_tokens"]),
-        ("oneformer", "semantic", ["images"]),
+        pytest.param("oneformer", "semantic", ["images"], marks=pytest.mark.slow),  # and in test_universal_task.py
     ],
 )
 def test_onnx_export_matches_pytorch(tmp_path, head, task, inputs):

@@ -97,6 +97,22 @@ def test_linear_probe_runs_the_backbone_once(shapes, tmp_path, monkeypatch):
     assert any(k.startswith("model.backbone.") for k in state) and "model.head.2.weight" in state
 
 
+def test_linear_probe_on_onnxruntime_int8_features(shapes, tmp_path, monkeypatch):
+    monkeypatch.setenv("VFMKIT_CACHE", str(tmp_path / "onnx-cache"))
+    calls = _count_backbone_forwards(monkeypatch)
+    probe = ("model.mode=linear_probe", "train.epochs=5", "train.optimizer.lr=0.01")
+    result = _task(shapes, tmp_path, *probe, "model.feature_runtime=onnxruntime", "model.feature_int8=true").train()
+    assert result.val["top1"] > 0.5  # chance is 25%
+    # PyTorch ran the final evaluation (2 batches) and the export's tracing and checks (a few), not the 11 batches
+    # of feature extraction: onnxruntime computed the cached features
+    assert calls[0] < 8 + 3
+    cached = sorted(p.name for p in (tmp_path / ".cache" / "features").glob("*.safetensors"))
+    assert len(cached) == 2  # train and val, keyed apart from PyTorch features by the runner's cache tag
+    assert any((tmp_path / "onnx-cache").rglob("*.onnx"))
+    with pytest.raises(VfmError, match="model.feature_int8=true needs model.feature_runtime=onnxruntime"):
+        _task(shapes, tmp_path, *probe, "model.feature_int8=true").train()
+
+
 class _Crash(RuntimeError):
     pass
 

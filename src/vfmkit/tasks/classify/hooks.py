@@ -154,17 +154,28 @@ def _feature_loaders(spec: ClassifySpec, backbone, train: ClassificationSplit, v
     """Loaders over cached backbone summaries (computed once, reused by every epoch and later runs)."""
     cache = spec.results_dir / ".cache" / "features"
     res, batch, workers = spec.model.resolution, spec.train.batch_size, spec.train.num_workers
+    runner = _feature_runner(spec, backbone)
     loaders = []
     for split in (train, val):
         if split is None:
             loaders.append(None)
             continue
-        summaries, hit = cached_summaries(backbone, split, res, cache, batch, workers)
+        summaries, hit = cached_summaries(backbone, split, res, cache, batch, workers, runner=runner)
         print(f"{split.name}: {len(split)} summaries {'from the cache' if hit else 'computed and cached'} ({cache})")
         dataset = FeatureDataset(summaries, split.labels)
         sampler = EpochSeededSampler(len(dataset), spec.train.seed) if split is train else None
         loaders.append(make_loader(dataset, batch, 0, sampler))
     return loaders[0], loaders[1]
+
+
+def _feature_runner(spec: ClassifySpec, backbone):
+    """None (the PyTorch backbone computes the cached features) or the onnxruntime runner ``model.feature_runtime``
+    names; its ``cache_tag`` joins the feature-cache key."""
+    if spec.model.feature_runtime == "torch":
+        return None
+    from vfmkit.features.runners import RuntimeOptions, make_runner
+
+    return make_runner(backbone, spec.model.backbone, RuntimeOptions("onnxruntime", spec.model.feature_int8))
 
 
 TASK = ClassifyTask()

@@ -28,9 +28,21 @@ class ClassifyModelSpec(Section):
         "partial: the last `partial_blocks` blocks",
     )
     partial_blocks: int = Field(2, ge=1, description="blocks trained in partial mode (from the end)")
+    feature_runtime: Literal["torch", "onnxruntime"] = Field(
+        "torch",
+        description="linear_probe: what computes the cached features (onnxruntime: a cached, verified ONNX export on "
+        "the CPU; evaluation, predict and export still run the PyTorch model)",
+    )
+    feature_int8: bool = Field(False, description="linear_probe with onnxruntime: int8 weight-quantized features")
     resolution: int = Field(224, ge=16, description="input side in pixels (a multiple of the patch size)")
     head_dropout: float = Field(0.0, ge=0, lt=1, description="dropout before the linear head")
     label_smoothing: float = Field(0.0, ge=0, lt=1, description="cross-entropy label smoothing")
+
+    @model_validator(mode="after")
+    def _check_feature_runtime(self) -> ClassifyModelSpec:
+        if self.feature_int8 and self.feature_runtime != "onnxruntime":
+            raise ValueError("model.feature_int8=true needs model.feature_runtime=onnxruntime")
+        return self
 
 
 class AugmentSpec(Section):
