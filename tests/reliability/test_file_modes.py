@@ -59,3 +59,36 @@ def test_stale_temp_files_are_found_by_target_name(tmp_path: Path) -> None:
         (tmp_path / name).touch()
     assert [p.name for p in stale_temp_files(tmp_path, "last.ckpt")] == [".last.ckpt.abc123.tmp"]
     assert [p.name for p in stale_temp_files(tmp_path)] == [".best.ckpt.x9.tmp", ".last.ckpt.abc123.tmp"]
+
+
+def test_pictures_and_figures_are_written_atomically_in_the_format_of_their_suffix(tmp_path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    from vfmkit.utils.atomic import save_figure_atomically, save_image_atomically
+
+    picture = Image.new("RGB", (8, 6), (200, 10, 10))
+    for name, fmt in (("a.png", "PNG"), ("b.jpg", "JPEG"), ("c", "PNG")):
+        save_image_atomically(picture, tmp_path / name)
+        with Image.open(tmp_path / name) as saved:
+            assert saved.format == fmt and saved.size == (8, 6)
+    fig, ax = plt.subplots()
+    ax.plot([0, 1], [1, 0])
+    save_figure_atomically(fig, tmp_path / "plot.png")
+    plt.close(fig)
+    assert (tmp_path / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not stale_temp_files(tmp_path)
+
+    class Broken:
+        def save(self, path, format):  # noqa: A002 - PIL's keyword
+            Path(path).write_bytes(b"half")
+            raise OSError("disk full")
+
+    with pytest.raises(OSError):
+        save_image_atomically(Broken(), tmp_path / "a.png")
+    with Image.open(tmp_path / "a.png") as kept:  # the old picture stays whole
+        assert kept.format == "PNG"
+    assert not stale_temp_files(tmp_path)

@@ -11,6 +11,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from vfmkit.utils.atomic import save_figure_atomically
+
 
 def _series(rows: list[dict], key: str) -> tuple[list[int], list[float]]:
     """(epochs, values) of one column; empty cells (undefined metrics) become NaN, which matplotlib draws as a gap."""
@@ -42,7 +44,7 @@ def plot_curves(rows: list[dict], out_dir: Path) -> list[Path]:
         ax.legend()
         fig.tight_layout()
         path = out_dir / f"{name}.png"
-        fig.savefig(path, dpi=100)
+        save_figure_atomically(fig, path)
         plt.close(fig)
         written.append(path)
     return written
@@ -67,6 +69,6 @@ def plot_confusion_matrix(matrix: np.ndarray, classes: Sequence[str], path: Path
                 color = "white" if rates[i, j] > 0.5 else "black"
                 ax.text(j, i, str(matrix[i, j]), ha="center", va="center", color=color, fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    save_figure_atomically(fig, path)
     plt.close(fig)
     return path

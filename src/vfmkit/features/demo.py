@@ -26,6 +26,7 @@ from vfmkit.features.knn import KnnResult, knn_evaluate
 from vfmkit.features.pca import pca_source
 from vfmkit.models.backbones.base import Backbone
 from vfmkit.models.registry import find_entry
+from vfmkit.utils.atomic import atomic_write_text
 
 if TYPE_CHECKING:  # importlib.resources.abc is 3.11+
     from importlib.resources.abc import Traversable
@@ -127,7 +128,7 @@ def run_demo(
     knn_file = out_dir / "knn.json"
     record = {"model": model_id, **asdict(knn)}
     record["skipped"] = [{"path": str(s.path), "error": s.error} for s in knn.skipped]
-    knn_file.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    atomic_write_text(knn_file, json.dumps(record, indent=2) + "\n")
     return DemoResult(
         model=model_id,
         out_dir=out_dir,

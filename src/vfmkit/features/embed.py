@@ -39,6 +39,7 @@ from vfmkit.data.preprocess import get_preprocessing, preprocess_image, target_s
 from vfmkit.errors import DataError, VfmError
 from vfmkit.features.runners import BackboneRunner, RuntimeOptions, make_runner
 from vfmkit.models.backbones.base import Backbone, BackboneOutput, Preprocessing
+from vfmkit.utils.atomic import atomic_output, atomic_write_text
 
 WHAT_CHOICES = ("summary", "spatial", "both")
 ProgressCallback = Callable[[int, int], None]
@@ -296,8 +297,11 @@ def save_embeddings(
     }
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        save_file({key: value.contiguous() for key, value in embeddings.tensors.items()}, str(out), metadata=metadata)
-        index.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+        with atomic_output(out) as tmp:
+            save_file(
+                {key: value.contiguous() for key, value in embeddings.tensors.items()}, str(tmp), metadata=metadata
+            )
+        atomic_write_text(index, json.dumps(record, indent=2) + "\n")
     except OSError as exc:
         raise DataError(f"cannot write embeddings to {out}: {exc.strerror or exc}") from exc
     return index

@@ -25,6 +25,7 @@ from vfmkit.errors import DataError
 from vfmkit.features.embed import SkippedImage, extract_embeddings, resolve_model
 from vfmkit.features.runners import RuntimeOptions, make_runner
 from vfmkit.models.backbones.base import Backbone
+from vfmkit.utils.atomic import save_image_atomically
 
 GAP_PX = 4
 """White gap between the image and its colour map."""
@@ -146,5 +147,5 @@ def pca_source(
     for file, name, color in zip(embeddings.files, picture_names(embeddings.files), colors, strict=True):
         image = preprocess_image(file, backbone.preprocessing, embeddings.resolution)
         pictures.append(out_dir / name)
-        side_by_side(image, color).save(pictures[-1])
+        save_image_atomically(side_by_side(image, color), pictures[-1])
     return PcaResult(pictures, embeddings.skipped)

@@ -86,3 +86,27 @@ def stale_temp_files(folder: str | Path, name: str | None = None) -> list[Path]:
     target ``name``; sorted. Remove them only when no other process can be writing to the folder."""
     pattern = f".{name}.*{TEMP_SUFFIX}" if name else f".*{TEMP_SUFFIX}"
     return sorted(p for p in Path(folder).glob(pattern) if p.is_file())
+
+
+def save_image_atomically(image, path: str | Path) -> Path:
+    """Save a PIL image to ``path`` atomically, in the format its suffix names (``.png``, ``.jpg`` ...)."""
+    path = Path(path)
+    with atomic_output(path) as tmp:
+        image.save(tmp, format=_format_of(path))
+    return path
+
+
+def save_figure_atomically(fig, path: str | Path, dpi: int = 100) -> Path:
+    """Save a matplotlib figure to ``path`` atomically, in the format its suffix names (default PNG)."""
+    path = Path(path)
+    with atomic_output(path) as tmp:
+        fig.savefig(tmp, dpi=dpi, format=path.suffix.lstrip(".").lower() or "png")
+    return path
+
+
+def _format_of(path: Path) -> str:
+    """PIL's format name for a file suffix (``.jpg`` -> ``JPEG``); PNG when there is none."""
+    from PIL import Image
+
+    Image.init()
+    return Image.EXTENSION.get(path.suffix.lower(), "PNG")

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from vfmkit.metrics.dense import roc_curve
+from vfmkit.utils.atomic import save_figure_atomically
 
 
 def best_threshold(scores: np.ndarray, labels: np.ndarray) -> dict:
@@ -38,6 +39,6 @@ def plot_roc(scores: np.ndarray, labels: np.ndarray, path: Path, title: str = ""
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    save_figure_atomically(fig, path)
     plt.close(fig)
     return path

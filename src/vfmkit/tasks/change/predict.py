@@ -29,6 +29,7 @@ from vfmkit.models.necks.common import resize_to
 from vfmkit.tasks.change.data import make_dataset, trained_layout
 from vfmkit.tasks.change.data_csv import load_change_csv_split
 from vfmkit.tasks.change.spec import ChangeSpec
+from vfmkit.utils.atomic import save_image_atomically
 
 
 def _source_pairs(spec: ChangeSpec) -> tuple[list[tuple[str, Path, Path]], list[str]]:
@@ -70,9 +71,7 @@ def predict_masks(spec: ChangeSpec, trained: Trained, out: Path) -> PredictResul
         logits = trained.model(resize(image_a, (res, res))[None], resize(image_b, (res, res))[None])
         mask = resize_to(logits, tuple(image_a.shape[-2:])).argmax(1)[0].numpy().astype(np.uint8)
         for folder, picture in (("masks", Image.fromarray(mask * 255)), ("overlays", _overlay(image_b, mask))):
-            target = out / folder / f"{key}.png"
-            target.parent.mkdir(parents=True, exist_ok=True)
-            picture.save(target)
+            save_image_atomically(picture, out / folder / f"{key}.png")
         written += 1
     if written:
         print(f"predicted {written} pair(s) -> {out / 'masks'}, {out / 'overlays'}")

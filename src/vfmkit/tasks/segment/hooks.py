@@ -25,6 +25,7 @@ from vfmkit.tasks.segment.infer import SegmentRunner
 from vfmkit.tasks.segment.model import ExportableSegmenter, build_segmenter
 from vfmkit.tasks.segment.module import SegmentModule
 from vfmkit.tasks.segment.spec import SegmentSpec
+from vfmkit.utils.atomic import save_image_atomically
 
 
 class SegmentTask(TaskDef):
@@ -140,11 +141,9 @@ class SegmentTask(TaskDef):
                 continue
             logits = runner.logits(pil_to_tensor(image).unsqueeze(0), spec.inference)
             mask = logits[0].argmax(dim=0).numpy().astype(np.uint8)
-            (out / "masks").mkdir(parents=True, exist_ok=True)
-            (out / "overlays").mkdir(parents=True, exist_ok=True)
-            Image.fromarray(mask, mode="L").save(out / "masks" / f"{path.stem}.png")
-            overlay(image, mask, runner.palette).save(out / "overlays" / f"{path.stem}.png")
-            colorize(mask, runner.palette).save(out / "overlays" / f"{path.stem}_mask.png")
+            save_image_atomically(Image.fromarray(mask, mode="L"), out / "masks" / f"{path.stem}.png")
+            save_image_atomically(overlay(image, mask, runner.palette), out / "overlays" / f"{path.stem}.png")
+            save_image_atomically(colorize(mask, runner.palette), out / "overlays" / f"{path.stem}_mask.png")
             written += 1
         if written:
             print(f"predicted {written} image(s): masks in {out / 'masks'}, overlays in {out / 'overlays'}")
