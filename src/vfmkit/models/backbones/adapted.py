@@ -28,7 +28,6 @@ Manifest (JSON object):
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Sequence
 from dataclasses import asdict, fields
 from pathlib import Path
@@ -44,6 +43,7 @@ from vfmkit.models.backbones.base import Backbone, BackboneOutput, Preprocessing
 from vfmkit.models.backbones.radio.adaptors import Adaptor
 from vfmkit.models.backbones.radio.config import AdaptorConfig, RadioConfig
 from vfmkit.models.backbones.radio.model import RadioBackbone
+from vfmkit.utils.atomic import atomic_output, atomic_write_text
 from vfmkit.weights.report import LoadReport
 from vfmkit.weights.safe_load import load_safetensors
 
@@ -235,15 +235,6 @@ def describe_student(backbone: Backbone, registry_id: str | None = None) -> dict
     return {"family": entry.family, "registry_id": entry.id}
 
 
-def _atomic_write(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def save_adapted_backbone(
     folder: str | Path,
     backbone: Backbone,
@@ -281,8 +272,9 @@ def save_adapted_backbone(
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in student_state_dict(backbone).items()}
     tensors.update({k: v.detach().cpu().contiguous().clone() for k, v in head_state_dict(backbone).items()})
     metadata = {"format": FORMAT_NAME}
-    _atomic_write(folder / "model.safetensors", lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
-    _atomic_write(folder / MANIFEST_NAME, lambda tmp: tmp.write_text(json.dumps(manifest, indent=2)))
+    with atomic_output(folder / "model.safetensors") as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
+    atomic_write_text(folder / MANIFEST_NAME, json.dumps(manifest, indent=2))
     return folder / MANIFEST_NAME
 
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -32,6 +31,7 @@ from torch import nn
 from vfmkit.data.preprocess import target_size
 from vfmkit.errors import VfmError
 from vfmkit.models.backbones.base import Backbone, freeze, nearest_supported_resolution
+from vfmkit.utils.atomic import atomic_output
 from vfmkit.weights.fingerprint import weights_fingerprint
 
 logger = logging.getLogger(__name__)
@@ -179,18 +179,13 @@ class TeacherCache:
         return {k: v if k == "grid" else v.float() for k, v in tensors.items()}
 
     def save(self, teacher: str, key: str, summary: torch.Tensor | None, features: torch.Tensor | None, grid) -> None:
-        """Store one image's outputs atomically (temp file in the same folder, then ``os.replace``)."""
+        """Store one image's outputs atomically (:func:`vfmkit.utils.atomic.atomic_output`)."""
         path = self.entry_path(teacher, key)
-        path.parent.mkdir(parents=True, exist_ok=True)
         dtype = CACHE_DTYPES[self.dtype]
         tensors = {"grid": torch.tensor(list(grid), dtype=torch.int64)}
         if summary is not None:
             tensors["summary"] = summary.detach().to("cpu", dtype).contiguous()
         if features is not None:
             tensors["features"] = features.detach().to("cpu", dtype).contiguous()
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        try:
+        with atomic_output(path) as tmp:
             save_file(tensors, str(tmp))
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
