@@ -165,19 +165,7 @@ def load_text_weights(tower: TextTower, path: Path, source: str) -> tuple[LoadRe
     """
     state, ignored, scalars = read_text_state(path)
     report = LoadReport(source=source, ignored=ignored)
-    expected = tower.state_dict()
-    for key, value in state.items():
-        if key not in expected:
-            report.unexpected.append(key)
-        elif expected[key].shape != value.shape:
-            raise WeightsError(
-                f"{source}: {key} has shape {tuple(value.shape)}, the text tower expects {tuple(expected[key].shape)}"
-            )
-        else:
-            report.loaded.append(key)
-    report.missing = [k for k in expected if k not in state]
-    report.raise_on_problems()
-    tower.load_state_dict(state, strict=True)
+    report.load_exact(tower, state)
     tower.load_report = report
     logger.info(report.summary())
     return report, scalars
