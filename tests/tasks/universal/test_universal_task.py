@@ -15,6 +15,7 @@ from tests.tasks.universal.universal_data import SEMANTIC_PALETTE, make_instance
 from vfmkit import Task
 from vfmkit.cli.main import main
 from vfmkit.data.coco_masks import segmentation_to_mask
+from vfmkit.errors import VfmError
 from vfmkit.metrics.panoptic import read_panoptic_png
 from vfmkit.tasks import canonical_task
 
@@ -130,3 +131,40 @@ def test_oneformer_is_an_alias_of_universal(tmp_path, capsys):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and "model.head" in err and len(err.splitlines()) == 1
+
+
+def test_predict_from_the_onnx_export_matches_the_checkpoint(semantic):
+    """A Mask2Former graph serves every task; its semantic masks equal the checkpoint's, and a OneFormer graph
+    exported for one task refuses another with the key to change."""
+    root, args, result = semantic
+    graph = root.parent / "export" / "m2f.onnx"
+    Task("universal", None, [*args, f"export.checkpoint={result.run_dir}", f"export.out={graph}"]).export()
+    source = f"predict.source={root / 'images' / 'val'}"
+    masks = {}
+    for name, checkpoint in (("torch", result.run_dir), ("onnx", graph)):
+        out = root.parent / f"predict-semantic-{name}"
+        overrides = [f"predict.checkpoint={checkpoint}", source, "predict.task=semantic", f"predict.out={out}"]
+        assert Task("universal", None, [*args, *overrides]).predict().written == 2
+        masks[name] = [np.asarray(Image.open(out / "semantic" / f"{s}.png")) for s in ("000", "001")]
+    for from_torch, from_onnx in zip(masks["torch"], masks["onnx"], strict=True):
+        assert (from_torch == from_onnx).mean() >= 0.99  # logits within 1e-4: only near-ties may flip
+
+
+def test_a_graph_exported_for_one_task_refuses_another(instances):
+    root, args, result = instances
+    graph = root.parent / "export" / "instance.onnx"
+    Task(
+        "universal", None, [*args, f"export.checkpoint={result.run_dir}", "export.task=instance", f"export.out={graph}"]
+    ).export()
+    overrides = [f"predict.checkpoint={graph}", f"predict.source={root / 'images' / 'val'}", "predict.task=semantic"]
+    with pytest.raises(VfmError, match="exported for the instance task .*predict.task=instance"):
+        Task("universal", None, [*args, *overrides]).predict()
+    out = root.parent / "predict-instance-onnx"
+    overrides = [f"predict.checkpoint={graph}", f"predict.source={root / 'images' / 'val'}", "predict.task=instance"]
+    predicted = Task(
+        "universal", None, [*args, *overrides, "predict.score_threshold=0", f"predict.out={out}"]
+    ).predict()
+    assert predicted.written == 2 and {r["category_id"] for r in json.loads((out / "instances.json").read_text())} <= {
+        3,
+        7,
+    }

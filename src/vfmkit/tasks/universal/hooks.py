@@ -157,7 +157,10 @@ class UniversalTask(TaskDef):
     # --- prediction and export -------------------------------------------------------------------------------------
 
     def predictor(self, trained: Trained) -> UniversalPredictor:
-        return UniversalPredictor(trained)
+        return UniversalPredictor.from_trained(trained)
+
+    def onnx_predictor(self, path: Path) -> UniversalPredictor:
+        return UniversalPredictor.from_onnx(path)
 
     def predict(
         self, spec: UniversalSpec, predictor: UniversalPredictor, out: Path | None, default_out: Path

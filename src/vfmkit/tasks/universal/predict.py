@@ -9,12 +9,16 @@ at the image's original size with the original category ids, and an overlay per 
 - ``panoptic``: ``panoptic.json`` + ``panoptic/<stem>.png`` in panopticapi's format (PNG id = R + 256 G + 256^2 B,
   ``segments_info`` with ``category_id``, ``isthing``, ``score``, ``area``, ``bbox``; the JSON lists the categories);
 - ``overlays/<stem>.png``: the image with each segment / instance tinted (things: one shade per instance).
+
+``predict.checkpoint`` is a run folder, a ``.ckpt`` file or a ``vfm universal export`` ``.onnx`` graph (run by
+onnxruntime with the categories and thresholds recorded in its metadata).
 """
 
 from __future__ import annotations
 
 import io
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,7 +34,8 @@ from vfmkit.data.preprocess import pil_to_tensor
 from vfmkit.engine.taskdef import PredictResult, Trained
 from vfmkit.errors import DataError, VfmError
 from vfmkit.metrics.panoptic import segment_bbox, write_panoptic_results
-from vfmkit.tasks.universal.categories import CategoryTable
+from vfmkit.models.heads.mask2former import TASKS
+from vfmkit.tasks.universal.categories import Category, CategoryTable
 from vfmkit.tasks.universal.infer import task_outputs
 from vfmkit.tasks.universal.postprocess import (
     instance_inference,
@@ -38,19 +43,74 @@ from vfmkit.tasks.universal.postprocess import (
     resize_mask_logits,
     semantic_inference,
 )
-from vfmkit.tasks.universal.spec import UniversalSpec
+from vfmkit.tasks.universal.spec import UniversalSpec, UniversalTestSpec
 from vfmkit.utils.atomic import atomic_write_bytes, atomic_write_text
+
+Outputs = dict[str, torch.Tensor]
+"""``pred_logits`` (B, Q, K + 1) and ``pred_masks`` (B, Q, h, w) of one task."""
 
 
 @dataclass
 class UniversalPredictor:
-    """A trained universal segmenter with what predict needs: its categories, training resolution and thresholds."""
+    """What predict runs: a trained model or an exported ONNX graph, with its categories, input resolution and the
+    inference thresholds it was trained with.
 
-    trained: Trained
+    Attributes:
+        outputs: (images float32 (B, 3, R, R) in [0, 1], task) -> :data:`Outputs`.
+        categories: the model's categories (contiguous order, original ids).
+        resolution: the input side R.
+        test: the inference thresholds (``object_mask_threshold``, ``overlap_threshold``, ``test_topk_per_image``).
+    """
 
-    @property
-    def categories(self) -> CategoryTable:
-        return CategoryTable.from_meta(self.trained.meta["categories"])
+    outputs: Callable[[torch.Tensor, str], Outputs]
+    categories: CategoryTable
+    resolution: int
+    test: UniversalTestSpec
+
+    @classmethod
+    def from_trained(cls, trained: Trained) -> UniversalPredictor:
+        model = trained.model.eval()
+
+        def outputs(images: torch.Tensor, task: str) -> Outputs:
+            with torch.inference_mode():
+                return task_outputs(model, images, [task])[task]
+
+        categories = CategoryTable.from_meta(trained.meta["categories"])
+        return cls(outputs, categories, trained.spec.model.resolution, trained.spec.model.test)
+
+    @classmethod
+    def from_onnx(cls, path: Path) -> UniversalPredictor:
+        """A predictor over a ``vfm universal export`` graph (a OneFormer graph with ``task_tokens`` gets each
+        task's tokens from its metadata; a graph exported with ``export.task`` answers that task only)."""
+        from vfmkit.export.runtime import OnnxModel
+
+        graph = OnnxModel(path)
+        meta = graph.metadata
+        if meta.get("task") != "universal" or not all(k in meta for k in ("labels", "category_ids", "isthing")):
+            raise VfmError(f"{path}: not a vfm universal export (no task/labels/category_ids in its ONNX metadata)")
+        rows = zip(meta["category_ids"], meta["labels"], meta["isthing"], strict=True)
+        categories = CategoryTable([Category(int(i), str(n), bool(t)) for i, n, t in rows])
+        fixed = str(meta.get("segmentation_task", ""))
+
+        def outputs(images: torch.Tensor, task: str) -> Outputs:
+            if "task_tokens" in graph.input_names:
+                tokens = np.asarray([meta[f"task_tokens.{task}"]] * len(images), dtype=np.int64)
+                out = graph(images.numpy(), tokens)
+            elif fixed in TASKS and fixed != task:
+                raise VfmError(
+                    f"predict.checkpoint {path}: the graph was exported for the {fixed} task (export.task); set "
+                    f"predict.task={fixed}, or export without export.task"
+                )
+            else:
+                out = graph(images.numpy())
+            return {name: torch.from_numpy(out[name]) for name in ("pred_logits", "pred_masks")}
+
+        test = UniversalTestSpec(
+            object_mask_threshold=float(meta["object_mask_threshold"]),
+            overlap_threshold=float(meta["overlap_threshold"]),
+            test_topk_per_image=int(meta["test_topk_per_image"]),
+        )
+        return cls(outputs, categories, int(meta.get("resolution", 0)) or graph.input_size[0], test)
 
     def colors(self) -> np.ndarray:
         """uint8 (K, 3) display colours: the dataset's where given, else distinct defaults."""
@@ -63,10 +123,8 @@ def predict_universal(spec: UniversalSpec, predictor: UniversalPredictor, out: P
     """Predict ``spec.predict.task`` for every image of ``spec.predict.source`` into ``out`` (see the module)."""
     if spec.predict.source is None:
         raise VfmError("predict.source (image folder, glob pattern or list file) is required")
-    task, trained = spec.predict.task, predictor.trained
-    model, test = trained.model.eval(), trained.spec.model.test
-    categories, colors = predictor.categories, predictor.colors()
-    resolution = trained.spec.model.resolution
+    task, test = spec.predict.task, predictor.test
+    categories, colors, resolution = predictor.categories, predictor.colors(), predictor.resolution
     files, skipped = list_image_files(spec.predict.source), []
     instances, panoptic = [], []
     written = 0
@@ -82,8 +140,7 @@ def predict_universal(spec: UniversalSpec, predictor: UniversalPredictor, out: P
         if not loaded:
             continue
         batch = torch.stack([eval_transform([pil_to_tensor(i)], None, resolution)[0][0] for i in images])
-        with torch.inference_mode():
-            outputs = task_outputs(model, batch, [task])[task]
+        outputs = predictor.outputs(batch, task)
         for b, (path, image) in enumerate(zip(loaded, images, strict=True)):
             size = (image.height, image.width)
             logits, masks = outputs["pred_logits"][b], resize_mask_logits(outputs["pred_masks"][b], size)
