@@ -26,3 +26,12 @@ def test_a_neck_the_backbone_does_not_support_is_one_line_exit_2(tmp_path, capsy
     assert len(err) == 1 and err[0].startswith("error: model.neck 'vit_adapter' does not support")
     assert "model.neck to simple_pyramid" in err[0] and "Traceback" not in err[0]
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("task", ["classify", "segment", "change", "detect", "universal", "distill"])
+def test_an_empty_backbone_name_is_refused_by_every_task_spec(task) -> None:
+    from vfmkit.spec.loader import SpecError, load_spec
+    from vfmkit.tasks import get_task
+
+    with pytest.raises(SpecError, match="model.backbone"):
+        load_spec(get_task(task).spec_class, None, ["model.backbone="])

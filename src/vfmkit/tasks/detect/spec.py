@@ -25,7 +25,9 @@ from vfmkit.spec.base import (
 
 class FrozenFMSpec(Section):
     enabled: bool = Field(False, description="add a frozen foundation model beside the main backbone (Frozen-DETR)")
-    backbone: str = Field("c-radio-v3-b", description="registry id/alias (`vfm models`), hf-hub:<repo> or a path")
+    backbone: str = Field(
+        "c-radio-v3-b", min_length=1, description="registry id/alias (`vfm models`), hf-hub:<repo> or a path"
+    )
     pretrained: bool = Field(True, description="load its published weights (False: random init, for tests)")
     checkpoint: SpecPath | None = Field(None, description="local weights file for it (instead of the published source)")
     input_scale: float = Field(0.5, gt=0, le=4, description="its input is the image resized by this factor (TAO 0.5)")
@@ -46,6 +48,7 @@ class DetectLossSpec(Section):
 class DetectModelSpec(Section):
     backbone: str = Field(
         "c-radio-v3-b",
+        min_length=1,
         description="registry id/alias (`vfm models`), hf-hub:<repo>, a path, or timm:<arch> (e.g. timm:resnet50) "
         "for a trainable timm CNN without a neck",
     )

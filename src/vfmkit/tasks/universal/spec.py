@@ -140,7 +140,9 @@ class UniversalTestSpec(Section):
 
 
 class UniversalModelSpec(Section):
-    backbone: str = Field("c-radio-v3-b", description="registry id/alias (`vfm models`), hf-hub:<repo> or a path")
+    backbone: str = Field(
+        "c-radio-v3-b", min_length=1, description="registry id/alias (`vfm models`), hf-hub:<repo> or a path"
+    )
     pretrained: bool = Field(True, description="load the backbone's published weights (False: random init)")
     neck: Literal["simple_pyramid", "vit_adapter"] = Field(
         "simple_pyramid", description="simple_pyramid (TAO's D2RADIO: ViTDet pyramid) or vit_adapter"
