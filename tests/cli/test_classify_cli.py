@@ -80,6 +80,8 @@ def test_classify_end_to_end(project, capsys):
         "export.format=tensorrt",
         "export.out=trt/m.onnx",
     ]
+    code, _, err = vfm(capsys, *engine, "export.precision=int8", cwd=project)
+    assert code == 2 and "export.precision=int8 needs export.calibration" in err and not (project / "trt").exists()
     code, out, err = vfm(capsys, *engine, "export.precision=fp32", cwd=project)
     missing = tensorrt_unavailable_reason()
     if missing:  # one line saying what is missing, before anything is written

@@ -70,12 +70,14 @@ def _export_one(taskdef, trained, spec, plan: ExportPlan, out: Path, resolution:
 
 
 def _tensorrt_engine(taskdef, trained, spec, plan: ExportPlan, onnx: Path, resolution: int) -> Path:
-    """A TensorRT engine (``<graph>.engine``) built from the exported graph, verified against onnxruntime on the
-    task's real verification inputs (or the export example); returns its path."""
+    """A TensorRT engine (``<graph>.engine``) built from the exported graph and, unless ``export.verify=false``,
+    verified against onnxruntime on the task's real verification inputs; returns its path."""
     from vfmkit.export.tensorrt import build_tensorrt_engine
 
-    inputs = plan.verify_inputs or taskdef.verification_inputs(spec, trained, resolution)
-    max_batch = max(spec.export.max_batch, len(inputs[0]))
+    inputs = None
+    if spec.export.verify:
+        inputs = plan.verify_inputs or taskdef.verification_inputs(spec, trained, resolution)
+    max_batch = max(spec.export.max_batch, len(inputs[0]) if inputs else 1)
     result = build_tensorrt_engine(
         onnx,
         onnx.with_suffix(".engine"),
@@ -96,6 +98,8 @@ def export(family: TaskFamily, spec: BaseModel) -> ExportResult:
     if spec.export.format == "tensorrt":  # refused before anything is loaded or written
         from vfmkit.export.tensorrt import require_tensorrt
 
+        if spec.export.precision == "int8" and spec.export.calibration is None:
+            raise VfmError("export.precision=int8 needs export.calibration: a folder of a few hundred images")
         require_tensorrt()
     taskdef, trained, base = load_target(family, spec, "export")
     resolution = spec.export.resolution or taskdef.resolution(trained.spec)
