@@ -87,7 +87,13 @@ def run_vfmkit(args, all_levels: bool = False) -> dict:
     torch.manual_seed(0)
     options = {"strides": (4, 8, 16, 32)} if all_levels else None
     model, _ = build_detector(
-        80, args.head, backbone=args.backbone, neck=args.neck, pretrained=False, neck_options=options
+        80,
+        args.head,
+        backbone=args.backbone,
+        neck=args.neck,
+        pretrained=False,
+        neck_options=options,
+        vitdet_window_size=args.vitdet_window_size,
     )
     model = model.eval().to(args.device)
     timer = StageTimer(
@@ -101,8 +107,9 @@ def run_vfmkit(args, all_levels: bool = False) -> dict:
     total = _time(model, images, args, timer)
     spent = timer.spent
     levels = " (all 4 levels)" if all_levels else ""
+    window = f" (ViTDet window {args.vitdet_window_size})" if args.vitdet_window_size else ""
     return {
-        "name": f"vfmkit {args.backbone} + {args.neck}{levels} + {args.head}",
+        "name": f"vfmkit {args.backbone}{window} + {args.neck}{levels} + {args.head}",
         "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
         "img_s": args.batch * args.rounds / total,
         "backbone": spent["backbone"] / total,
@@ -156,6 +163,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--backbone", default="c-radio-v2-b")
     parser.add_argument("--neck", default="simple_pyramid", choices=["simple_pyramid", "vit_adapter"])
+    parser.add_argument("--vitdet-window-size", type=int, help="RADIO backbones: ViTDet windowed attention")
     parser.add_argument("--head", default="rtdetr", choices=["rtdetr", "dino"])
     parser.add_argument("--resolution", type=int, default=640)
     parser.add_argument("--batch", type=int, default=1)

@@ -15,7 +15,7 @@ from tests.tasks.detect.detect_data import make_detection_dataset, make_yolo_dat
 
 from vfmkit import Task
 from vfmkit.engine.frozen import CHECKPOINT_KEY
-from vfmkit.errors import ConfigurationError
+from vfmkit.errors import ConfigurationError, VfmError
 from vfmkit.tasks import get_task
 from vfmkit.weights.safe_load import load_pickle_checkpoint
 
@@ -186,3 +186,19 @@ def test_configuration_errors_name_the_spec_key():
         _module(["model.backbone=test-radio-v2-tiny", "dataset.augment.multi_scales=[64, 72]"])
     with torch.device("meta"):
         _module(["model.backbone=test-dinov2-tiny", "model.head=dino", "model.neck=vit_adapter"])
+
+
+def test_windowed_attention_in_a_radio_backbone_and_where_it_is_refused():
+    """The window reaches the RADIO backbone (its ViTDet numerics are checked against the reference fixtures in the
+    backbone tests) and the input sides become multiples of patch x window; elsewhere it is refused by key."""
+    window = "model.vitdet_window_size=2"
+    module, _ = _module(["model.backbone=test-radio-v2-tiny", window])
+    backbone = module.model.source.neck.backbone
+    assert backbone.cfg.vitdet_window_size == 2
+    assert backbone.preprocessing.resolution_step == 2 * backbone.preprocessing.patch_size
+    with pytest.raises(ConfigurationError, match="model.vitdet_window_size needs model.neck=simple_pyramid"):
+        _module(["model.backbone=test-radio-v2-tiny", "model.neck=vit_adapter", window])
+    with pytest.raises(ConfigurationError, match="applies to RADIO backbones .* not test-dinov2-tiny"):
+        _module(["model.backbone=test-dinov2-tiny", window])
+    with pytest.raises(VfmError, match="does not support ViTDet windowed attention"):
+        _module(["model.backbone=test-radio-v3-tiny", window])

@@ -10,8 +10,10 @@ import torch
 from torch import nn
 
 from vfmkit.errors import ConfigurationError, VfmError
+from vfmkit.models.backbones.timm_cnn import is_timm_cnn_name
 from vfmkit.models.heads.detr import DETRDetector, build_criterion, build_detector, detr_preset
 from vfmkit.models.losses.detr import DetrCriterion
+from vfmkit.models.registry import find_entry
 from vfmkit.tasks.detect.postprocess import postprocess_detections
 from vfmkit.tasks.detect.spec import DetectModelSpec, DetectSpec
 
@@ -58,6 +60,7 @@ def build_model(
     """
     overrides = head_overrides(model)
     fm = model.frozen_fm
+    _check_windows(model)
     return build_detector(
         num_classes,
         head=model.head,
@@ -72,8 +75,26 @@ def build_model(
         frozen_fm_input_scale=fm.input_scale,
         frozen_fm_pretrained=fm.pretrained if pretrained is None else pretrained,
         frozen_fm_checkpoint=fm.checkpoint,
+        vitdet_window_size=model.vitdet_window_size,
         **overrides,
     )
+
+
+def _check_windows(model: DetectModelSpec) -> None:
+    """``model.vitdet_window_size`` is for RADIO backbones (v2, v2.5, v4) through the simple pyramid."""
+    window = model.vitdet_window_size
+    if not window:
+        return
+    if model.neck != "simple_pyramid":
+        raise ConfigurationError(
+            "model.vitdet_window_size needs model.neck=simple_pyramid (the ViT-Adapter runs the backbone's blocks one "
+            "by one, which windowed attention does not allow)"
+        )
+    entry = find_entry(model.backbone)
+    if is_timm_cnn_name(model.backbone) or (entry is not None and entry.family != "radio"):
+        raise ConfigurationError(
+            f"model.vitdet_window_size applies to RADIO backbones (v2, v2.5, v4), not {model.backbone}; set it to null"
+        )
 
 
 def head_overrides(model: DetectModelSpec) -> dict[str, Any]:

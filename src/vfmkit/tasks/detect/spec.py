@@ -62,6 +62,12 @@ class DetectModelSpec(Section):
     )
     neck_channels: int | None = Field(None, ge=8, description="pyramid channels (null: hidden_dim)")
     summary_fusion: bool = Field(False, description="add the projected backbone summary to every pyramid level")
+    vitdet_window_size: int | None = Field(
+        None,
+        ge=1,
+        description="RADIO v2/v2.5/v4 with simple_pyramid: ViTDet windowed attention with this window (patches) in "
+        "all but 4 global blocks (cheaper at high resolution); model.resolution must be a multiple of 16 x window",
+    )
     head: Literal["rtdetr", "dino"] = Field("rtdetr", description="DETR preset: rtdetr (3 levels) or dino (4 levels)")
     resolution: int = Field(
         640,

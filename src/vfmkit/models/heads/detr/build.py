@@ -27,6 +27,7 @@ def build_feature_source(
     checkpoint: str | Path | None = None,
     freeze_backbone: bool | None = None,
     neck_options: dict[str, Any] | None = None,
+    vitdet_window_size: int | None = None,
 ) -> nn.Module:
     """The main feature source.
 
@@ -40,7 +41,14 @@ def build_feature_source(
         checkpoint: a local weights file for the backbone.
         freeze_backbone: None -> True for foundation backbones (the neck and head train), False for timm CNNs.
         neck_options: further keyword arguments of the neck (``summary_fusion``, ``norm``, ``indices`` ...).
+        vitdet_window_size: RADIO backbones (v2, v2.5, v4) through the simple pyramid: windowed attention with this
+            window (in patches) in all but the global blocks; input sides must be multiples of patch x window.
+
+    Raises:
+        ValueError: ``vitdet_window_size`` with a timm CNN or with another neck than ``simple_pyramid``.
     """
+    if vitdet_window_size and (neck != "simple_pyramid" or (isinstance(backbone, str) and is_timm_cnn_name(backbone))):
+        raise ValueError("ViTDet windowed attention needs a RADIO backbone through the simple pyramid")
     if isinstance(backbone, str) and is_timm_cnn_name(backbone):
         cnn = TimmCNN(backbone, strides, checkpoint=checkpoint, pretrained=pretrained)
         if freeze_backbone:
@@ -48,7 +56,8 @@ def build_feature_source(
                 param.requires_grad_(False)
         return cnn
     if not isinstance(backbone, Backbone):
-        backbone = load_backbone(backbone, pretrained=pretrained, checkpoint=checkpoint)
+        windows = {"vitdet_window_size": vitdet_window_size} if vitdet_window_size else {}
+        backbone = load_backbone(backbone, pretrained=pretrained, checkpoint=checkpoint, **windows)
     frozen = True if freeze_backbone is None else bool(freeze_backbone)
     options = {"out_channels": neck_channels, "freeze_backbone": frozen, **(neck_options or {})}
     if neck == "simple_pyramid":  # build only the levels read (the stride-4 level is the dearest)
@@ -70,6 +79,7 @@ def build_detector(
     frozen_fm_input_scale: float = 0.5,
     frozen_fm_pretrained: bool = True,
     frozen_fm_checkpoint: str | Path | None = None,
+    vitdet_window_size: int | None = None,
     **overrides: Any,
 ) -> tuple[DETRDetector, DetrCriterion]:
     """A detector and its matching set criterion.
@@ -82,6 +92,7 @@ def build_detector(
         frozen_fm: a foundation backbone (name or module) for the frozen side branch; None: no branch.
         frozen_fm_input_scale: the branch's input resize factor (TAO 0.5).
         frozen_fm_pretrained, frozen_fm_checkpoint: how to load the branch's backbone.
+        vitdet_window_size: windowed attention in the main RADIO backbone (see :func:`build_feature_source`).
         **overrides: :class:`DetrConfig` / :class:`DetrLossConfig` fields (TAO names); None keeps the preset value.
 
     Returns:
@@ -97,6 +108,7 @@ def build_detector(
         checkpoint=backbone_checkpoint,
         freeze_backbone=freeze_backbone,
         neck_options=neck_options,
+        vitdet_window_size=vitdet_window_size,
     )
     branch = None
     if frozen_fm is not None:
