@@ -18,7 +18,7 @@ from vfmkit.data.preprocess import pil_to_tensor
 from vfmkit.engine.taskdef import PredictResult, Trained
 from vfmkit.errors import DataError, VfmError
 from vfmkit.tasks.detect.postprocess import postprocess_detections, to_coco_results
-from vfmkit.utils.atomic import atomic_output, atomic_write_text
+from vfmkit.utils.atomic import atomic_write_text, save_image_atomically
 
 Detections = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 """``boxes`` (B, K, 4) float xyxy pixels of the original images, ``scores`` (B, K) in [0, 1], ``labels`` (B, K)
@@ -116,7 +116,7 @@ def predict_images(
             found = to_coco_results(boxes[None], scores[None], labels[None], [image_id], conf_threshold)
             results += [{**r, "file_name": str(path)} for r in found]
             images.append(entry)
-            _save_drawn(draw_detections(image, found, runner), out / "drawn" / f"{path.stem}.png")
+            save_image_atomically(draw_detections(image, found, runner), out / "drawn" / f"{path.stem}.png")
     if images:
         atomic_write_text(out / "results.json", json.dumps(results))
         atomic_write_text(out / "images.json", json.dumps(images, indent=1))
@@ -151,8 +151,3 @@ def draw_detections(image: Image.Image, results: Sequence[dict], runner: DetectR
         draw.rectangle([left, top - (bottom - top), right, top], fill=colour)
         draw.text((x, y - (bottom - top)), text, fill=(255, 255, 255))
     return drawn
-
-
-def _save_drawn(image: Image.Image, path: Path) -> None:
-    with atomic_output(path) as tmp:
-        image.save(tmp, format="PNG")

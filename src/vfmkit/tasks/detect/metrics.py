@@ -16,7 +16,7 @@ import torch  # noqa: E402
 from matplotlib import patches  # noqa: E402
 
 from vfmkit.metrics.coco import CocoMetrics  # noqa: E402
-from vfmkit.utils.atomic import atomic_output
+from vfmkit.utils.atomic import save_figure_atomically
 
 _LABELS = {
     "ap": "AP @[.50:.95]",
@@ -58,13 +58,10 @@ def format_metrics_table(metrics: dict[str, Any]) -> list[str]:
 
 def save_figure(fig: plt.Figure, path: str | Path, dpi: int = 100) -> Path:
     """Save ``fig`` as ``path`` atomically and close it."""
-    path = Path(path)
     try:
-        with atomic_output(path) as tmp:
-            fig.savefig(tmp, dpi=dpi, format=path.suffix.lstrip(".") or "png")
+        return save_figure_atomically(fig, path, dpi)
     finally:
         plt.close(fig)
-    return path
 
 
 def plot_pr_curves(metrics: CocoMetrics, path: str | Path, title: str = "") -> Path:

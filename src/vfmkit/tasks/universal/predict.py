@@ -16,7 +16,6 @@ onnxruntime with the categories and thresholds recorded in its metadata).
 
 from __future__ import annotations
 
-import io
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -44,7 +43,7 @@ from vfmkit.tasks.universal.postprocess import (
     semantic_inference,
 )
 from vfmkit.tasks.universal.spec import UniversalSpec, UniversalTestSpec
-from vfmkit.utils.atomic import atomic_write_bytes, atomic_write_text
+from vfmkit.utils.atomic import atomic_write_text, save_image_atomically
 
 Outputs = dict[str, torch.Tensor]
 """``pred_logits`` (B, Q, K + 1) and ``pred_masks`` (B, Q, h, w) of one task."""
@@ -208,9 +207,7 @@ def _write_png(path: Path, pixels: np.ndarray | Image.Image) -> None:
     """Save an RGB picture or an id map (8-bit when every value is < 256, else 16-bit) as a PNG, atomically."""
     if isinstance(pixels, np.ndarray):
         pixels = Image.fromarray(pixels.astype(np.uint8 if pixels.max(initial=0) < 256 else np.uint16))
-    buffer = io.BytesIO()
-    pixels.save(buffer, format="PNG")
-    atomic_write_bytes(path, buffer.getvalue())
+    save_image_atomically(pixels, path)
 
 
 def _paint(image: Image.Image, labels: np.ndarray, colors: np.ndarray, alpha: float = 0.5) -> Image.Image:
