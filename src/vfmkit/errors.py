@@ -28,6 +28,11 @@ class UnreadableFileError(DataError):
     read, an error where one file was asked for."""
 
 
+class ImageTooSmallError(UnreadableFileError):
+    """An image smaller than the transforms of a task can take (e.g. 1x1 px for a random crop): left out and listed
+    like an unreadable file."""
+
+
 class ConfigurationError(VfmError):
     """A combination of settings that cannot work (e.g. a neck the chosen backbone does not support); the message
     names the spec key to change."""

@@ -123,7 +123,36 @@ REFUSALS = {
         _broken(lambda d: d["annotations"][1].update(id=1)),
         r"annotations\[1\]: duplicate annotation id 1",
     ),
-    "annotations not a list": (_broken(lambda d: d.update(annotations={})), r"annotations: expected a list, got dict"),
+    "annotations not a list": (
+        _broken(lambda d: d.update(annotations={})),
+        r"annotations: expected a list, got an object",
+    ),
+    "N3 negative area": (
+        _broken(lambda d: d["annotations"][0].update(area=-1)),
+        r"annotations\[0\] \(id 1\): area -1 must be positive \(COCO evaluation ignores",
+    ),
+    "N3 zero area": (_broken(lambda d: d["annotations"][1].update(area=0)), r"annotations\[1\] \(id 2\): area 0 must"),
+    "nan area": (_broken(lambda d: d["annotations"][1].update(area=float("nan"))), r"'area' must be a finite number"),
+    "N6 polygon of strings": (
+        _broken(lambda d: d["annotations"][0].update(segmentation=[["a", "b", "c", "d", "e", "f"]])),
+        r"annotations\[0\] \(id 1\): segmentation\[0\]: key 'polygon' must be a list of numbers",
+    ),
+    "N6 polygon with nan": (
+        _broken(lambda d: d["annotations"][0].update(segmentation=[[1, 2, 3, "nan", 5, 6]])),
+        r"segmentation\[0\]: key 'polygon' must be a list of numbers",
+    ),
+    "polygon too short": (
+        _broken(lambda d: d["annotations"][0].update(segmentation=[[1, 2, 3, 4]])),
+        r"segmentation\[0\]: a polygon needs an even number >= 6 of coordinates, got 4",
+    ),
+    "N17 polygon outside the image": (
+        _broken(lambda d: d["annotations"][0].update(segmentation=[[0, 0, 1e6, 0, 1e6, 1e6]])),
+        r"segmentation\[0\]: polygon spans x 0\.\.1e\+06, y 0\.\.1e\+06, outside its image \(40x30\)",
+    ),
+    "RLE of another size": (
+        _broken(lambda d: d["annotations"][0].update(segmentation={"size": [5, 5], "counts": [25]})),
+        r"RLE segmentation size \[5, 5\] differs from its image's \[height, width\] \[30, 40\]",
+    ),
     "no categories": (_broken(lambda d: d.update(categories=[])), r"categories: the list is empty"),
 }
 

@@ -4,9 +4,11 @@ line, exit code 2, nothing written) unless a real process is needed."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import stat
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -161,8 +163,12 @@ def test_truncated_images_are_listed_and_left_out_before_training(tmp_path, caps
         [f"dataset.root={data}", f"results_dir={tmp_path / 'runs'}", *TINY, "train.epochs=1", "model.mode=finetune"],
     ).train()
     out = capsys.readouterr().out
-    assert "unreadable files, left out: 1" in out and jpeg.name in out
+    assert "left out of train: 1 of 12 images (unreadable" in out and jpeg.name in out
     assert result.best_checkpoint.is_file()
+    recorded = json.loads((result.run_dir / "left_out.json").read_text())
+    assert [(item["split"], Path(item["path"]).name, item["kind"]) for item in recorded] == [
+        ("train", jpeg.name, "unreadable")
+    ]
 
 
 def test_truncated_segmentation_images_are_left_out(tmp_path, capsys) -> None:
@@ -185,7 +191,7 @@ def test_truncated_segmentation_images_are_left_out(tmp_path, capsys) -> None:
         ],
     ).train()
     out = capsys.readouterr().out
-    assert "unreadable files, left out: 1" in out and "001.png" in out
+    assert "left out of train: 1 of 3 image-mask pairs (unreadable" in out and "001.png" in out
     assert result.best_checkpoint.is_file()
 
 

@@ -24,6 +24,9 @@ from torchvision.transforms import v2
 from vfmkit.data.augment import sample_seed
 from vfmkit.data.preprocess import resize
 
+IOU_CROP_MIN_SIDE = 4
+"""Smallest image side ``RandomIoUCrop`` takes (its smallest crop scale is 0.3: ``int(0.3 * 3) == 0``)."""
+
 
 class DetectionAugment:
     """Training augmentation of one image and its boxes.
@@ -57,6 +60,12 @@ class DetectionAugment:
         self.iou_crop = v2.RandomApply([v2.RandomIoUCrop()], p=iou_crop) if iou_crop > 0 else None
         self.sanitize = v2.SanitizeBoundingBoxes(min_size=min_box_size)
         self.flip = v2.RandomHorizontalFlip(hflip) if hflip > 0 else None
+
+    @property
+    def min_image_side(self) -> int:
+        """The smallest image side (pixels) these transforms take: ``RandomIoUCrop`` divides by a crop side of
+        ``int(0.3 * side)``, which is 0 below 4 px; the preflight leaves smaller training images out."""
+        return IOU_CROP_MIN_SIDE if self.iou_crop is not None else 1
 
     def __call__(
         self, image: torch.Tensor, boxes: torch.Tensor, labels: torch.Tensor, seed: int

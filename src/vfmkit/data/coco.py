@@ -5,21 +5,23 @@ they are mapped to contiguous labels 0..C-1 in ascending id order, and the origi
 predictions back. Images without annotations are allowed (negatives) and counted. Boxes are COCO ``[x, y, w, h]``
 in pixels; the raw ``segmentation`` (polygons or RLE) is kept untouched for the tasks that need it.
 
-:func:`read_coco` refuses, with one line naming the JSON file and the offending key / index / id: invalid JSON
-(line and column), a missing or mistyped key, duplicate ids, an annotation whose ``image_id`` or ``category_id`` is
-unknown, a box with non-positive width or height or outside its image (by more than ``BOX_SLACK`` pixels, which is
-clipped away), and image files that do not exist.
+:func:`read_coco` reads through the shared :class:`~vfmkit.data.json_reader.JsonReader` and refuses, with one
+line naming the JSON file and the offending key / index / id: invalid JSON (line and column), a missing or mistyped
+key, duplicate ids, an annotation whose ``image_id`` or ``category_id`` is unknown, a box with non-positive width or
+height or outside its image (by more than ``BOX_SLACK`` pixels, which is clipped away), an ``area <= 0`` (COCO
+evaluation would silently ignore the object), a ``segmentation`` COCO tools cannot read or polygons outside the
+image (:func:`check_segmentation`), and image files that do not exist.
 """
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vfmkit.data.json_reader import JsonReader, read_json
 from vfmkit.errors import DataError
 
 BOX_SLACK = 1.0
@@ -159,25 +161,15 @@ def read_coco(json_file: str | Path, image_dir: str | Path, check_files: bool = 
         DataError: a missing/invalid file or any problem listed in the module docstring, naming the file and where.
     """
     json_file, image_dir = Path(json_file), Path(image_dir)
-    data = _load_json(json_file)
+    data = read_json(json_file, "COCO annotation file")
     reader = _Reader(json_file)
-    categories = reader.categories(reader.list_of(data, "categories"))
-    images = reader.images(reader.list_of(data, "images"), image_dir)
-    annotations = reader.annotations(reader.list_of(data, "annotations"), images, categories)
+    expected = "an object with images, annotations and categories"
+    categories = reader.categories(reader.list_of(data, "categories", expected=expected))
+    images = reader.images(reader.list_of(data, "images", expected=expected), image_dir)
+    annotations = reader.annotations(reader.list_of(data, "annotations", expected=expected), images, categories)
     if check_files:
         _check_image_files(json_file, image_dir, images.values())
     return CocoDataset(json_file, image_dir, list(images.values()), list(categories.values()), annotations)
-
-
-def _load_json(json_file: Path) -> Any:
-    if not json_file.is_file():
-        raise DataError(f"COCO annotation file not found: {json_file}")
-    try:
-        return json.loads(json_file.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise DataError(f"{json_file}: not valid JSON (line {err.lineno}, column {err.colno}: {err.msg})") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise DataError(f"{json_file}: cannot be read ({err})") from None
 
 
 def _check_image_files(json_file: Path, image_dir: Path, images) -> None:
@@ -190,39 +182,8 @@ def _check_image_files(json_file: Path, image_dir: Path, images) -> None:
         )
 
 
-class _Reader:
-    """Typed access to the JSON with errors that name the file, the list, the index and the key."""
-
-    def __init__(self, json_file: Path):
-        self.file = json_file
-
-    def fail(self, where: str, problem: str) -> DataError:
-        return DataError(f"{self.file}: {where}: {problem}")
-
-    def list_of(self, data: Any, key: str) -> list:
-        if not isinstance(data, dict):
-            raise self.fail(
-                "top level", f"expected an object with images, annotations and categories, got {type(data).__name__}"
-            )
-        if key not in data:
-            raise self.fail("top level", f"missing key '{key}'")
-        if not isinstance(data[key], list):
-            raise self.fail(key, f"expected a list, got {type(data[key]).__name__}")
-        return data[key]
-
-    def get(self, item: Any, where: str, key: str, kind: type | tuple, default: Any = ...) -> Any:
-        if not isinstance(item, dict):
-            raise self.fail(where, f"expected an object, got {type(item).__name__}")
-        if key not in item:
-            if default is not ...:
-                return default
-            raise self.fail(where, f"missing key '{key}'")
-        value = item[key]
-        numeric = kind in (int, float) or kind == (int, float)
-        if isinstance(value, bool) and numeric or not isinstance(value, kind):
-            names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
-            raise self.fail(where, f"key '{key}' must be {names}, got {value!r}")
-        return value
+class _Reader(JsonReader):
+    """The COCO sections, read through :class:`~vfmkit.data.json_reader.JsonReader`."""
 
     def categories(self, items: list) -> dict[int, CocoCategory]:
         raw: dict[int, tuple[str, str]] = {}
@@ -276,18 +237,21 @@ class _Reader:
         if category_id not in categories:
             known = ", ".join(str(c) for c in categories)
             raise self.fail(where, f"category_id {category_id} is not in categories (ids {known})")
-        bbox = self._bbox(self.get(item, where, "bbox", list), where, images[image_id])
-        area = float(self.get(item, where, "area", (int, float), bbox[2] * bbox[3]))
+        image = images[image_id]
+        bbox = self._bbox(self.get(item, where, "bbox", list), where, image)
+        area = float(self.get(item, where, "area", float, bbox[2] * bbox[3]))
+        if area <= 0:
+            raise self.fail(
+                where,
+                f"area {area:g} must be positive (COCO evaluation ignores objects whose area is outside [0, 1e10], "
+                "and their matches); fix it, or remove the key to have it computed from the box",
+            )
         crowd = self.get(item, where, "iscrowd", (int, bool), 0)
+        segmentation = item.get("segmentation")
+        if segmentation is not None:
+            check_segmentation(self, segmentation, where, image.width, image.height)
         return CocoAnnotation(
-            ann_id,
-            image_id,
-            category_id,
-            categories[category_id].label,
-            bbox,
-            area,
-            bool(crowd),
-            item.get("segmentation"),
+            ann_id, image_id, category_id, categories[category_id].label, bbox, area, bool(crowd), segmentation
         )
 
     def _bbox(self, bbox: list, where: str, image: CocoImage) -> tuple[float, float, float, float]:
@@ -305,6 +269,45 @@ class _Reader:
         if x1 <= x0 or y1 <= y0:
             raise self.fail(where, f"bbox {bbox} has no area inside its image {image.id}")
         return (x0, y0, x1 - x0, y1 - y0)
+
+
+def check_segmentation(reader: JsonReader, segmentation: Any, where: str, width: int, height: int) -> None:
+    """Refuse a ``segmentation`` COCO tools cannot read, or polygons outside their image.
+
+    Polygons: a list of ``[x1, y1, x2, y2, ...]`` lists of finite numbers, each with an even count >= 6, every point
+    within ``BOX_SLACK`` pixels of the image (the same bound as boxes). RLE: an object with ``size`` ``[H, W]`` equal
+    to the image's and ``counts`` (a list of non-negative integers, or the compressed string).
+
+    Raises:
+        DataError: naming the file, the annotation and what is wrong.
+    """
+    if isinstance(segmentation, dict):
+        size = segmentation.get("size")
+        counts = segmentation.get("counts")
+        if not (isinstance(size, list) and len(size) == 2 and all(type(v) is int for v in size)):
+            raise reader.fail(where, f"RLE segmentation needs 'size' [height, width], got {size!r}")
+        if size != [height, width]:
+            raise reader.fail(
+                where, f"RLE segmentation size {size} differs from its image's [height, width] [{height}, {width}]"
+            )
+        valid_list = isinstance(counts, list) and all(type(v) is int and v >= 0 for v in counts)
+        if not (isinstance(counts, str) or valid_list):
+            raise reader.fail(where, "RLE segmentation 'counts' must be a list of non-negative integers or a string")
+        return
+    if not isinstance(segmentation, list):
+        raise reader.fail(where, f"segmentation must be polygons (a list of lists) or RLE, got {segmentation!r:.80}")
+    for index, polygon in enumerate(segmentation):
+        place = f"{where}: segmentation[{index}]"
+        points = reader.numbers(polygon, place, "polygon")
+        if len(points) < 6 or len(points) % 2:
+            raise reader.fail(place, f"a polygon needs an even number >= 6 of coordinates, got {len(points)}")
+        xs, ys = points[0::2], points[1::2]
+        if min(xs) < -BOX_SLACK or min(ys) < -BOX_SLACK or max(xs) > width + BOX_SLACK or max(ys) > height + BOX_SLACK:
+            raise reader.fail(
+                place,
+                f"polygon spans x {min(xs):g}..{max(xs):g}, y {min(ys):g}..{max(ys):g}, outside its image "
+                f"({width}x{height}); coordinates are pixels within the image",
+            )
 
 
 def merge_categories(datasets: Sequence[CocoDataset]) -> list[CocoCategory]:

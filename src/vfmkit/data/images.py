@@ -17,7 +17,10 @@ the file holds:
 
 :func:`list_image_files` turns an image *source* (a folder, a glob pattern, a text file of paths, or one image
 file) into a sorted list of paths. Folders are walked by :func:`iter_files`, the one folder walker of vfmkit: it
-follows symlinked sub-folders (each real folder once, so a symlink cycle ends) and skips hidden entries.
+follows symlinked sub-folders (each real folder once, so a symlink cycle ends) and skips hidden entries;
+:func:`list_subfolders` lists class or split folders with the same rules. Every reader of a data folder uses them
+(a test bans other ways of walking data folders). Whether a file decodes is decided by the one decoding preflight,
+:mod:`vfmkit.data.preflight`.
 """
 
 from __future__ import annotations
@@ -25,13 +28,11 @@ from __future__ import annotations
 import glob
 import logging
 import os
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps
-from tqdm import tqdm
 
 from vfmkit.errors import DataError, UnreadableFileError
 
@@ -72,35 +73,6 @@ def load_image_rgb(path: str | Path, background: str = "white") -> Image.Image:
         raise
     except (OSError, SyntaxError, ValueError, TypeError, Image.DecompressionBombError) as exc:
         raise UnreadableFileError(f"cannot read image {path}: {_reason(exc)}") from exc
-
-
-def unreadable_files(
-    paths: Sequence[Path], check: Callable[[Path], object] | None = None, workers: int = 8, what: str = "images"
-) -> list[str | None]:
-    """Decode every file fully, in parallel threads, with a progress bar on a terminal; the reason each one fails.
-
-    Args:
-        paths: the files.
-        check: decodes one file, raising :class:`~vfmkit.errors.UnreadableFileError` when it cannot
-            (default: :func:`load_image_rgb`).
-        workers: threads.
-        what: what the progress bar counts.
-
-    Returns:
-        Per file, None when it decoded, else the reason (the error message, naming the file).
-    """
-    check = check or load_image_rgb
-
-    def problem(path: Path) -> str | None:
-        try:
-            check(path)
-        except UnreadableFileError as err:
-            return str(err)
-        return None
-
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        results = pool.map(problem, paths)
-        return list(tqdm(results, total=len(paths), desc=f"checking {what}", unit="file", disable=None, leave=False))
 
 
 def _reason(exc: BaseException) -> str:
@@ -161,7 +133,7 @@ def is_image_file(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file()
 
 
-def iter_files(root: str | Path, include_hidden: bool = False) -> Iterator[Path]:
+def iter_files(root: str | Path, include_hidden: bool = False, recursive: bool = True) -> Iterator[Path]:
     """Every regular file below ``root``, recursively, following symlinked files and folders.
 
     Each real folder is walked once: a symlink to a folder already walked (a cycle, a link back to an ancestor, or
@@ -173,6 +145,7 @@ def iter_files(root: str | Path, include_hidden: bool = False) -> Iterator[Path]
     Args:
         root: the folder to walk.
         include_hidden: also walk hidden folders and yield hidden files (names starting with ``.``).
+        recursive: False lists only the files directly in ``root``.
 
     Yields:
         The file paths, each real folder's files once.
@@ -185,11 +158,33 @@ def iter_files(root: str | Path, include_hidden: bool = False) -> Iterator[Path]
             subfolders[:] = []
             continue
         visited.add(folder_id)
-        subfolders[:] = sorted(name for name in subfolders if include_hidden or not name.startswith("."))
+        subfolders[:] = sorted(n for n in subfolders if recursive and (include_hidden or not n.startswith(".")))
         for name in sorted(names):
             path = Path(folder, name)
             if (include_hidden or not name.startswith(".")) and path.is_file():
                 yield path
+
+
+def list_subfolders(root: str | Path, include_hidden: bool = False) -> list[Path]:
+    """The folders directly in ``root`` (class folders, split folders), sorted by name, with the walker's rules:
+    symlinked folders count, hidden ones (``.ipynb_checkpoints``) are skipped; an unreadable ``root`` gives [].
+
+    Args:
+        root: the folder.
+        include_hidden: also list hidden folders.
+    """
+    root = Path(root)
+    try:
+        entries = sorted(os.scandir(root), key=lambda entry: entry.name)
+    except OSError as error:
+        if root.exists():
+            _log_unreadable_folder(error)
+        return []
+    return [
+        Path(entry.path)
+        for entry in entries
+        if entry.is_dir(follow_symlinks=True) and (include_hidden or not entry.name.startswith("."))
+    ]
 
 
 def _folder_id(folder: str) -> tuple[int, int] | None:
@@ -231,7 +226,7 @@ def list_image_files(source: str | Path) -> list[Path]:
     elif path.is_file():
         files = [path] if path.suffix.lower() in IMAGE_EXTENSIONS else _read_list_file(path)
     elif glob.has_magic(text):
-        files = _unique_files([Path(p) for p in glob.glob(str(path), recursive=True) if is_image_file(Path(p))])
+        files = [p for p in glob_files(str(path)) if is_image_file(p)]
     else:
         raise DataError(
             f"image source {text!r} does not exist (expected a folder, a glob pattern or a text file of image paths)"
@@ -242,11 +237,17 @@ def list_image_files(source: str | Path) -> list[Path]:
     return files
 
 
+def glob_files(pattern: str) -> list[Path]:
+    """The regular files matching a glob pattern (``**`` recurses and follows symlinked folders), sorted, each real
+    file once under its shortest path."""
+    return _unique_files([Path(p) for p in glob.glob(str(Path(pattern).expanduser()), recursive=True)])
+
+
 def _unique_files(files: list[Path]) -> list[Path]:
     """``files`` without the repeats a ``**`` glob finds through symlinked folders: each real file once, under its
     shortest path; sorted."""
     shortest: dict[str, Path] = {}
-    for file in sorted(files, key=lambda f: (len(f.parts), f)):
+    for file in sorted((f for f in files if f.is_file()), key=lambda f: (len(f.parts), f)):
         shortest.setdefault(os.path.realpath(file), file)
     return sorted(shortest.values())
 
@@ -295,12 +296,12 @@ def image_size(path: Path) -> tuple[int, int]:
     read from the header only.
 
     Raises:
-        DataError: an unreadable file, naming it.
+        UnreadableFileError: a missing or unreadable file, naming it.
     """
     try:
         with Image.open(path) as image:
             width, height = image.size
             rotated = image.getexif().get(_EXIF_ORIENTATION, 1) in (5, 6, 7, 8)
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise DataError(f"cannot read image {path}: {' '.join(str(exc).split()) or type(exc).__name__}") from exc
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise UnreadableFileError(f"cannot read image {path}: {_reason(exc)}") from exc
     return (height, width) if rotated else (width, height)

@@ -9,12 +9,15 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from pydantic import BaseModel
 
+from vfmkit.data.preflight import LeftOut, left_out_dicts, recording_left_out
 from vfmkit.engine.resume import run_dir_of
 from vfmkit.engine.run_dir import atomic_write_text
 from vfmkit.engine.taskdef import EvalResult, TaskDef, TaskFamily, Trained
@@ -37,15 +40,43 @@ def json_safe(value: Any) -> Any:
     return value
 
 
+LEFT_OUT_FILE = "left_out.json"
+"""The run folder's record of every file its data preparation left out (unreadable or too small)."""
+
+
+def write_left_out(path: Path, left_out: Sequence[LeftOut]) -> None:
+    """Write the left-out files (a JSON list of {split, path, kind, reason}; ``[]`` when none) atomically."""
+    atomic_write_text(path, json.dumps(left_out_dicts(left_out), indent=2))
+
+
+def left_out_summary(left_out: Sequence[LeftOut]) -> dict[str, str]:
+    """The model card's data line about left-out files (nothing when none were)."""
+    if not left_out:
+        return {}
+    per_split = ", ".join(f"{split}: {count}" for split, count in Counter(i.split for i in left_out).items())
+    return {"left out (unreadable or too small)": f"{len(left_out)} file(s) ({per_split}), listed in {LEFT_OUT_FILE}"}
+
+
 def evaluate_and_write(
-    taskdef: TaskDef, trained: Trained, split: Any, spec: BaseModel, split_name: str, out_dir: Path, title: str
+    taskdef: TaskDef,
+    trained: Trained,
+    split: Any,
+    spec: BaseModel,
+    split_name: str,
+    out_dir: Path,
+    title: str,
+    left_out: Sequence[LeftOut] = (),
 ) -> dict:
     """Evaluate ``trained`` on ``split``; write ``out_dir/metrics.json`` and the task's plots; print the summary.
+
+    ``metrics.json`` also lists, under ``left_out``, the files of this split the data preparation left out
+    (``left_out``: what it recorded, any split; those of ``split_name`` are kept).
 
     Returns:
         The metrics as written (JSON values: fractions, None where undefined).
     """
     metrics = json_safe(taskdef.evaluate_split(trained, split, spec))
+    metrics["left_out"] = left_out_dicts(left_out, split_name)
     atomic_write_text(out_dir / "metrics.json", json.dumps(metrics, indent=2))
     taskdef.write_plots(out_dir, metrics, trained, title)
     for line in taskdef.metric_lines(split_name, metrics, trained):
@@ -86,9 +117,10 @@ def evaluate(family: TaskFamily, spec: BaseModel) -> EvalResult:
     plots)."""
     taskdef, trained, base = load_target(family, spec, "evaluate")
     name = spec.evaluate.split
-    split = taskdef.eval_split(spec, trained, name)
+    with recording_left_out() as left_out:
+        split = taskdef.eval_split(spec, trained, name)
     out_dir = base / "evaluate" / name
     source = trained.checkpoint.name if trained.checkpoint is not None else "pre-trained weights"
-    metrics = evaluate_and_write(taskdef, trained, split, spec, name, out_dir, f"{name}, {source}")
+    metrics = evaluate_and_write(taskdef, trained, split, spec, name, out_dir, f"{name}, {source}", left_out)
     print(f"written: {out_dir / 'metrics.json'}")
     return EvalResult(metrics, name, out_dir, trained.checkpoint)

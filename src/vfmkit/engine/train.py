@@ -13,7 +13,8 @@ import torch
 from pydantic import BaseModel
 from torch import nn
 
-from vfmkit.engine.evaluate import evaluate_and_write
+from vfmkit.data.preflight import LeftOut, recording_left_out
+from vfmkit.engine.evaluate import LEFT_OUT_FILE, evaluate_and_write, left_out_summary, write_left_out
 from vfmkit.engine.frozen import submodule
 from vfmkit.engine.loggers import check_loggers
 from vfmkit.engine.model_card import write_model_card
@@ -66,12 +67,21 @@ def build_for_training(family: TaskFamily, taskdef: TaskDef, spec: BaseModel, da
     return model
 
 
+def prepare_data(taskdef: TaskDef, spec: BaseModel, splits=("train", "val")) -> tuple[TaskData, list[LeftOut]]:
+    """The task's preflight (:meth:`TaskDef.prepare`) with every file it leaves out recorded (the shared decoding
+    preflight, :mod:`vfmkit.data.preflight`); the model card's data section says how many."""
+    with recording_left_out() as left_out:
+        data = taskdef.prepare(spec, tuple(splits))
+    data.summary = {**data.summary, **left_out_summary(left_out)}
+    return data, left_out
+
+
 def train(family: TaskFamily, spec: BaseModel) -> TrainResult:
     """Train as the spec says; everything goes into a run folder (see README)."""
     taskdef = family.select(spec)
     leader = process_rank() == 0
     with contextlib.redirect_stdout(sys.stdout if leader else io.StringIO()):  # ranks > 0 print nothing
-        data = taskdef.prepare(spec, ("train", "val"))
+        data, left_out = prepare_data(taskdef, spec)
         pl.seed_everything(spec.train.seed, workers=True, verbose=False)
         model = build_for_training(family, taskdef, spec, data)
         check_resolution(taskdef, spec, model)
@@ -79,14 +89,18 @@ def train(family: TaskFamily, spec: BaseModel) -> TrainResult:
         # the run folder is created once the model is built: a bad backbone or checkpoint leaves nothing behind
         with open_run(spec, family.name) as (run_dir, resume_from):
             print(f"run folder: {run_dir}")
-            result = _fit_and_evaluate(family, taskdef, spec, data, model, run_dir, resume_from, leader)
+            if leader:
+                write_left_out(run_dir / LEFT_OUT_FILE, left_out)
+            result = _fit_and_evaluate(family, taskdef, spec, data, model, run_dir, resume_from, leader, left_out)
     if leader:
         val = result.val
         print(f"done: {run_dir}" + (f"  val {headline_text(val, taskdef.headline_keys(spec)[:2])}" if val else ""))
     return result
 
 
-def _fit_and_evaluate(family, taskdef, spec, data, model, run_dir, resume_from, leader: bool) -> TrainResult:
+def _fit_and_evaluate(
+    family, taskdef, spec, data, model, run_dir, resume_from, leader: bool, left_out: list[LeftOut]
+) -> TrainResult:
     """Fit; then rank 0 reloads the best checkpoint, evaluates it on val and writes the model card."""
     train_loader, val_loader = taskdef.loaders(spec, data, model)
     module = taskdef.lightning_module(spec, model, data.meta)
@@ -97,7 +111,8 @@ def _fit_and_evaluate(family, taskdef, spec, data, model, run_dir, resume_from, 
     if leader and val_loader is not None:
         _, trained = load_trained(family, checkpoints.best_path)
         title = f"val, best checkpoint ({checkpoints.best_path.name})"
-        val = evaluate_and_write(taskdef, trained, data.split("val"), spec, "val", run_dir / "evaluate" / "val", title)
+        val_dir = run_dir / "evaluate" / "val"
+        val = evaluate_and_write(taskdef, trained, data.split("val"), spec, "val", val_dir, title, left_out)
     if leader:
         _write_card(taskdef, spec, run_dir, data, val)
         taskdef.after_train(run_dir, checkpoints.best_path, trained)

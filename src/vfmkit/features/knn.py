@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from vfmkit.data.images import list_image_files
+from vfmkit.data.images import list_image_files, list_subfolders
 from vfmkit.errors import DataError, VfmError
 from vfmkit.features.embed import SkippedImage, extract_embeddings, resolve_model
 from vfmkit.features.runners import RuntimeOptions, make_runner
@@ -71,7 +71,7 @@ def list_class_folders(root: str | Path, classes: Sequence[str] | None = None) -
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"class-folder dataset {root} is not a folder (expected {root}/<class name>/<image files>)")
-    folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    folders = list_subfolders(root)
     if not folders:
         raise DataError(f"no class folders in {root} (expected {root}/<class name>/<image files>)")
     names = [p.name for p in folders] if classes is None else list(classes)

@@ -43,7 +43,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from vfmkit.errors import DataError
+from vfmkit.data.coco_panoptic import read_coco_panoptic, read_coco_panoptic_results
+from vfmkit.errors import DataError, UnreadableFileError
 from vfmkit.utils.atomic import atomic_write_bytes
 
 VOID = 0
@@ -85,10 +86,6 @@ class Segment:
     category_id: int
     iscrowd: int = 0
     area: int | None = None
-
-    @classmethod
-    def from_json(cls, info: Mapping) -> Segment:
-        return cls(int(info["id"]), int(info["category_id"]), int(info.get("iscrowd", 0)), info.get("area"))
 
 
 @dataclass
@@ -314,7 +311,7 @@ def read_panoptic_png(path: str | Path) -> np.ndarray:
     """Segment ids of a panoptic PNG: int64 (H, W).
 
     Raises:
-        DataError: an unreadable file, or not an RGB(A) image.
+        UnreadableFileError: a missing or undecodable file; DataError: not an RGB(A) image.
     """
     path = Path(path)
     try:
@@ -326,22 +323,9 @@ def read_panoptic_png(path: str | Path) -> np.ndarray:
     except DataError:
         raise
     except (OSError, SyntaxError, ValueError) as exc:
-        raise DataError(f"cannot read panoptic PNG {path}: {' '.join(str(exc).split()) or type(exc).__name__}") from exc
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        raise UnreadableFileError(f"cannot read panoptic PNG {path}: {reason}") from exc
     return rgb2id(pixels)
-
-
-def load_json(path: str | Path, what: str = "JSON file") -> dict:
-    """Read a JSON object; a missing or malformed file is a DataError naming it."""
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as exc:
-        raise DataError(f"{what} {path} does not exist") from exc
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DataError(f"cannot read {what} {path}: {exc}") from exc
-    if not isinstance(data, dict):
-        raise DataError(f"{what} {path} must hold a JSON object, got {type(data).__name__}")
-    return data
 
 
 def evaluate_panoptic_files(
@@ -368,22 +352,22 @@ def evaluate_panoptic_files(
     gt_json, pred_json = Path(gt_json), Path(pred_json)
     gt_folder = Path(gt_folder) if gt_folder is not None else gt_json.with_suffix("")
     pred_folder = Path(pred_folder) if pred_folder is not None else pred_json.with_suffix("")
-    gt_data, pred_data = load_json(gt_json, "panoptic JSON"), load_json(pred_json, "panoptic predictions")
-    categories = {int(c["id"]): bool(c.get("isthing", 0)) for c in gt_data.get("categories", [])}
-    names = {int(c["id"]): str(c.get("name", c["id"])) for c in gt_data.get("categories", [])}
-    predictions = {a["image_id"]: a for a in pred_data.get("annotations", [])}
-    meter = PanopticQuality(categories, names, merge_stuff)
-    for gt_ann in gt_data.get("annotations", []):
-        image_id = gt_ann["image_id"]
-        if image_id not in predictions:
-            raise DataError(f"{pred_json}: no prediction for the image with id {image_id}")
-        pred_ann = predictions[image_id]
+    truth = read_coco_panoptic(gt_json, need_images=False)
+    predicted = {
+        a.image_id: a for a in read_coco_panoptic_results(pred_json, {c.id for c in truth.categories}).annotations
+    }
+    categories = {c.id: c.isthing for c in truth.categories}
+    meter = PanopticQuality(categories, {c.id: c.name for c in truth.categories}, merge_stuff)
+    for gt_ann in truth.annotations:
+        if gt_ann.image_id not in predicted:
+            raise DataError(f"{pred_json}: no prediction for the image with id {gt_ann.image_id!r}")
+        pred_ann = predicted[gt_ann.image_id]
         meter.update(
-            read_panoptic_png(gt_folder / gt_ann["file_name"]),
-            [Segment.from_json(s) for s in gt_ann["segments_info"]],
-            read_panoptic_png(pred_folder / pred_ann["file_name"]),
-            [Segment(int(s["id"]), int(s["category_id"])) for s in pred_ann["segments_info"]],
-            image_id,
+            read_panoptic_png(gt_folder / gt_ann.png_name),
+            [Segment(s.id, s.category_id, s.iscrowd, s.area) for s in gt_ann.segments],
+            read_panoptic_png(pred_folder / pred_ann.png_name),
+            [Segment(s.id, s.category_id) for s in pred_ann.segments],
+            gt_ann.image_id,
         )
     return meter.compute()
 

@@ -216,7 +216,7 @@ def test_preflight_counts_table(tmp_path: Path) -> None:
     ]
 
 
-def test_preflight_lists_and_removes_unreadable_files(tmp_path: Path) -> None:
+def test_preflight_lists_and_removes_unreadable_files(tmp_path: Path, capsys) -> None:
     root = _make_folders(tmp_path / "data")
     broken = root / "train" / "cat" / "broken.png"
     broken.write_bytes(b"not a png at all")
@@ -228,8 +228,10 @@ def test_preflight_lists_and_removes_unreadable_files(tmp_path: Path) -> None:
     assert {(item.split, item.path) for item in report.unreadable} == {("train", broken), ("val", truncated)}
     assert broken not in report.split("train").files and len(report.split("train")) == 7
     assert truncated not in report.split("val").files and report.split("val").counts().tolist() == [2, 1, 1]
-    text = report.format()
-    assert "unreadable files, left out: 2" in text and str(broken) in text and str(truncated) in text
+    printed = capsys.readouterr().out
+    assert "left out of train: 1 of 8 images (unreadable" in printed and str(broken) in printed
+    assert "left out of val: 1 of 5 images (unreadable" in printed and str(truncated) in printed
+    assert "left out (unreadable): 2 file(s), listed above" in report.format()
     unchecked = preflight(spec, check_images=False)
     assert unchecked.unreadable == [] and len(unchecked.split("train")) == 8
 

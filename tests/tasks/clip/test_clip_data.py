@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
 from tests.tasks.clip.clip_data import make_images, write_caption_folders, write_coco, write_csv, write_shard
 
+from vfmkit.data.preflight import recording_left_out
 from vfmkit.errors import DataError
 from vfmkit.models.text.tokenizers import ClipBpeTokenizer
 from vfmkit.tasks.clip.data import PairCollate, PairDataset, preflight, read_pairs
@@ -19,17 +21,21 @@ def test_custom_layout(tmp_path) -> None:
     image_dir, caption_dir = write_caption_folders(tmp_path, per_combination=1)
     pairs = read_pairs("custom", image_dir=image_dir, caption_dir=caption_dir)
     assert len(pairs) == 12 and pairs.captions[0] == "a red circle"
-    assert preflight(pairs) == {"images": 12, "captions": 12}
+    assert preflight(pairs, "train")[1] == {"images": 12, "captions": 12}
+    (image_dir / "005.png").write_bytes(b"not a png")  # an unreadable image is left out with its caption
+    with recording_left_out() as left_out:
+        cleaned, counts = preflight(read_pairs("custom", image_dir=image_dir, caption_dir=caption_dir), "train")
+    assert counts == {"images": 11, "captions": 11} and [Path(i.path).name for i in left_out] == ["005.png"]
+    assert [Path(str(image)).name for image in cleaned.images] == [f"{i:03d}.png" for i in range(12) if i != 5]
+    assert cleaned.caption_image.tolist() == list(range(11))
     (caption_dir / "003.txt").unlink()
     (caption_dir / "004.txt").write_text("  \n")
-    (image_dir / "005.png").write_bytes(b"not a png")
     with pytest.raises(DataError) as err:
-        preflight(read_pairs("custom", image_dir=image_dir, caption_dir=caption_dir))
+        preflight(read_pairs("custom", image_dir=image_dir, caption_dir=caption_dir), "train")
     message = str(err.value)
-    assert message.startswith("3 problem(s)") and "\n" not in message
+    assert message.startswith("2 problem(s)") and "\n" not in message
     assert f"003.png: no caption file {caption_dir / '003.txt'}" in message
     assert f"{caption_dir / '004.txt'}:1: empty caption" in message
-    assert "cannot read image" in message and "005.png" in message
 
 
 def test_csv_jsonl_duplicates_and_missing_images(tmp_path) -> None:
@@ -38,12 +44,12 @@ def test_csv_jsonl_duplicates_and_missing_images(tmp_path) -> None:
         images[i].save(tmp_path / f"{i}.png")
     csv_file = write_csv(tmp_path, [("0.png", "a red circle"), ("0.png", "red disc"), ("1.png", "a red square")])
     pairs = read_pairs("csv", file=csv_file)
-    assert pairs.caption_image.tolist() == [0, 0, 1] and preflight(pairs)["captions"] == 3
+    assert pairs.caption_image.tolist() == [0, 0, 1] and preflight(pairs, "train")[1]["captions"] == 3
     bad = write_csv(tmp_path, [("0.png", "x"), ("0.png", "x"), ("9.png", "y")], name="bad.csv")
     with pytest.raises(
         DataError, match=r"2 problem\(s\).*bad.csv:3: duplicate of .*bad.csv:2.*bad.csv:4: image .*9.png does"
     ):
-        preflight(read_pairs("csv", file=bad))
+        preflight(read_pairs("csv", file=bad), "train")
     (tmp_path / "no_header.csv").write_text("0.png,x\n")
     with pytest.raises(DataError, match="must name the columns 'image' and 'caption'"):
         read_pairs("csv", file=tmp_path / "no_header.csv")
@@ -66,7 +72,15 @@ def test_coco_captions_several_per_image(tmp_path) -> None:
     data["annotations"].append({"id": 99, "image_id": 1234, "caption": "lost"})
     file.write_text(json.dumps(data))
     with pytest.raises(DataError, match="annotation 99: image_id 1234 is not in 'images'"):
-        preflight(read_pairs("coco", file=file, root=tmp_path / "images"), check_images=False)
+        preflight(read_pairs("coco", file=file, root=tmp_path / "images"), "train", check_images=False)
+    data["images"][1]["id"] = data["images"][0]["id"]
+    file.write_text(json.dumps(data))
+    with pytest.raises(DataError, match=r"images\[1\]: duplicate image id .* \(also images\[0\]\)"):
+        read_pairs("coco", file=file, root=tmp_path / "images")
+    data["images"][1]["id"] = "x"
+    file.write_text(json.dumps(data))
+    with pytest.raises(DataError, match=r"images\[1\]: key 'id' must be int, got 'x'"):
+        read_pairs("coco", file=file, root=tmp_path / "images")
 
 
 def test_webdataset_shards(tmp_path) -> None:
@@ -76,7 +90,7 @@ def test_webdataset_shards(tmp_path) -> None:
     assert len(pairs.images) == 23 and pairs.images[0].member == "00000.png"  # the sample without caption is out
     assert pairs.images[0].load().size == (64, 64)
     with pytest.raises(DataError, match=r"train-001.tar: sample '00004' has no .txt caption"):
-        preflight(pairs)
+        preflight(pairs, "train")
     with pytest.raises(DataError, match="no .tar shards"):
         read_pairs("wds", shards=tmp_path / "nothing-*.tar")
 

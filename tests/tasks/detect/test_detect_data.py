@@ -5,12 +5,15 @@ COCO results with the original category ids."""
 from __future__ import annotations
 
 import json
+import shutil
+from pathlib import Path
 
 import pytest
 import torch
 from pydantic import ValidationError
 from tests.tasks.detect.detect_data import make_detection_dataset, make_yolo_dataset
 
+from vfmkit.data.preflight import recording_left_out
 from vfmkit.errors import DataError
 from vfmkit.metrics.coco import evaluate_coco
 from vfmkit.tasks.detect.data import (
@@ -41,8 +44,8 @@ def test_spec_sections_validate():
     assert spec.predict.conf_threshold == 0.5 and spec.model.frozen_fm.input_scale == 0.5
     with pytest.raises(ValidationError, match="train_data_sources is required"):
         DetectDataSpec()
-    with pytest.raises(ValidationError, match="root and dataset.names are required"):
-        DetectDataSpec(format="yolo", root="x")
+    with pytest.raises(ValidationError, match="dataset.root is required for format 'yolo'"):
+        DetectDataSpec(format="yolo")
     with pytest.raises(ValidationError, match="greater than or equal to 32"):
         DetectSpec.model_validate({**DetectSpec.example, "model": {"resolution": 16}})
     with pytest.raises(ValidationError, match="at least 32"):
@@ -136,7 +139,7 @@ def test_unreadable_images_are_left_out_and_listed(tmp_path):
     split = data.split("train")
     assert [image.id for image in split.images] == [100, 102, 103] and 101 not in split.annotations
     assert {a["image_id"] for a in split.ground_truth()["annotations"]} <= {100, 102}
-    assert "unreadable images, left out: 1" in lines[0] and "img_001.png" in lines[0]
+    assert lines[0].startswith("left out of train: 1 of 4 images (unreadable") and "img_001.png" in lines[0]
     for index in (0, 2, 3):
         (image_dir / f"img_{index:03d}.png").write_bytes(b"")
     with pytest.raises(DataError, match="training split holds no readable images"):
@@ -199,3 +202,56 @@ def test_postprocessed_ground_truth_scores_one_with_original_ids(coco_set):
     assert {r["category_id"] for r in results} <= {1, 3, 7} and all(r["score"] >= 0.5 for r in results)
     metrics = evaluate_coco(data.ground_truth("train"), results)
     assert metrics.ap == pytest.approx(1.0)
+
+
+def _yolo(root: Path, names=("circle", "square", "triangle")) -> DetectDataSpec:
+    return DetectDataSpec(format="yolo", root=root, names=list(names) if names else None)
+
+
+def test_n2_yolo_follows_symlinked_folders_and_skips_hidden_ones(tmp_path):
+    root = make_yolo_dataset(tmp_path / "yolo", {"train": 6})
+    extra = tmp_path / "extra"
+    (extra / "img").mkdir(parents=True)
+    (extra / "lab").mkdir()
+    for name in ("003", "004"):
+        (root / "images" / "train" / f"{name}.png").rename(extra / "img" / f"{name}.png")
+        (root / "labels" / "train" / f"{name}.txt").rename(extra / "lab" / f"{name}.txt")
+    (root / "images" / "train" / "sub").symlink_to(extra / "img")
+    (root / "labels" / "train" / "sub").symlink_to(extra / "lab")
+    hidden = root / "images" / "train" / ".ipynb_checkpoints"
+    hidden.mkdir()
+    shutil.copy(root / "images" / "train" / "002.png", hidden / "002-checkpoint.png")
+    split = load_detection_data(_yolo(root), ("train",)).split("train")
+    names = [image.file_name for image in split.images]
+    assert names == ["000.png", "001.png", "002.png", "005.png", "sub/003.png", "sub/004.png"]
+    assert all(split.objects(image.id) for image in split.images[2:])  # the linked images kept their labels
+
+
+def test_n15_yolo_leaves_an_unreadable_image_out_instead_of_refusing_the_dataset(tmp_path):
+    root = make_yolo_dataset(tmp_path / "yolo", {"train": 4})
+    (root / "images" / "train" / "003.png").write_bytes(b"")
+    lines = []
+    with recording_left_out() as left_out:
+        data = load_detection_data(_yolo(root), ("train",), log=lines.append)
+    assert [image.file_name for image in data.split("train").images] == ["000.png", "001.png", "002.png"]
+    assert [(item.split, Path(item.path).name, item.kind) for item in left_out] == [("train", "003.png", "unreadable")]
+    assert "003.png" in lines[0] and lines[0].startswith("left out of train: 1 of 4 images")
+
+
+def test_n14_yolo_label_with_a_byte_order_mark(tmp_path):
+    root = make_yolo_dataset(tmp_path / "yolo", {"train": 3})
+    label = root / "labels" / "train" / "002.txt"
+    label.write_bytes(b"\xef\xbb\xbf" + label.read_bytes())
+    split = load_detection_data(_yolo(root), ("train",)).split("train")
+    assert len(split.objects(3)) == 2
+
+
+def test_n19_yolo_names_from_data_yaml(tmp_path):
+    root = make_yolo_dataset(tmp_path / "yolo", {"train": 3})
+    (root / "data.yaml").write_text("path: .\ntrain: images/train\nnames:\n  0: circle\n  1: square\n  2: triangle\n")
+    assert load_detection_data(_yolo(root, names=None), ("train",)).class_names == ["circle", "square", "triangle"]
+    with pytest.raises(DataError, match=r"dataset.names \['a', 'b', 'c'\] differs from the names in .*data.yaml"):
+        load_detection_data(_yolo(root, names=("a", "b", "c")), ("train",))
+    (root / "data.yaml").unlink()
+    with pytest.raises(DataError, match="dataset.names is required for format 'yolo' \\(or a data.yaml"):
+        load_detection_data(_yolo(root, names=None), ("train",))

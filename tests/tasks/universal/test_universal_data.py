@@ -85,12 +85,35 @@ def test_a_png_id_missing_from_segments_info_is_named(dataset_root, tmp_path):
 @pytest.mark.parametrize(
     ("edit", "message"),
     [
-        (lambda d: d["annotations"][1]["segments_info"][0].update(id=0), r"001\.png: segment id 0 must be > 0"),
+        (
+            lambda d: d["annotations"][1]["segments_info"][0].update(id=0),
+            r"annotations\[1\] \(001\.png\): segments_info\[0\]: segment id 0 must be > 0",
+        ),
         (lambda d: d["annotations"][1]["segments_info"][0].update(id=-5), r"segment id -5 must be > 0"),
-        (lambda d: d["annotations"][1]["segments_info"][0].update(category_id=40), r"category_id 40, which is missing"),
-        (lambda d: d["categories"][0].update(id=0), r"category 'disc' has id 0; ids must be > 0"),
-        (lambda d: d["annotations"][0].update(image_id=999), r"image_id 999 which is not in 'images'"),
-        (lambda d: d.pop("categories"), r"missing 'categories' list"),
+        (
+            lambda d: d["annotations"][1]["segments_info"][0].update(category_id=40),
+            r"segments_info\[0\]: category_id 40 is not in categories",
+        ),
+        (lambda d: d["categories"][0].update(id=0), r"categories\[0\]: category id 0 must be > 0"),
+        (lambda d: d["annotations"][0].update(image_id=999), r"annotations\[0\] \(000\.png\): image_id 999 is not"),
+        (lambda d: d.pop("categories"), r"top level: missing key 'categories'"),
+        # N6: each one-field change gave a traceback (ValueError, KeyError, TypeError)
+        (lambda d: d["categories"][0].update(id="x"), r"categories\[0\]: key 'id' must be int, got 'x'"),
+        (lambda d: d["images"][0].pop("id"), r"images\[0\]: missing key 'id'"),
+        (
+            lambda d: d["annotations"][1]["segments_info"][0].update(id="abc"),
+            r"segments_info\[0\]: key 'id' must be int, got 'abc'",
+        ),
+        (lambda d: d["annotations"][1].update(segments_info="none"), r"key 'segments_info' must be list, got 'none'"),
+        (
+            lambda d: d["annotations"][1]["segments_info"][0].pop("category_id"),
+            r"segments_info\[0\]: missing key 'category_id'",
+        ),
+        # N14: a duplicate image id was reported as an annotation whose image is missing
+        (
+            lambda d: d["images"][1].update(id=d["images"][0]["id"]),
+            r"images\[1\]: duplicate image id .* \(also images\[0\]\)",
+        ),
     ],
 )
 def test_bad_annotations_are_refused_with_file_and_id(dataset_root, tmp_path, edit, message):
@@ -112,12 +135,13 @@ def test_a_png_of_another_size_than_its_image_is_refused(dataset_root, tmp_path)
 
 
 def test_missing_files_are_named(dataset_root, tmp_path):
-    with pytest.raises(DataError, match="does not exist"):
+    with pytest.raises(DataError, match="panoptic JSON not found: .*nope.json"):
         load_coco_panoptic_split("train", dataset_root, tmp_path / "nope.json")
     images, json_file, _ = split_paths(dataset_root, "train")
-    split = load_coco_panoptic_split("train", images, json_file, tmp_path / "no_pngs")
-    with pytest.raises(DataError, match="no_pngs"):
-        preflight_universal({"train": split})
+    with pytest.raises(
+        DataError, match=r"4 file\(s\) named by the annotations do not exist, e\.g\. .*no_pngs/000\.png"
+    ):
+        load_coco_panoptic_split("train", images, json_file, tmp_path / "no_pngs")
 
 
 def segments_fixture():
@@ -262,9 +286,8 @@ def test_coco_instances_refusals_name_the_annotation(tmp_path):
     with pytest.raises(DataError, match=r"inst\.json: annotation 3 \(image 5\) has no 'segmentation'"):
         load_coco_instances_split("val", *_instances_json(tmp_path, [no_mask]))
     bad = {**_box(4, 9, 0, 0, 2, 2), "segmentation": [[0, 0, 1]]}
-    split = load_coco_instances_split("val", *_instances_json(tmp_path, [bad]))
-    with pytest.raises(DataError, match=r"inst\.json: annotation 4 \(image 5\): every polygon needs at least 3"):
-        preflight_universal({"val": split})
+    with pytest.raises(DataError, match=r"inst\.json: annotations\[0\] \(id 4\): segmentation\[0\]: a polygon needs"):
+        load_coco_instances_split("val", *_instances_json(tmp_path, [bad]))
     split = load_coco_instances_split("val", *_instances_json(tmp_path, [_box(1, 9, 0, 0, 2, 2)], size=(8, 10)))
     Image.fromarray(np.zeros((9, 10, 3), dtype=np.uint8)).save(tmp_path / "a.png")  # the JSON says 10x8
     with pytest.raises(DataError, match=r"is 10x8 but its image .*a\.png is 10x9"):

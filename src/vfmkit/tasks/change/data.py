@@ -16,7 +16,6 @@ CSV) lives in :mod:`vfmkit.tasks.change.data_csv`; :func:`preflight_change` chec
 from __future__ import annotations
 
 from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,9 +25,10 @@ from PIL import Image
 
 from vfmkit.data.augment import EpochSeededDataset, sample_seed
 from vfmkit.data.dense_augment import JointAugment, MaskSize, eval_transform
-from vfmkit.data.images import IMAGE_EXTENSIONS, image_size, index_by_stem, load_image_rgb
+from vfmkit.data.images import IMAGE_EXTENSIONS, index_by_stem, load_image_rgb
+from vfmkit.data.preflight import check_samples
 from vfmkit.data.preprocess import pil_to_tensor
-from vfmkit.errors import DataError
+from vfmkit.errors import DataError, UnreadableFileError
 from vfmkit.spec.dense import DenseAugmentSpec
 from vfmkit.tasks.change.spec import ChangeAugmentSpec, ChangeDataSpec, ChangeSpec
 
@@ -64,6 +64,10 @@ class ChangeSegSplit:
     def paths(self, index: int) -> tuple[Path, Path, Path]:
         """``(A, B, label)`` files of sample ``index``."""
         return Path(str(self.a[index])), Path(str(self.b[index])), Path(str(self.labels[index]))
+
+    def subset(self, keep: np.ndarray) -> ChangeSegSplit:
+        """The triples where the bool (N,) ``keep`` is True."""
+        return ChangeSegSplit(self.name, self.a[keep], self.b[keep], self.labels[keep], self.source)
 
 
 def _read_list(list_file: Path) -> list[tuple[str, int]]:
@@ -148,7 +152,7 @@ def load_change_label(path: str | Path) -> np.ndarray:
                 image = image.convert("L")
             values = np.asarray(image.convert("RGB") if image.mode == "RGBA" else image).astype(np.int64)
     except (OSError, SyntaxError, ValueError) as exc:
-        raise DataError(f"cannot read change label {path}: {' '.join(str(exc).split())}") from exc
+        raise UnreadableFileError(f"cannot read change label {path}: {' '.join(str(exc).split())}") from exc
     if values.ndim == 3:
         if not (np.array_equal(values[..., 0], values[..., 1]) and np.array_equal(values[..., 0], values[..., 2])):
             raise DataError(f"change label {path} is a colour image; expected a binary mask (0 and 255, or 0 and 1)")
@@ -202,8 +206,9 @@ class ChangePreflightReport:
 def preflight_change(spec: ChangeDataSpec, splits: Iterable[str] = ("train", "val"), workers: int = 8):
     """Check a change-detection dataset (either format) before training.
 
-    levir: every listed name has A, B and label files, A/B/label sizes agree (headers; labels decoded and checked
-    to be binary), changed-pixel share per split. csv: see :func:`vfmkit.tasks.change.data_csv.preflight_change_csv`.
+    levir: every listed name has A, B and label files; every triple is decoded once by the shared preflight
+    (unreadable ones left out, listed and recorded); A/B/label sizes agree, labels are binary; changed-pixel share
+    per split. csv: see :func:`vfmkit.tasks.change.data_csv.preflight_change_csv`.
 
     Returns:
         A :class:`ChangePreflightReport`.
@@ -225,8 +230,18 @@ def preflight_change(spec: ChangeDataSpec, splits: Iterable[str] = ("train", "va
             if name == "train":
                 raise DataError(f"the training list {split.source} names no pairs")
             report.warnings.append(f"the {name} list {split.source} names no pairs")
-        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-            counts = list(pool.map(lambda i, s=split: _triple_counts(s, i), range(len(split))))
+        checked = check_samples(
+            range(len(split)),
+            name,
+            lambda i, s=split: _triple_counts(s, i),
+            path_of=lambda i, s=split: s.paths(i)[0],
+            workers=workers,
+            what="A/B/label triples",
+        )
+        split = report.splits[name] = split.subset(checked.keep)
+        if name == "train" and not len(split):
+            raise DataError(f"the training list {split.source} holds no readable triples (see above)")
+        counts = checked.kept_values
         changed, pixels = (int(sum(c[k] for c in counts)) for k in (0, 1))
         report.stats[name] = {"pairs": len(split), "changed_pixels": changed, "pixels": pixels}
         if len(split) and changed == 0:
@@ -235,8 +250,13 @@ def preflight_change(spec: ChangeDataSpec, splits: Iterable[str] = ("train", "va
 
 
 def _triple_counts(split: ChangeSegSplit, index: int) -> tuple[int, int]:
+    """Changed and total pixels of one triple, after decoding A, B and the label fully.
+
+    Raises:
+        UnreadableFileError: a file does not decode (the triple is left out); DataError: sizes or label values wrong.
+    """
     a, b, label = split.paths(index)
-    sizes = {a: image_size(a), b: image_size(b)}
+    sizes = {a: load_image_rgb(a).size, b: load_image_rgb(b).size}
     mask = load_change_label(label)
     sizes[label] = (mask.shape[1], mask.shape[0])
     if len(set(sizes.values())) != 1:

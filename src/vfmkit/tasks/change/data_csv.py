@@ -26,7 +26,8 @@ import torch
 
 from vfmkit.data.augment import EpochSeededDataset, sample_seed
 from vfmkit.data.dense_augment import JointAugment, as_size
-from vfmkit.data.images import load_image_rgb
+from vfmkit.data.images import iter_files, load_image_rgb
+from vfmkit.data.preflight import check_samples
 from vfmkit.data.preprocess import pil_to_tensor, resize
 from vfmkit.errors import DataError
 from vfmkit.spec.dense import DenseAugmentSpec
@@ -79,6 +80,13 @@ class ChangeClassifySplit:
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    def subset(self, keep: np.ndarray) -> ChangeClassifySplit:
+        """The samples where the bool (N,) ``keep`` is True (the golden pool is kept)."""
+        columns = (self.inputs[keep], self.goldens[keep], self.labels[keep], self.objects[keep], self.lines[keep])
+        return ChangeClassifySplit(
+            self.name, *columns, self.light_conditions, self.image_ext, self.num_golden, self.source, self.golden_pool
+        )
 
     def counts(self) -> np.ndarray:
         """int64 (2,): number of PASS and FAIL samples."""
@@ -181,7 +189,7 @@ def _objects_in(split: ChangeClassifySplit, folder: str) -> list[str]:
     directory = Path(folder)
     if not directory.is_dir():
         return []
-    names = sorted(p.name[: -len(ending)] for p in directory.iterdir() if p.name.endswith(ending) and p.is_file())
+    names = sorted(p.name[: -len(ending)] for p in iter_files(directory, recursive=False) if p.name.endswith(ending))
     return [name for name in names if name and all(f.is_file() for f in split.files(directory, name))]
 
 
@@ -199,7 +207,11 @@ def preflight_change_csv(spec: ChangeDataSpec, splits: Iterable[str] = ("train",
         if split is None:
             report.warnings.append(f"no {name} split (dataset.{name}_csv is not set)")
             continue
-        _check_files(split)
+        _check_files(split)  # missing files are refused (the CSV is wrong), unreadable ones left out
+        split = report.splits[name] = _drop_unreadable(split)
+        _check_files(split)  # the multi-golden pools may have lost objects
+        if name == "train" and not len(split):
+            raise DataError(f"the training CSV {split.source} holds no readable samples (see above)")
         passed, failed = (int(c) for c in split.counts())
         report.stats[name] = {"PASS": passed, "FAIL": failed}
         absent = [label for label, count in (("PASS", passed), ("FAIL", failed)) if count == 0]
@@ -209,6 +221,27 @@ def preflight_change_csv(spec: ChangeDataSpec, splits: Iterable[str] = ("train",
         if absent:
             report.warnings.append(f"the {name} CSV {split.source} has no {'/'.join(absent)} samples")
     return report
+
+
+def _drop_unreadable(split: ChangeClassifySplit) -> ChangeClassifySplit:
+    """Decode every file the split reads once (test images, the rows' goldens and the multi-golden pool) through the
+    shared preflight: an unreadable file is listed and recorded; a row that reads it, and a pool object with it, are
+    left out."""
+    rows = [split.test_files(i) + split.files(str(split.goldens[i]), str(split.objects[i])) for i in range(len(split))]
+    pool = [(folder, obj) for folder, objects in split.golden_pool.items() for obj in objects]
+    files = sorted({f for group in [*rows, *(split.files(*item) for item in pool)] for f in group})
+    checked = check_samples(files, split.name, what="image files")
+    if not checked.left_out:
+        return split
+    bad = {Path(item.path) for item in checked.left_out}
+    keep = np.array([not bad.intersection(group) for group in rows], dtype=bool)
+    if not keep.all():
+        print(f"left out of {split.name}: {int((~keep).sum())} CSV row(s) that read the files above")
+    split.golden_pool = {
+        folder: [obj for obj in objects if not bad.intersection(split.files(folder, obj))]
+        for folder, objects in split.golden_pool.items()
+    }
+    return split.subset(keep)
 
 
 def _check_files(split: ChangeClassifySplit) -> None:

@@ -25,7 +25,7 @@ import torch
 from torch.utils.data import Dataset
 
 from vfmkit.data.augment import EpochSeededDataset, TrainAugment, sample_seed
-from vfmkit.data.images import is_image_file, iter_files, load_image_rgb
+from vfmkit.data.images import is_image_file, iter_files, list_subfolders, load_image_rgb
 from vfmkit.data.preprocess import pil_to_tensor, resize
 from vfmkit.errors import DataError
 from vfmkit.tasks.classify.spec import AugmentSpec, ClassifyDataSpec
@@ -90,7 +90,7 @@ def resolve_classes(spec: ClassifyDataSpec) -> list[str]:
         split_dir = split_folder(spec, "train")
         if not split_dir.is_dir():
             raise DataError(f"training split folder {split_dir} does not exist (dataset.root / dataset.train_split)")
-        names = sorted(path.name for path in split_dir.iterdir() if path.is_dir() and not path.name.startswith("."))
+        names = [path.name for path in list_subfolders(split_dir)]
         where = f"sub-folders of {split_dir} (expected {split_dir}/<class>/<image>)"
     else:
         csv_file = _csv_file(spec, "train")
@@ -163,15 +163,10 @@ def _load_folder_split(spec: ClassifyDataSpec, split: str, classes: list[str]) -
     index = {name: i for i, name in enumerate(classes)}
     files: list[Path] = []
     labels: list[int] = []
-    for entry in sorted(split_dir.iterdir()):
-        if entry.name.startswith("."):
-            continue
-        if not entry.is_dir():
-            if is_image_file(entry):
-                raise DataError(
-                    f"image {entry} lies directly in the split folder; expected {split_dir}/<class>/<image>"
-                )
-            continue
+    loose = [path for path in iter_files(split_dir, recursive=False) if is_image_file(path)]
+    if loose:
+        raise DataError(f"image {loose[0]} lies directly in the split folder; expected {split_dir}/<class>/<image>")
+    for entry in list_subfolders(split_dir):
         if entry.name not in index:
             raise DataError(f"class folder {entry} is not a known class (classes: {preview(classes)})")
         found = sorted(p for p in iter_files(entry) if is_image_file(p))  # symlinked folders followed once

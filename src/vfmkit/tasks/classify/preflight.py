@@ -6,9 +6,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
-from vfmkit.data.images import unreadable_files
+from vfmkit.data.preflight import check_samples
 from vfmkit.errors import DataError
 from vfmkit.tasks.classify.data import ClassificationSplit, load_split, preview, resolve_classes, split_folder
 from vfmkit.tasks.classify.spec import ClassifyDataSpec
@@ -43,19 +41,15 @@ class PreflightReport:
         """The cleaned split ``name``, or ``None`` when it does not exist or was not checked."""
         return self.splits.get(name)
 
-    def format(self, max_classes: int = 50, max_unreadable: int = 20) -> str:
-        """A text report: images per class and split (a table), unreadable files and warnings.
+    def format(self, max_classes: int = 50) -> str:
+        """A text report: images per class and split (a table), the number of files left out and warnings.
 
         Args:
             max_classes: rows of the table shown before summarising the rest.
-            max_unreadable: unreadable files listed before summarising the rest.
         """
         lines = ["images per class and split:", *self._table(max_classes)]
-        if self.unreadable:
-            lines.append(f"unreadable files, left out: {len(self.unreadable)}")
-            lines += [f"  {item.split}: {item.reason}" for item in self.unreadable[:max_unreadable]]
-            if len(self.unreadable) > max_unreadable:
-                lines.append(f"  ... and {len(self.unreadable) - max_unreadable} more")
+        if self.unreadable:  # each listed by the decoding preflight as it was found
+            lines.append(f"left out (unreadable): {len(self.unreadable)} file(s), listed above")
         if self.warnings:
             lines.append("warnings:")
             lines += [f"  - {warning}" for warning in self.warnings]
@@ -130,14 +124,13 @@ def preflight(
 
 
 def _drop_unreadable(split: ClassificationSplit, workers: int) -> tuple[ClassificationSplit, list[UnreadableImage]]:
-    """Decode every image of the split (a truncated JPEG fails here, not mid-epoch); the unreadable ones go."""
-    reasons = unreadable_files(list(split.files), workers=workers, what=f"{split.name} images")
-    bad = [
-        UnreadableImage(split.name, file, reason) for file, reason in zip(split.files, reasons, strict=True) if reason
-    ]
+    """Decode every image of the split once through the shared preflight (a truncated JPEG fails here, not
+    mid-epoch); the unreadable ones are left out, listed and recorded."""
+    checked = check_samples(list(split.files), split.name, workers=workers)
+    bad = [UnreadableImage(item.split, Path(item.path), item.reason) for item in checked.left_out]
     if not bad:
         return split, []
-    return split.subset(np.array([reason is None for reason in reasons], dtype=bool)), bad
+    return split.subset(checked.keep), bad
 
 
 def _check_training(train: ClassificationSplit | None, classes: list[str], unreadable: list[UnreadableImage]) -> None:

@@ -14,7 +14,8 @@ Layouts (``dataset.<split>.type``):
 
 Readers never raise for content problems: they collect them (missing caption file, empty caption, missing image,
 duplicate image-caption pair, each naming the file and line) and :func:`preflight` raises one
-:class:`~vfmkit.errors.DataError` that lists them, after also decoding every image when asked.
+:class:`~vfmkit.errors.DataError` that lists them; it then decodes every image once (the shared preflight) and
+leaves the unreadable ones out with their captions, listed and recorded.
 """
 
 from __future__ import annotations
@@ -23,8 +24,7 @@ import csv
 import io
 import json
 import tarfile
-from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,9 +33,11 @@ import torch
 from PIL import Image
 
 from vfmkit.data.augment import EpochSeededDataset, TrainAugment, sample_seed
-from vfmkit.data.images import load_image_rgb, to_rgb
+from vfmkit.data.images import glob_files, iter_files, load_image_rgb, to_rgb
+from vfmkit.data.json_reader import JsonReader, read_json
+from vfmkit.data.preflight import check_samples
 from vfmkit.data.preprocess import pil_to_tensor, resize
-from vfmkit.errors import DataError
+from vfmkit.errors import DataError, UnreadableFileError
 from vfmkit.models.text.tokenizers import TextTokenizer
 from vfmkit.tasks.classify.spec import AugmentSpec
 
@@ -80,8 +82,8 @@ class ImageRef:
             with Image.open(io.BytesIO(data)) as image:
                 image.load()
                 return to_rgb(image)
-        except (OSError, SyntaxError, ValueError) as err:
-            raise DataError(f"cannot read image {self}: {err}") from None
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+            raise UnreadableFileError(f"cannot read image {self}: {' '.join(str(err).split())}") from None
 
 
 @dataclass
@@ -110,6 +112,19 @@ class CaptionPairs:
         relevance = np.zeros((len(self.images), len(self.captions)), dtype=bool)
         relevance[self.caption_image, np.arange(len(self.captions))] = True
         return relevance
+
+    def subset(self, keep: Sequence[bool]) -> CaptionPairs:
+        """The pairs of the images where ``keep`` (one bool per image) is True, with their captions."""
+        keep = np.asarray(keep, dtype=bool)
+        new_index = np.cumsum(keep) - 1
+        kept_captions = keep[self.caption_image]
+        return CaptionPairs(
+            [image for image, kept in zip(self.images, keep, strict=True) if kept],
+            [caption for caption, kept in zip(self.captions, kept_captions, strict=True) if kept],
+            new_index[self.caption_image[kept_captions]].astype(np.int64),
+            self.source,
+            list(self.problems),
+        )
 
     def captions_of(self) -> list[list[int]]:
         """For each image, the indices of its captions (in file order)."""
@@ -171,7 +186,7 @@ def read_caption_folders(
         names = [ln.strip() for ln in _read_text(Path(image_list_file)).splitlines() if ln.strip()]
         files = [_resolve(n, image_dir) for n in names]
     else:
-        files = sorted(p for p in image_dir.iterdir() if p.suffix.lower() in CUSTOM_IMAGE_SUFFIXES and p.is_file())
+        files = [p for p in iter_files(image_dir, recursive=False) if p.suffix.lower() in CUSTOM_IMAGE_SUFFIXES]
     builder = _PairBuilder(str(image_dir))
     for file in files:
         caption_file = caption_dir / f"{file.stem}{caption_suffix}"
@@ -237,26 +252,29 @@ def read_jsonl_pairs(file: Path, root: Path | None = None) -> CaptionPairs:
 
 
 def read_coco_captions(file: Path, root: Path) -> CaptionPairs:
-    """A COCO captions JSON (``images``: id, file_name; ``annotations``: image_id, caption) with images in ``root``."""
+    """A COCO captions JSON (``images``: id, file_name; ``annotations``: image_id, caption) with images in ``root``,
+    read through the shared :class:`~vfmkit.data.json_reader.JsonReader` (a malformed file is refused naming the
+    list, index and key)."""
     file = Path(file)
-    try:
-        data = json.loads(_read_text(file))
-        images = {int(img["id"]): img["file_name"] for img in data["images"]}
-        annotations = [
-            (int(a["image_id"]), a.get("caption"), a.get("id", n)) for n, a in enumerate(data["annotations"])
-        ]
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
-        raise DataError(
-            f"{file}: not a COCO captions file ({type(err).__name__}: {err}); expected 'images' with id/file_name "
-            "and 'annotations' with image_id/caption"
-        ) from None
+    reader = JsonReader(file)
+    data = read_json(file, "COCO captions file")
+    expected = "an object with 'images' (id, file_name) and 'annotations' (image_id, caption)"
+    images: dict[int, str] = {}
+    seen: dict[int, str] = {}
+    for index, item in enumerate(reader.list_of(data, "images", expected=expected)):
+        where = f"images[{index}]"
+        image_id = reader.get(item, where, "id", int)
+        reader.unique_id(seen, image_id, where, "image id")
+        images[image_id] = reader.get(item, where, "file_name", str)
     builder = _PairBuilder(str(file))
-    for image_id, caption, ann_id in annotations:
-        origin = f"{file} annotation {ann_id}"
+    for index, item in enumerate(reader.list_of(data, "annotations", expected=expected)):
+        where = f"annotations[{index}]"
+        image_id = reader.get(item, where, "image_id", int)
+        origin = f"{file} annotation {reader.get(item, where, 'id', (int, str), index)}"
         if image_id not in images:
             builder.problems.append(f"{origin}: image_id {image_id} is not in 'images'")
             continue
-        _add_row(builder, images[image_id], caption, Path(root), origin)
+        _add_row(builder, images[image_id], item.get("caption"), Path(root), origin)
     return builder.build()
 
 
@@ -265,13 +283,13 @@ def list_shards(shards: Path) -> list[Path]:
     text = str(shards)
     path = Path(text).expanduser()
     if path.is_dir():
-        found = sorted(path.glob("*.tar"))
+        found = [p for p in iter_files(path, recursive=False) if p.suffix == ".tar"]
     elif path.is_file() and path.suffix == ".tar":
         found = [path]
     elif path.is_file():
         found = [_resolve(ln.strip(), path.parent) for ln in _read_text(path).splitlines() if ln.strip()]
     else:
-        found = sorted(path.parent.glob(path.name))
+        found = [p for p in glob_files(text) if p.suffix == ".tar"]
     if not found:
         raise DataError(f"no .tar shards found at {text} (expected a folder, a glob, a list file or a shard)")
     return found
@@ -360,35 +378,32 @@ def read_source(source, key: str) -> CaptionPairs | None:
     )
 
 
-def preflight(pairs: CaptionPairs, check_images: bool = True, workers: int = 4) -> dict[str, int]:
-    """Check a pair source before training: reading problems plus (optionally) every image decoded.
+def preflight(
+    pairs: CaptionPairs, split: str, check_images: bool = True, workers: int = 4
+) -> tuple[CaptionPairs, dict[str, int]]:
+    """Check a pair source: reading problems are refused; every image is decoded once by the shared preflight
+    (:func:`vfmkit.data.preflight.check_samples`) when asked, and the unreadable ones are left out with their
+    captions (listed and recorded).
 
     Returns:
-        ``{"images": N_img, "captions": N_txt}``.
+        The pairs without the left-out images, and ``{"images": N_img, "captions": N_txt}`` of them.
 
     Raises:
-        DataError: one message listing the number of problems and the first five, each naming its file.
+        DataError: one message listing the number of reading problems and the first five, each naming its file;
+            or no readable image left.
     """
     problems = list(pairs.problems)
-    if check_images:
-        problems += [p for p in _undecodable(pairs.images, workers) if p]
     if problems:
         listed = "; ".join(problems[:5])
         more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
         raise DataError(f"{len(problems)} problem(s) in {pairs.source}: {listed}{more}")
-    return {"images": len(pairs.images), "captions": len(pairs.captions)}
-
-
-def _undecodable(images: Iterable[ImageRef], workers: int) -> list[str | None]:
-    def check(image: ImageRef) -> str | None:
-        try:
-            image.load()
-            return None
-        except DataError as err:
-            return str(err)
-
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        return list(pool.map(check, images))
+    if check_images:
+        checked = check_samples(pairs.images, split, lambda image: image.load().size, workers=workers)
+        if checked.left_out:
+            pairs = pairs.subset(checked.keep)
+            if not len(pairs):
+                raise DataError(f"{pairs.source}: no readable image left in the {split} pairs (see above)")
+    return pairs, {"images": len(pairs.images), "captions": len(pairs.captions)}
 
 
 def pick_caption(captions: Sequence[int], seed: int, epoch: int, index: int, train: bool) -> int:

@@ -71,7 +71,7 @@ class ClipTask(TaskDef):
             if pairs is None and name == "train":
                 raise DataError("dataset.train names no pairs: set dataset.train.type and its paths (see README)")
             if pairs is not None:
-                counts = preflight(pairs, spec.dataset.check_images)
+                pairs, counts = preflight(pairs, name, spec.dataset.check_images)
                 print(f"{name}: {counts['images']} images, {counts['captions']} captions ({pairs.source})")
             found[name] = pairs
         summary = {
@@ -139,7 +139,7 @@ class ClipTask(TaskDef):
         pairs = read_source(getattr(spec.dataset, split), split)
         if pairs is None or not len(pairs):
             raise DataError(f"dataset.{split} names no image-caption pairs (evaluate.split {split!r})")
-        preflight(pairs, check_images=False)
+        pairs, _ = preflight(pairs, split, spec.dataset.check_images)
         return pairs
 
     @torch.inference_mode()

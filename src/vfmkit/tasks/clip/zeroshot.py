@@ -26,7 +26,7 @@ import torch
 from open_clip.zero_shot_classifier import build_zero_shot_classifier
 from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES, SIMPLE_IMAGENET_TEMPLATES
 
-from vfmkit.data.images import list_image_files
+from vfmkit.data.images import list_image_files, list_subfolders
 from vfmkit.data.preprocess import preprocess_images
 from vfmkit.errors import DataError
 from vfmkit.models.clip import ClipModel
@@ -159,7 +159,7 @@ def folder_class_names(root: str | Path) -> list[str]:
         DataError: ``root`` is not a folder or has no sub-folders.
     """
     root = Path(root).expanduser()
-    names = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+    names = [p.name for p in list_subfolders(root)]  # hidden folders (.ipynb_checkpoints) are not classes
     if not names:
         raise DataError(f"{root}: expected a folder of class folders (or give a classes file)")
     return names

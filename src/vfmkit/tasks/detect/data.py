@@ -16,14 +16,19 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
 from torchvision.ops import box_convert
 
 from vfmkit.data.augment import EpochSeededDataset, sample_seed
-from vfmkit.data.box_transforms import DetectionAugment, pick_scale, resize_batch, resize_with_boxes
+from vfmkit.data.box_transforms import (
+    IOU_CROP_MIN_SIDE,
+    DetectionAugment,
+    pick_scale,
+    resize_batch,
+    resize_with_boxes,
+)
 from vfmkit.data.coco import (
     CategoryList,
     CocoAnnotation,
@@ -34,11 +39,12 @@ from vfmkit.data.coco import (
     merge_categories,
     read_coco,
 )
-from vfmkit.data.images import load_image_rgb, unreadable_files
+from vfmkit.data.images import load_image_rgb
+from vfmkit.data.preflight import check_samples, decoded_size
 from vfmkit.data.preprocess import pil_to_tensor
 from vfmkit.errors import DataError
 from vfmkit.tasks.detect.spec import DetectAugmentSpec, DetectDataSpec
-from vfmkit.tasks.detect.yolo import read_yolo_split
+from vfmkit.tasks.detect.yolo import read_yolo_split, yolo_names
 
 SPLITS = ("train", "val", "test")
 
@@ -90,22 +96,27 @@ class DetectionData(CategoryList):
 
 
 def load_detection_data(
-    spec: DetectDataSpec, splits: Sequence[str] = SPLITS, check_images: bool = True, workers: int = 8
+    spec: DetectDataSpec,
+    splits: Sequence[str] = SPLITS,
+    check_images: bool = True,
+    workers: int = 8,
+    log: Callable[[str], None] | None = print,
 ) -> DetectionData:
     """Read and check the splits ``splits`` of the spec (those it names).
 
-    With ``check_images`` every image is decoded (in parallel threads): undecodable files are left out (with their
-    objects) and listed in ``unreadable``.
+    With ``check_images`` every image is decoded once by the shared preflight
+    (:func:`vfmkit.data.preflight.check_samples`): undecodable files, and training images smaller than the training
+    augmentation takes, are left out (with their objects), listed in ``unreadable`` and recorded.
 
     Raises:
         DataError: any problem in a source (see :mod:`vfmkit.data.coco` and :mod:`~vfmkit.tasks.detect.yolo`),
             categories that differ between sources, an image id used twice in a split, no (readable) training images
-            when ``train`` is asked for, an image whose decoded size differs from its annotation, or a
-            ``num_classes`` that disagrees with the data.
+            or not a single training box when ``train`` is asked for, an image whose decoded size differs from its
+            annotation, or a ``num_classes`` that disagrees with the data.
     """
-    per_split = _read_sources(spec, splits)
+    per_split = _read_sources(spec, splits, check_images, log)
     if "train" in splits and (not per_split.get("train") or not sum(len(d.images) for d in per_split["train"])):
-        raise DataError(f"no training images found ({_where(spec, 'train')})")
+        raise DataError(f"no (readable) training images found ({_where(spec, 'train')})")
     if not per_split:
         raise DataError(f"none of the splits {', '.join(splits)} is in the data ({_where(spec, splits[0])})")
     categories = merge_categories([d for datasets in per_split.values() for d in datasets])
@@ -118,10 +129,36 @@ def load_detection_data(
     data = DetectionData(spec.format, categories)
     for name, datasets in per_split.items():
         split = _merge_split(name, datasets, categories)
-        data.splits[name] = _drop_unreadable(split, data.unreadable, workers) if check_images else split
+        if check_images and spec.format == "coco":
+            split = _drop_unreadable(split, data.unreadable, _min_side(spec, name), workers, log)
+        data.splits[name] = split
     if "train" in data.splits and not len(data.splits["train"]):
         raise DataError(f"the training split holds no readable images ({_where(spec, 'train')}; see above)")
     return data
+
+
+def _min_side(spec: DetectDataSpec, split: str) -> int:
+    """The smallest image side a split's transforms take (training: the augmentation's; else 1)."""
+    return IOU_CROP_MIN_SIDE if split == "train" and spec.augment.iou_crop > 0 else 1
+
+
+def _check_training_targets(spec: DetectDataSpec, train: DetectionSplit) -> None:
+    """Refuse a training split without a single box to learn from (it would train to "done" on negatives).
+
+    Raises:
+        DataError: naming the split, what it holds and where the boxes were expected.
+    """
+    boxes = sum(len(train.objects(image.id)) for image in train.images)
+    if boxes:
+        return
+    crowd = sum(len(train.objects(image.id, include_crowd=True)) for image in train.images)
+    held = f"only {crowd} crowd region(s), which are not training targets" if crowd else "no objects at all"
+    where = (
+        f"labels expected in {spec.root / 'labels' / spec.train_split}"
+        if spec.format == "yolo"
+        else f"annotations of {_where(spec, 'train')}"
+    )
+    raise DataError(f"the training split has no boxes: its {len(train)} images hold {held} ({where})")
 
 
 def _where(spec: DetectDataSpec, split: str) -> str:
@@ -130,43 +167,47 @@ def _where(spec: DetectDataSpec, split: str) -> str:
     return f"dataset.{split}_data_sources"
 
 
-def _read_sources(spec: DetectDataSpec, splits: Sequence[str]) -> dict[str, list[CocoDataset]]:
-    """Split name -> its sources read as COCO datasets (splits the spec does not name are absent)."""
+def _read_sources(
+    spec: DetectDataSpec, splits: Sequence[str], check_images: bool, log: Callable[[str], None] | None
+) -> dict[str, list[CocoDataset]]:
+    """Split name -> its sources read as COCO datasets (splits the spec does not name are absent). A YOLO folder is
+    decoded while it is read (its boxes need each image's size)."""
     per_split: dict[str, list[CocoDataset]] = {}
+    names = yolo_names(spec.root, spec.names) if spec.format == "yolo" else []
     for name in dict.fromkeys(splits):
         if spec.format == "coco":
             sources = getattr(spec, f"{name}_data_sources") or []
             if sources:
                 per_split[name] = [read_coco(s.json_file, s.image_dir) for s in sources]
         else:
-            dataset = read_yolo_split(spec.root, getattr(spec, f"{name}_split"), list(spec.names))
+            folder = getattr(spec, f"{name}_split")
+            dataset = read_yolo_split(spec.root, folder, names, _min_side(spec, name), check_images, name, log)
             if dataset is not None:
                 per_split[name] = [dataset]
     return per_split
 
 
-def _drop_unreadable(split: DetectionSplit, unreadable: list[str], workers: int) -> DetectionSplit:
-    """Decode every image of ``split``: undecodable ones are left out (reasons appended to ``unreadable``).
+def _drop_unreadable(
+    split: DetectionSplit, unreadable: list[str], min_side: int, workers: int, log: Callable[[str], None] | None
+) -> DetectionSplit:
+    """Decode every image of ``split`` once: undecodable (or too small) ones are left out, listed and recorded.
 
     Raises:
         DataError: an image whose decoded size differs from its annotation (boxes would be misplaced).
     """
-    sizes: dict[Path, tuple[int, int]] = {}
 
-    def decode(path: Path) -> None:
-        sizes[path] = load_image_rgb(path).size
-
-    paths = [image.path for image in split.images]
-    reasons = unreadable_files(paths, check=decode, workers=workers, what=f"{split.name} images")
-    for image in split.images:
-        if image.path in sizes and sizes[image.path] != (image.width, image.height):
-            width, height = sizes[image.path]
+    def inspect(image: CocoImage) -> tuple[int, int]:
+        width, height = decoded_size(image.path, min_side)
+        if (width, height) != (image.width, image.height):
             raise DataError(
                 f"{image.path}: the image is {width}x{height} but its annotation says {image.width}x{image.height} "
                 f"(image id {image.id} of {', '.join(split.sources)}); boxes would be misplaced"
             )
-    bad = {image.id for image, reason in zip(split.images, reasons, strict=True) if reason}
-    unreadable += [f"{split.name}: {reason}" for reason in reasons if reason]
+        return width, height
+
+    checked = check_samples(split.images, split.name, inspect, lambda image: image.path, workers, log=log)
+    unreadable += [f"{item.split}: {item.reason}" for item in checked.left_out]
+    bad = {image.id for image, kept in zip(split.images, checked.keep, strict=True) if not kept}
     return split.without(bad) if bad else split
 
 
@@ -215,18 +256,18 @@ def format_report(data: DetectionData) -> str:
     missing = [n for n, count in zip(names, per_class_train, strict=True) if count == 0]
     if missing and "train" in data.splits:
         lines.append(f"warning: {len(missing)} class(es) have no training boxes: {', '.join(missing[:10])}")
-    if data.unreadable:
-        lines.append(f"unreadable images, left out: {len(data.unreadable)}")
-        lines += [f"  {reason}" for reason in data.unreadable[:20]]
     return "\n".join(lines)
 
 
 def preflight_detection(
     spec: DetectDataSpec, log: Callable[[str], None] = print, splits: Sequence[str] = SPLITS
 ) -> DetectionData:
-    """Load and check the data (see :func:`load_detection_data`), then ``log`` the :func:`format_report` table."""
-    data = load_detection_data(spec, splits)
+    """Load and check the data (see :func:`load_detection_data`; left-out images are logged as they are found), then
+    ``log`` the :func:`format_report` table."""
+    data = load_detection_data(spec, splits, log=log)
     log(format_report(data))
+    if "train" in data.splits:
+        _check_training_targets(spec, data.splits["train"])
     return data
 
 

@@ -122,8 +122,6 @@ class DetectTask(TaskDef):
 
     def eval_split(self, spec: DetectSpec, trained: Trained, split: str) -> DetectionSplit:
         data = load_detection_data(spec.dataset, (split,))
-        for line in data.unreadable:
-            print(f"  left out (unreadable): {line}")
         model_categories = dict(zip(trained.meta["category_ids"], trained.meta["classes"], strict=True))
         data_categories = dict(zip(data.category_ids, data.class_names, strict=True))
         if data_categories != model_categories:

@@ -126,7 +126,9 @@ class DetectDataSpec(Section):
     val_data_sources: list[DataSourceSpec] | None = Field(None, description="coco: validation sources")
     test_data_sources: list[DataSourceSpec] | None = Field(None, description="coco: test sources")
     root: SpecPath | None = Field(None, description="yolo: folder with images/<split>/ and labels/<split>/")
-    names: list[str] | None = Field(None, description="yolo: class names, the list index is the class id")
+    names: list[str] | None = Field(
+        None, description="yolo: class names, the list index is the class id (null: 'names' of <root>/data.yaml)"
+    )
     train_split: str = Field("train", description="yolo: training sub-folder")
     val_split: str = Field("val", description="yolo: validation sub-folder")
     test_split: str = Field("test", description="yolo: test sub-folder")
@@ -139,8 +141,8 @@ class DetectDataSpec(Section):
     def _check_format(self) -> DetectDataSpec:
         if self.format == "coco" and not self.train_data_sources:
             raise ValueError("dataset.train_data_sources is required for format 'coco'")
-        if self.format == "yolo" and (self.root is None or not self.names):
-            raise ValueError("dataset.root and dataset.names are required for format 'yolo'")
+        if self.format == "yolo" and self.root is None:
+            raise ValueError("dataset.root is required for format 'yolo' (the folder with images/ and labels/)")
         return self
 
 

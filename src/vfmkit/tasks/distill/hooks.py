@@ -23,6 +23,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from vfmkit.data.images import list_image_files
+from vfmkit.data.preflight import check_samples
 from vfmkit.data.sampling import EpochSeededSampler
 from vfmkit.engine.run_dir import atomic_write_text
 from vfmkit.engine.runs import make_eval_loader, make_loader
@@ -75,7 +76,11 @@ class DistillTask(TaskDef):
     # --- training --------------------------------------------------------------------------------------------------
 
     def prepare(self, spec: DistillSpec, splits) -> TaskData:
-        files = list_image_files(spec.dataset.train_nolabel.folder_path)
+        source = spec.dataset.train_nolabel.folder_path
+        listed = list_image_files(source)
+        files = [f for f, kept in zip(listed, check_samples(listed, "train").keep, strict=True) if kept]
+        if not files:
+            raise DataError(f"dataset.train_nolabel.folder_path {source}: no readable image (see above)")
         sets = knn_sets(spec, "val") if spec.dataset.knn_validation is not None else None
         print(f"unlabeled images: {len(files)} ({spec.dataset.train_nolabel.folder_path})")
         for knn_set in sets or []:
@@ -239,7 +244,8 @@ def knn_sets(spec: DistillSpec, split: str) -> list[KnnSet]:
     ):
         if labelled is not None:
             queries = labelled.val_split if split == "val" else split
-            sets.append(KnnSet.from_folders(name, labelled.root, labelled.train_split, queries, key))
+            knn_set = KnnSet.from_folders(name, labelled.root, labelled.train_split, queries, key)
+            sets.append(knn_set.readable(split, key))
     return sets
 
 

@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from vfmkit.data.preflight import check_samples
 from vfmkit.errors import DataError
 from vfmkit.features.knn import knn_scores, list_class_folders
 from vfmkit.models.backbones.base import AdaptorOutput
@@ -60,6 +61,23 @@ class KnnSet:
 
     def __len__(self) -> int:
         return len(self.files)
+
+    def readable(self, split: str, key: str) -> KnnSet:
+        """This set without the images the shared decoding preflight leaves out (listed and recorded under
+        ``split``).
+
+        Raises:
+            DataError: no readable memory or query image is left (naming ``key``).
+        """
+        keep = check_samples(self.files, split, what=f"{self.name} k-NN images").keep
+        if keep.all():
+            return self
+        kept = [i for i in range(len(self)) if keep[i]]
+        roles = [self.roles[i] for i in kept]
+        if MEMORY not in roles or QUERY not in roles:
+            raise DataError(f"{key}: no readable memory or query image is left in the {self.name} set (see above)")
+        files, labels = [self.files[i] for i in kept], [self.labels[i] for i in kept]
+        return KnnSet(self.name, list(self.classes), files, labels, roles)
 
 
 class KnnImages(DistillImages):

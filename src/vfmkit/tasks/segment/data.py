@@ -11,19 +11,18 @@ Nothing is ever written into the dataset folder.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
-from tqdm import tqdm
 
 from vfmkit.data.augment import EpochSeededDataset, sample_seed
 from vfmkit.data.dense_augment import JointAugment, MaskSize, collate_dense, eval_transform
 from vfmkit.data.images import index_by_stem, load_image_rgb
 from vfmkit.data.palette import Palette, colorize, default_colors, overlay
+from vfmkit.data.preflight import check_samples
 from vfmkit.data.preprocess import pil_to_tensor
 from vfmkit.errors import DataError, UnreadableFileError
 from vfmkit.spec.dense import DenseAugmentSpec
@@ -186,8 +185,8 @@ class SegmentationPreflightReport:
         widths = [max(len(row[c]) for row in rows) for c in range(len(rows[0]))]
         table = ["  " + "  ".join([r[0].ljust(widths[0]), *map(str.rjust, r[1:], widths[1:])]) for r in rows]
         lines = ["pixels per class and split:", *table]
-        if self.unreadable:
-            lines += [f"unreadable files, left out: {len(self.unreadable)}", *(f"  {u}" for u in self.unreadable[:20])]
+        if self.unreadable:  # each listed by the decoding preflight as it was found
+            lines.append(f"left out (unreadable): {len(self.unreadable)} pair(s), listed above")
         if self.warnings:
             lines += ["warnings:", *(f"  - {w}" for w in self.warnings)]
         return "\n".join(lines)
@@ -224,17 +223,20 @@ def preflight_segmentation(
             if name == "train":
                 raise DataError(f"the training split {split.source} holds no images")
             report.warnings.append(f"the {name} split {split.source} holds no images")
-        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-            checked = pool.map(lambda i, s=split: _pair_counts(s, i, palette), range(len(split)))
-            results = list(tqdm(checked, total=len(split), desc=f"checking {name}", disable=None, leave=False))
-        unreadable = [r for r in results if isinstance(r, str)]
-        if unreadable:  # left out and listed, as embed does; the rest of the split trains
-            report.unreadable += [f"{name}: {reason}" for reason in unreadable]
-            split = loaded[name] = split.subset(np.array([not isinstance(r, str) for r in results]))
-            report.splits[name] = split
+        checked = check_samples(
+            range(len(split)),
+            name,
+            lambda i, s=split: _pair_counts(s, i, palette),
+            path_of=split.image_path,
+            workers=workers,
+            what="image-mask pairs",
+        )
+        if checked.left_out:  # left out, listed and recorded; the rest of the split trains
+            report.unreadable += [f"{name}: {item.reason}" for item in checked.left_out]
+            split = loaded[name] = report.splits[name] = split.subset(checked.keep)
             if name == "train" and not len(split):
                 raise DataError(f"the training split {split.source} holds no readable images")
-        counts = [r for r in results if not isinstance(r, str)]
+        counts = checked.kept_values
         total = np.sum(counts, axis=0) if counts else np.zeros(len(palette) + 1, dtype=np.int64)
         report.pixel_counts[name] = total[:-1].astype(np.int64)
         report.ignored_pixels[name] = int(total[-1])
@@ -244,15 +246,16 @@ def preflight_segmentation(
     return report
 
 
-def _pair_counts(split: SegmentationSplit, index: int, palette: Palette) -> np.ndarray | str:
+def _pair_counts(split: SegmentationSplit, index: int, palette: Palette) -> np.ndarray:
     """int64 (K + 1,) pixels per class plus ignored pixels of one pair, after decoding both files and checking their
-    sizes; the reason (a string) when one of the files does not decode."""
+    sizes.
+
+    Raises:
+        UnreadableFileError: a file does not decode (the pair is left out); DataError: sizes or mask values wrong.
+    """
     image_path, mask_path = split.image_path(index), split.mask_path(index)
-    try:
-        size = load_image_rgb(image_path).size  # a full decode: a truncated file fails here, not mid-epoch
-        mask = load_mask(mask_path, palette)
-    except UnreadableFileError as err:
-        return str(err)
+    size = load_image_rgb(image_path).size  # a full decode: a truncated file fails here, not mid-epoch
+    mask = load_mask(mask_path, palette)
     if (mask.shape[1], mask.shape[0]) != size:
         raise DataError(
             f"mask {mask_path} is {mask.shape[1]}x{mask.shape[0]} but image {image_path} is {size[0]}x{size[1]} "

@@ -88,7 +88,7 @@ class SegmentTask(TaskDef):
             )
 
     def eval_split(self, spec: SegmentSpec, trained: Trained, split: str) -> SegmentationSplit:
-        found = load_segment_split(spec.dataset, split)
+        found = preflight_segmentation(spec.dataset, (split,)).split(split)  # unreadable pairs left out and listed
         if found is None or not len(found):
             raise DataError(f"dataset split {split!r} has no images under {spec.dataset.root}")
         return found

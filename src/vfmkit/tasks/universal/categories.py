@@ -5,10 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import NamedTuple
-
-from vfmkit.errors import DataError
 
 IGNORE = -1
 """Semantic-map value of pixels without a class (VOID)."""
@@ -63,28 +60,6 @@ class CategoryTable:
     def index(self, original_id: int) -> int | None:
         """Contiguous index of an original id, or None when unknown."""
         return self._index.get(int(original_id))
-
-    @classmethod
-    def from_coco(cls, entries: Sequence[Mapping], source: Path | str) -> CategoryTable:
-        """From a COCO ``categories`` list; ids must be > 0 and unique (DataError naming ``source`` otherwise)."""
-        if not isinstance(entries, list) or not entries:
-            raise DataError(f"{source}: 'categories' must be a non-empty list")
-        categories = []
-        for entry in entries:
-            if "id" not in entry or "name" not in entry:
-                raise DataError(f"{source}: category {entry} needs an 'id' and a 'name'")
-            if int(entry["id"]) <= 0:
-                raise DataError(f"{source}: category {entry['name']!r} has id {entry['id']}; ids must be > 0")
-            color = entry.get("color")
-            categories.append(
-                Category(
-                    int(entry["id"]), str(entry["name"]), bool(entry.get("isthing", 1)), tuple(color) if color else None
-                )
-            )
-        try:
-            return cls(categories)
-        except ValueError as exc:
-            raise DataError(f"{source}: {exc}") from exc
 
     def as_meta(self) -> list[dict]:
         """JSON-able list (kept in checkpoints); :meth:`from_meta` restores it."""

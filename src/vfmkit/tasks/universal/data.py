@@ -11,7 +11,6 @@ segment), plus the contrastive texts ("a photo with a {class}" per target in cla
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,7 +20,8 @@ import torch
 from vfmkit.data.augment import EpochSeededDataset, sample_seed
 from vfmkit.data.coco import annotation_dict
 from vfmkit.data.dense_augment import JointAugment, eval_transform
-from vfmkit.data.images import image_size, load_image_rgb
+from vfmkit.data.images import load_image_rgb
+from vfmkit.data.preflight import check_samples
 from vfmkit.data.preprocess import pil_to_tensor
 from vfmkit.errors import DataError
 from vfmkit.metrics.panoptic import VOID
@@ -74,11 +74,13 @@ class UniversalPreflightReport:
 def preflight_universal(splits: Mapping[str, UniversalSplit | None], workers: int = 8) -> UniversalPreflightReport:
     """Check every annotation against its image before training: sizes, segment ids, categories.
 
-    Every PNG / mask is decoded and every image header read (no image decode).
+    Every image and PNG / mask is decoded once by the shared preflight (:func:`vfmkit.data.preflight.check_samples`):
+    a sample with an undecodable file is left out, listed and recorded; the report's splits are the cleaned ones.
 
     Raises:
         DataError: naming the file and the id: a PNG segment id absent from ``segments_info``, a PNG of another size
-            than its image, a missing or unreadable file, unknown mask values; an empty training split.
+            than its image, unknown mask values; a training split without readable images, or without a single
+            (non-crowd) segment to learn from.
     """
     report = UniversalPreflightReport(dict(splits))
     for name, split in splits.items():
@@ -89,11 +91,15 @@ def preflight_universal(splits: Mapping[str, UniversalSplit | None], workers: in
             if name == "train":
                 raise DataError(f"the training split ({split.source}) holds no annotated images")
             report.warnings.append(f"the {name} split ({split.source}) holds no annotated images")
-        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-            checked = list(pool.map(lambda s, sp=split: _check_sample(s, sp), split.samples))
+        checked = check_samples(
+            split.samples, name, lambda s, sp=split: _check_sample(s, sp), lambda s: s.image, workers, "samples"
+        )
+        split = report.splits[name] = split.subset(checked.keep)
+        if name == "train" and not len(split):
+            raise DataError(f"the training split ({split.source}) holds no readable images (see above)")
         counts = np.zeros(len(split.categories), dtype=np.int64)
         empty = []
-        for sample, (segments, void, unused) in zip(split.samples, checked, strict=True):
+        for sample, (segments, void, unused) in zip(split.samples, checked.kept_values, strict=True):
             for segment in segments:
                 counts[segment.category] += 0 if segment.iscrowd else 1
             report.crowd[name] = report.crowd.get(name, 0) + sum(s.iscrowd for s in segments)
@@ -104,6 +110,13 @@ def preflight_universal(splits: Mapping[str, UniversalSplit | None], workers: in
         report.segments[name] = counts
         report.crowd.setdefault(name, 0)
         report.void_pixels.setdefault(name, 0)
+        if name == "train" and not counts.sum():
+            crowd = report.crowd[name]
+            held = f"only {crowd} crowd segment(s), which are not training targets" if crowd else "no segments"
+            raise DataError(
+                f"the training split has no segments to learn from: its {len(split)} images hold {held} "
+                f"({split.source})"
+            )
         absent = [c.name for c, n in zip(split.categories.categories, counts, strict=True) if n == 0]
         if absent and len(split) and split.palette is None:
             report.warnings.append(f"{len(absent)} categories have no {name} segment: {', '.join(absent[:10])}")
@@ -111,8 +124,12 @@ def preflight_universal(splits: Mapping[str, UniversalSplit | None], workers: in
 
 
 def _check_sample(sample: PanopticSample, split: UniversalSplit) -> tuple[tuple[SegmentInfo, ...], int, list[int]]:
-    """(segments, VOID pixels, listed segment ids without pixels) of one sample after checking it."""
-    width, height = image_size(Path(sample.image))
+    """(segments, VOID pixels, listed segment ids without pixels) of one sample after decoding and checking it.
+
+    Raises:
+        UnreadableFileError: the image or its annotation does not decode; DataError: they disagree.
+    """
+    width, height = load_image_rgb(sample.image).size
     ids, segments = load_annotation(sample, split)
     annotation = sample.annotation
     if ids.shape != (height, width):

@@ -65,6 +65,7 @@ class UniversalTask(TaskDef):
             _check_same_categories(split, present[0].categories, f"the {present[0].name} split ({present[0].source})")
         report = preflight_universal(loaded)
         print(report.format())
+        loaded = report.splits  # without the samples left out
         table = present[0].categories
         things = sum(table.isthing)
         summary = {
@@ -127,6 +128,9 @@ class UniversalTask(TaskDef):
         if found is None or not len(found):
             raise DataError(f"dataset split {split!r} has no annotated images (evaluate.split)")
         _check_same_categories(found, CategoryTable.from_meta(trained.meta["categories"]), str(trained.checkpoint))
+        found = preflight_universal({split: found}).splits[split]  # unreadable samples left out and listed
+        if not len(found):
+            raise DataError(f"dataset split {split!r} has no readable images (evaluate.split; see above)")
         return found
 
     @torch.inference_mode()

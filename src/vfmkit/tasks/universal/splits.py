@@ -19,7 +19,7 @@ Category ids are kept as in the files (any sparse ids); the model uses contiguou
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,9 +28,10 @@ from PIL import Image
 
 from vfmkit.data.coco import CocoAnnotation, read_coco
 from vfmkit.data.coco_masks import segmentation_to_mask
+from vfmkit.data.coco_panoptic import read_coco_panoptic
 from vfmkit.data.palette import Palette
-from vfmkit.errors import DataError
-from vfmkit.metrics.panoptic import VOID, load_json, read_panoptic_png
+from vfmkit.errors import DataError, UnreadableFileError
+from vfmkit.metrics.panoptic import VOID, read_panoptic_png
 from vfmkit.tasks.segment.data import load_segment_split
 from vfmkit.tasks.universal.categories import Category, CategoryTable, SegmentInfo
 from vfmkit.tasks.universal.spec import UniversalDataSpec
@@ -85,6 +86,17 @@ class UniversalSplit:
     def __len__(self) -> int:
         return len(self.samples)
 
+    def subset(self, keep: Sequence[bool]) -> UniversalSplit:
+        """The split with the samples where ``keep`` is True."""
+        samples = [sample for sample, kept in zip(self.samples, keep, strict=True) if kept]
+        return UniversalSplit(self.name, self.categories, samples, self.source, self.palette)
+
+    def missing_files(self) -> list[str]:
+        """The image and annotation files the split names that do not exist (an annotation error, not a file to
+        leave out)."""
+        named = [(s.image, s.panoptic or s.mask) for s in self.samples]
+        return [f for pair in named for f in pair if f is not None and not Path(f).is_file()]
+
 
 def load_universal_split(spec: UniversalDataSpec, name: str) -> UniversalSplit | None:
     """The split ``name`` of a ``dataset`` section (None when the spec or the folders have none).
@@ -122,57 +134,33 @@ def load_coco_panoptic_split(
         The split; images without annotation are left out (an annotation without image is an error).
 
     Raises:
-        DataError: an unreadable JSON, missing sections, a bad category list, an annotation whose image is not in
-            ``images``, a segment id <= 0 or repeated, or a segment whose category is not in ``categories`` (each
-            naming the file, the image and the id).
+        DataError: what :func:`~vfmkit.data.coco_panoptic.read_coco_panoptic` refuses (naming the file, the list,
+            the index and the key).
     """
     json_file = Path(json_file)
     panoptic_dir = Path(panoptic_dir) if panoptic_dir is not None else json_file.with_suffix("")
-    data = load_json(json_file, "panoptic JSON")
-    for key in ("images", "annotations", "categories"):
-        if not isinstance(data.get(key), list):
-            raise DataError(f"panoptic JSON {json_file}: missing '{key}' list (expected the COCO panoptic format)")
-    categories = CategoryTable.from_coco(data["categories"], json_file)
-    images = {entry["id"]: entry for entry in data["images"]}
-    samples = []
-    for ann in data["annotations"]:
-        image = images.get(ann.get("image_id"))
-        if image is None:
-            raise DataError(
-                f"panoptic JSON {json_file}: annotation {ann.get('file_name')} has image_id "
-                f"{ann.get('image_id')} which is not in 'images'"
-            )
-        segments = _segments(ann, categories, json_file)
-        samples.append(
-            PanopticSample(
-                str(Path(images_dir) / image["file_name"]),
-                ann["image_id"],
-                str(panoptic_dir / ann["file_name"]),
-                segments,
-            )
+    panoptic = read_coco_panoptic(json_file)
+    categories = CategoryTable(
+        [Category(c.id, c.name, c.isthing, c.color) for c in panoptic.categories]
+    )  # ids and names are unique: read_coco_panoptic checked them
+    samples = [
+        PanopticSample(
+            str(Path(images_dir) / ann.file_name),
+            ann.image_id,
+            str(panoptic_dir / ann.png_name),
+            tuple(SegmentInfo(s.id, categories.index(s.category_id), s.iscrowd, s.area) for s in ann.segments),
         )
-    return UniversalSplit(name, categories, samples, json_file)
+        for ann in panoptic.annotations
+    ]
+    split = UniversalSplit(name, categories, samples, json_file)
+    _refuse_missing_files(split, f"{json_file} (images in {images_dir}, PNGs in {panoptic_dir})")
+    return split
 
 
-def _segments(ann: Mapping, categories: CategoryTable, source: Path) -> tuple[SegmentInfo, ...]:
-    out, seen = [], set()
-    where = f"panoptic JSON {source}, annotation {ann.get('file_name')}"
-    for info in ann.get("segments_info", []):
-        segment_id = int(info["id"])
-        if segment_id <= 0:
-            raise DataError(f"{where}: segment id {segment_id} must be > 0 (0 is VOID)")
-        if segment_id in seen:
-            raise DataError(f"{where}: segment id {segment_id} is listed twice")
-        seen.add(segment_id)
-        index = categories.index(info["category_id"])
-        if index is None:
-            raise DataError(
-                f"{where}: segment id {segment_id} has category_id {info['category_id']}, which is missing from "
-                f"'categories' (ids {categories.original_ids})"
-            )
-        area = info.get("area")
-        out.append(SegmentInfo(segment_id, index, bool(info.get("iscrowd", 0)), None if area is None else int(area)))
-    return tuple(out)
+def _refuse_missing_files(split: UniversalSplit, where: str) -> None:
+    missing = split.missing_files()
+    if missing:
+        raise DataError(f"{where}: {len(missing)} file(s) named by the annotations do not exist, e.g. {missing[0]}")
 
 
 def load_coco_instances_split(name: str, images_dir: str | Path, json_file: str | Path) -> UniversalSplit:
@@ -231,7 +219,7 @@ def load_annotation(sample: PanopticSample, split: UniversalSplit) -> tuple[np.n
             mask.load()
             classes = split.palette.encode(mask, sample.mask)
     except (OSError, SyntaxError, ValueError) as exc:
-        raise DataError(f"cannot read mask {sample.mask}: {exc}") from exc
+        raise UnreadableFileError(f"cannot read mask {sample.mask}: {' '.join(str(exc).split())}") from exc
     valid = (classes >= 0) & (classes < len(split.palette))
     ids = np.where(valid, classes + 1, VOID).astype(np.int64)
     present = np.unique(classes[valid]).tolist()
