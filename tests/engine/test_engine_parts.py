@@ -129,3 +129,19 @@ def test_a_kill_between_the_best_and_last_renames_keeps_them_consistent(tmp_path
     assert (tmp_path / "last.ckpt").read_bytes() == b"epoch 0"  # the resumed run repeats epoch 1
     assert (tmp_path / "best.ckpt").read_bytes() == b"partial checkpoint bytes complete"  # epoch 1, already in place
     assert sorted(p.name for p in tmp_path.iterdir()) == ["best.ckpt", "last.ckpt"]  # no temporary left
+
+
+def test_best_is_the_latest_epoch_while_the_metric_is_undefined(tmp_path, capsys):
+    """AP of a val split without boxes is undefined every epoch: best.ckpt must still exist (the latest epoch) so the
+    run can be evaluated; the first defined value takes over and only improvements replace it."""
+    from vfmkit.engine.checkpoint import AtomicCheckpoint
+
+    callback = AtomicCheckpoint(tmp_path, monitor="val/top1", mode="max")
+    callback.on_train_epoch_end(_FakeTrainer(float("nan"), die=False, epoch=0), None)
+    assert callback.best_path.is_file() and callback.best is None and callback.best_epoch == 0
+    assert "val/top1 is undefined on this validation data" in capsys.readouterr().out
+    callback.on_train_epoch_end(_FakeTrainer(float("nan"), die=False, epoch=1), None)
+    assert callback.best_epoch == 1
+    callback.on_train_epoch_end(_FakeTrainer(0.3, die=False, epoch=2), None)
+    callback.on_train_epoch_end(_FakeTrainer(float("nan"), die=False, epoch=3), None)
+    assert (callback.best, callback.best_epoch) == (pytest.approx(0.3), 2)

@@ -49,13 +49,18 @@ class AtomicCheckpoint(pl.Callback):
             return
         metric = trainer.callback_metrics.get(self.monitor)
         value = float(metric) if metric is not None else float("nan")
-        improved, previous = self._improved(value), self.best
-        if improved:
-            self.best, self.best_epoch = value, trainer.current_epoch  # before saving: the checkpoint records it
+        improved, previous = self._improved(value), (self.best, self.best_epoch)
+        # while the metric has never been defined (e.g. AP on a val split without boxes), best.ckpt is the latest
+        undefined_so_far = self.best is None and not improved
+        if improved or undefined_so_far:
+            self.best_epoch = trainer.current_epoch  # before saving: the checkpoint records it
+            self.best = value if improved else None
+        if undefined_so_far and trainer.is_global_zero and trainer.current_epoch == 0:
+            print(f"{self.monitor} is undefined on this validation data: best.ckpt is the latest epoch until it is not")
         try:
-            self._save(trainer, improved)
+            self._save(trainer, improved or undefined_so_far)
         except BaseException:
-            self.best = previous
+            self.best, self.best_epoch = previous
             raise
 
     def _save(self, trainer: pl.Trainer, improved: bool) -> None:
