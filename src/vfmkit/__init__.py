@@ -1,34 +1,43 @@
-"""vfmkit: vision foundation models made useful."""
+"""vfmkit: vision foundation models made useful.
+
+The public names below are imported on first use, so ``import vfmkit`` (and the ``vfm`` console script, which must
+answer Ctrl-C during its imports with "interrupted") does not import torch until something needs it.
+"""
+
+from __future__ import annotations
+
+import importlib
 
 from vfmkit._version import __version__
-from vfmkit.data.images import list_image_files, load_image_rgb
-from vfmkit.data.preprocess import preprocess_image_groups, preprocess_images
-from vfmkit.models.backbones.base import AdaptorOutput, Backbone, BackboneOutput, Preprocessing
-from vfmkit.models.factory import load_backbone
-from vfmkit.models.registry import ModelEntry, list_backbones, resolve_entry
 
-__all__ = [
-    "Task",
-    "AdaptorOutput",
-    "Backbone",
-    "BackboneOutput",
-    "ModelEntry",
-    "Preprocessing",
-    "__version__",
-    "list_backbones",
-    "list_image_files",
-    "load_backbone",
-    "load_image_rgb",
-    "preprocess_image_groups",
-    "preprocess_images",
-    "resolve_entry",
-]
+_EXPORTS = {
+    "Task": "vfmkit.task",
+    "AdaptorOutput": "vfmkit.models.backbones.base",
+    "Backbone": "vfmkit.models.backbones.base",
+    "BackboneOutput": "vfmkit.models.backbones.base",
+    "Preprocessing": "vfmkit.models.backbones.base",
+    "ModelEntry": "vfmkit.models.registry",
+    "list_backbones": "vfmkit.models.registry",
+    "resolve_entry": "vfmkit.models.registry",
+    "list_image_files": "vfmkit.data.images",
+    "load_image_rgb": "vfmkit.data.images",
+    "load_backbone": "vfmkit.models.factory",
+    "preprocess_image_groups": "vfmkit.data.preprocess",
+    "preprocess_images": "vfmkit.data.preprocess",
+}
+"""Public name -> the module that defines it."""
+
+__all__ = ["__version__", *_EXPORTS]
 
 
 def __getattr__(name: str):
-    # vfmkit.Task imports the task registry and the engine only when used, so `import vfmkit` stays light
-    if name == "Task":
-        from vfmkit.task import Task
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'vfmkit' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
 
-        return Task
-    raise AttributeError(f"module 'vfmkit' has no attribute {name!r}")
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})

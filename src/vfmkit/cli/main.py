@@ -6,13 +6,13 @@ commands of the form ``vfm <task> <action> -c spec.yaml key=value`` are added as
 (``app.add_typer(group, name=task)``).
 
 Errors a user can fix (:class:`vfmkit.errors.VfmError`, bad usage) print ``error: <message>`` on one line to
-stderr and exit with code 2, without a traceback. Results go to stdout; progress goes to stderr.
+stderr and exit with code 2, without a traceback; every other way a command ends is in :mod:`vfmkit.cli.failures`.
+Results go to stdout; progress goes to stderr. The console script enters through :mod:`vfmkit.cli.entry`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import errno
 import json
 import sys
 from collections.abc import Sequence
@@ -20,10 +20,11 @@ from enum import Enum
 from pathlib import Path
 
 import typer
-from typer.exceptions import TyperException
 
 from vfmkit.cli import tasks
-from vfmkit.errors import VfmError
+from vfmkit.cli.failures import run_command, user_message
+
+__all__ = ["app", "main", "user_message"]
 
 app = typer.Typer(
     name="vfm",
@@ -329,77 +330,12 @@ def demo(
 # --- entry point --------------------------------------------------------------------------------------------------
 
 
-def user_message(exc: BaseException) -> str:
-    """The one-line message of a user error; errors re-raised from DataLoader workers carry the worker's traceback
-    in their text, of which only the original error's own line is kept."""
-    text = str(exc)
-    if "Original Traceback" in text:
-        last = text.strip().splitlines()[-1]
-        text = last.split(": ", 1)[1] if last.startswith(f"{type(exc).__module__}.") else last
-    return text
-
-
-OUTPUT_ERRNOS = {
-    errno.EACCES,
-    errno.EPERM,
-    errno.EROFS,
-    errno.ENOSPC,
-    errno.EDQUOT,
-    errno.EISDIR,
-    errno.ENOTDIR,
-    errno.EEXIST,
-    errno.ENAMETOOLONG,
-}
-"""Errors of writing outputs a user can fix (permissions, a full or read-only disk, a folder where a file goes)."""
-
-
-def output_error_message(exc: OSError) -> str:
-    """One line naming the path and the reason, e.g. ``cannot write runs/x/metrics.json: No space left on device``."""
-    target = exc.filename2 or exc.filename
-    reason = exc.strerror or type(exc).__name__
-    hint = {
-        errno.ENOSPC: " (free some space or write elsewhere)",
-        errno.EDQUOT: " (disk quota exceeded)",
-        errno.EROFS: " (choose a writable folder)",
-        errno.EACCES: " (choose a folder you can write to)",
-        errno.EISDIR: " (give a file path, not a folder)",
-    }.get(exc.errno, "")
-    return f"cannot write {target}: {reason}{hint}" if target else f"{reason}{hint}"
-
-
-def _fail(message: str, code: int = 2, prefix: str = "error: ") -> None:
-    typer.echo(f"{prefix}{' '.join(message.split())}", err=True)
-    sys.exit(code)
-
-
 def main(argv: Sequence[str] | None = None) -> None:
-    """The ``vfm`` console script: run the CLI, turning user errors into one ``error:`` line and exit code 2."""
-    command = typer.main.get_command(app)
-    try:
-        result = command.main(args=list(argv) if argv is not None else None, prog_name="vfm", standalone_mode=False)
-    except VfmError as exc:
-        interrupted = type(exc).__name__ == "Interrupted"  # a signal, not an error: no "error:" prefix
-        _fail(user_message(exc), exc.exit_code, "" if interrupted else "error: ")
-    except TyperException as exc:  # usage errors (typer's click exceptions)
-        _usage_error(exc)
-    except (typer.Abort, KeyboardInterrupt):
-        _fail("interrupted", 130, "")
-    except OSError as exc:
-        if exc.errno not in OUTPUT_ERRNOS:
-            raise
-        _fail(output_error_message(exc), 2)
-    else:
-        sys.exit(result if isinstance(result, int) else 0)
-
-
-def _usage_error(exc: TyperException) -> None:
-    ctx = getattr(exc, "ctx", None)
-    if type(exc).__name__ == "NoArgsIsHelpError" and ctx is not None:
-        typer.echo(ctx.get_help())
-        sys.exit(0)
-    message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
-    hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
-    _fail(message + hint, 2)
+    """Run ``vfm`` with ``argv`` (default: the process arguments) and exit through the one error path
+    (:func:`vfmkit.cli.failures.run_command`: user errors exit 2 with one ``error:`` line, Ctrl-C 130, anything
+    unexpected 1 with its traceback in a file)."""
+    args = [str(a) for a in argv] if argv is not None else sys.argv[1:]
+    run_command(lambda: typer.main.get_command(app), args)
 
 
 if __name__ == "__main__":

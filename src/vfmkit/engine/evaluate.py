@@ -6,6 +6,7 @@ reproduces the number ``train`` reported (same code, same units).
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import re
@@ -113,14 +114,24 @@ def load_target(family: TaskFamily, spec: BaseModel, action: str) -> tuple[TaskD
 
 def evaluate(family: TaskFamily, spec: BaseModel) -> EvalResult:
     """Metrics of ``evaluate.checkpoint`` (or of the pre-trained model, see :func:`load_target`) on
-    ``evaluate.split`` of this spec's dataset, written to ``<run>/evaluate/<split>/`` (metrics.json and the task's
-    plots)."""
+    ``evaluate.split`` of this spec's dataset, written (metrics.json and the task's plots) to ``evaluate.out`` when
+    set, else to ``<run>/evaluate/<split>/``: nothing is written into the run folder when ``evaluate.out`` is
+    elsewhere, so a run on read-only storage can be evaluated."""
     taskdef, trained, base = load_target(family, spec, "evaluate")
     name = spec.evaluate.split
     with recording_left_out() as left_out:
         split = taskdef.eval_split(spec, trained, name)
-    out_dir = base / "evaluate" / name
+    out_dir = Path(spec.evaluate.out) if spec.evaluate.out is not None else base / "evaluate" / name
     source = trained.checkpoint.name if trained.checkpoint is not None else "pre-trained weights"
-    metrics = evaluate_and_write(taskdef, trained, split, spec, name, out_dir, f"{name}, {source}", left_out)
+    title = f"{name}, {source}"
+    try:
+        metrics = evaluate_and_write(taskdef, trained, split, spec, name, out_dir, title, left_out)
+    except OSError as exc:
+        if spec.evaluate.out is not None or exc.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
+            raise
+        raise VfmError(
+            f"cannot write {exc.filename or out_dir}: {exc.strerror}; set evaluate.out=<folder> to write the "
+            "evaluation elsewhere"
+        ) from exc
     print(f"written: {out_dir / 'metrics.json'}")
     return EvalResult(metrics, name, out_dir, trained.checkpoint)

@@ -21,6 +21,7 @@ from vfmkit.engine.resume import check_resume, find_checkpoint, run_dir_of
 from vfmkit.engine.run_dir import create_run_dir, write_environment, write_resolved_spec
 from vfmkit.engine.trainer import build_trainer
 from vfmkit.errors import VfmError
+from vfmkit.utils.folders import publish_output_folder
 from vfmkit.weights.safe_load import load_pickle_checkpoint
 
 
@@ -42,8 +43,10 @@ def open_run(spec: BaseModel, task: str) -> Iterator[tuple[Path, Path | None]]:
 
     A new run gets ``<results_dir>/<task>/<name>[N]`` with ``spec.resolved.yaml`` and ``env.json``; a resumed run
     reuses its folder after :func:`~vfmkit.engine.resume.check_resume` checked the spec is unchanged. Stale
-    temporary files of killed runs are removed. Ranks > 0 of a multi-process run use rank 0's folder (passed in
-    ``VFMKIT_RUN_DIR``, or ``<name>`` itself with ``exist_ok``) and write nothing there themselves.
+    temporary files of killed runs are removed. The folder is published as the command's output folder
+    (:func:`vfmkit.utils.folders.publish_output_folder`) while the block runs. Ranks > 0 of a multi-process run
+    use rank 0's folder (passed in ``VFMKIT_RUN_DIR``, or ``<name>`` itself with ``exist_ok``) and write nothing
+    there themselves.
 
     Raises:
         VfmError: another training holds the folder, or a rank > 0 cannot tell rank 0's folder.
@@ -64,7 +67,8 @@ def open_run(spec: BaseModel, task: str) -> Iterator[tuple[Path, Path | None]]:
             print(f"resuming {run_dir} from {checkpoint}")
         os.environ[RUN_DIR_VARIABLE] = str(run_dir)  # for the ranks > 0 the DDP launcher starts
         try:
-            yield run_dir, checkpoint
+            with publish_output_folder(run_dir):  # an unexpected failure leaves its traceback.txt here (CLI)
+                yield run_dir, checkpoint
         finally:
             os.environ.pop(RUN_DIR_VARIABLE, None)
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
@@ -26,21 +25,18 @@ from pathlib import Path
 from vfmkit._version import __version__
 from vfmkit.errors import VfmError
 from vfmkit.export.onnx import write_atomically
+from vfmkit.utils.folders import cache_home
 
 logger = logging.getLogger("vfmkit.export")
 
-CACHE_ENV = "VFMKIT_CACHE"
 GRAPH_FORMAT = 1
 """Bumped when the exported backbone graph changes shape or meaning, to invalidate older entries."""
 
 
 def cache_root() -> Path:
-    """The folder of cached ONNX graphs: ``$VFMKIT_CACHE/onnx`` or ``${XDG_CACHE_HOME:-~/.cache}/vfmkit/onnx``."""
-    override = os.environ.get(CACHE_ENV)
-    if override:
-        return Path(override).expanduser() / "onnx"
-    base = os.environ.get("XDG_CACHE_HOME") or "~/.cache"
-    return Path(base).expanduser() / "vfmkit" / "onnx"
+    """The folder of cached ONNX graphs: ``$VFMKIT_CACHE/onnx`` or ``${XDG_CACHE_HOME:-~/.cache}/vfmkit/onnx``
+    (:func:`vfmkit.utils.folders.cache_home`)."""
+    return cache_home() / "onnx"
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ from vfmkit.export.quantize import quantize_int8
 from vfmkit.export.runtime import OnnxModel
 from vfmkit.export.tensorrt import TensorRTResult, build_tensorrt_engine, require_tensorrt
 from vfmkit.export.verify import CosineStats, cosine_stats, torch_outputs
+from vfmkit.utils.atomic import naming_the_target
 
 FORMATS = ("onnx", "tensorrt")
 
@@ -130,7 +131,7 @@ def export_model(
 def _export_int8(backbone, model_id, out, resolution, dynamic, opset, images, min_cosine) -> ModelExport:
     """fp32 graph in a temporary folder, verified; quantized; its summary cosine checked; then moved to ``out``."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.") as tmp:
+    with naming_the_target(out), tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.") as tmp:
         fp32 = Path(tmp) / "fp32.onnx"
         graph = export_backbone(
             backbone, fp32, resolution, model_id=model_id, dynamic_resolution=dynamic, opset=opset,

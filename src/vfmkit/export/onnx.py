@@ -47,6 +47,7 @@ from torch import nn
 
 from vfmkit._version import __version__
 from vfmkit.errors import VfmError
+from vfmkit.utils.atomic import DISK_ERRNOS, atomic_write_bytes, naming_the_target
 
 logger = logging.getLogger("vfmkit.export")
 
@@ -110,7 +111,8 @@ def export_onnx(
     with _eval_mode(module):
         _preflight(module, inputs, output_names)
         path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.") as tmp:
+        # a disk error anywhere in the staging folder (.<name>.*/) names `path`
+        with naming_the_target(path), tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.") as tmp:
             raw = Path(tmp) / "raw.onnx"
             order = _exporter_order(exporter, opset)
             graph = _GraphSpec(input_names, output_names, opset, dynamic_batch, axes)
@@ -252,6 +254,8 @@ def _run_exporters(
                 export(module, inputs, file, graph)
             return name
         except Exception as exc:
+            if isinstance(exc, OSError) and exc.errno in DISK_ERRNOS:
+                raise  # the disk, not the exporter: the next exporter would fail the same way
             logger.debug("%s exporter failed; its output:\n%s", name, captured.getvalue(), exc_info=True)
             failures.append(f"{name} exporter: {_short_reason(exc)}")
             _empty_folder(file.parent)
@@ -460,16 +464,9 @@ def _check_graph(model: Any, graph: _GraphSpec) -> None:
 
 
 def write_atomically(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and ``os.replace`` (parents created)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, staged = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(handle, "wb") as file:
-            file.write(data)
-        os.replace(staged, path)
-    except BaseException:
-        Path(staged).unlink(missing_ok=True)
-        raise
+    """Write ``data`` to ``path`` atomically (:func:`vfmkit.utils.atomic.atomic_write_bytes`: parents created, a disk
+    error names ``path``)."""
+    atomic_write_bytes(path, data)
 
 
 def _move_into_place(staged: Path, path: Path) -> None:

@@ -16,6 +16,7 @@ import tempfile
 from pathlib import Path
 
 from vfmkit.export.onnx import ExportError, _move_into_place, _quiet, _require_onnx
+from vfmkit.utils.atomic import DISK_ERRNOS, naming_the_target
 
 INT8_OP_TYPES = ("MatMul", "Gemm")
 FP32_SCOPES = ("/patch_generator/", "/patch_embed/", "/conv1", "/input_conditioner/", "/feature_normalizer/")
@@ -56,7 +57,7 @@ def quantize_int8(source: str | Path, path: str | Path) -> Path:
     model = onnx.load(str(source))
     keep = fp32_nodes(model)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.") as tmp:
+    with naming_the_target(path), tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.") as tmp:
         staged = Path(tmp) / path.name
         try:
             with _quiet(io.StringIO()):
@@ -70,6 +71,8 @@ def quantize_int8(source: str | Path, path: str | Path) -> Path:
                     use_external_data_format=external,
                 )
         except Exception as exc:
+            if isinstance(exc, OSError) and exc.errno in DISK_ERRNOS:
+                raise  # named by naming_the_target
             raise ExportError(f"int8 quantization of {source} failed: {type(exc).__name__}: {exc}") from exc
         _set_precision(staged, external)
         _move_into_place(staged, path)

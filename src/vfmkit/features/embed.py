@@ -272,7 +272,7 @@ def save_embeddings(
     ``runtime`` names what computed the features (a runner's ``cache_tag``, e.g. ``onnxruntime-int8-opset17``).
 
     Raises:
-        DataError: the output folder cannot be created or written.
+        OSError: the output folder cannot be created or written (the error names the file or folder).
     """
     out = Path(out)
     index = index_path_for(out)
@@ -295,15 +295,9 @@ def save_embeddings(
         "files": [str(path) for path in embeddings.files],
         "skipped": [{"path": str(item.path), "error": item.error} for item in embeddings.skipped],
     }
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_output(out) as tmp:
-            save_file(
-                {key: value.contiguous() for key, value in embeddings.tensors.items()}, str(tmp), metadata=metadata
-            )
-        atomic_write_text(index, json.dumps(record, indent=2) + "\n")
-    except OSError as exc:
-        raise DataError(f"cannot write embeddings to {out}: {exc.strerror or exc}") from exc
+    with atomic_output(out) as tmp:  # a disk error names the file (safetensors' own error included)
+        save_file({key: value.contiguous() for key, value in embeddings.tensors.items()}, str(tmp), metadata=metadata)
+    atomic_write_text(index, json.dumps(record, indent=2) + "\n")
     return index
 
 

@@ -80,6 +80,11 @@ class EvaluateSpec(Section):
     checkpoint: SpecPath | None = Field(None, description="checkpoint or run folder (default: this run's best)")
     split: Literal["train", "val", "test"] = Field("val", description="dataset split to evaluate")
     batch_size: int = Field(64, ge=1, description="images per step")
+    out: SpecPath | None = Field(
+        None,
+        description="folder for metrics.json and the plots (default: <run>/evaluate/<split>; set it to evaluate a "
+        "run on read-only storage)",
+    )
 
 
 class PredictSpec(Section):

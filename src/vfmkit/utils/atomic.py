@@ -7,11 +7,18 @@ the writer did: ``tempfile.mkstemp`` and ``safetensors.save_file`` create files 
 
 Temporary files are named ``.<target name>.<random>.tmp`` beside the target; a process killed mid-write leaves one
 behind, which :func:`stale_temp_files` finds.
+
+A write that fails for a reason of the disk (full, read-only, no permission ...) always names the target: writers
+that lose the file name (``PIL.Image.save``, ``matplotlib`` and ``onnx.save`` raise a bare ``OSError(ENOSPC)``,
+``safetensors.save_file`` a ``SafetensorError`` whose text holds the OS error) are turned into an ``OSError`` with
+the errno and ``filename`` = the target path (:func:`naming_the_target`).
 """
 
 from __future__ import annotations
 
+import errno
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -56,17 +63,72 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
         OSError: the folder cannot be created or written, or the rename fails (e.g. ``path`` is a folder).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
-    os.close(fd)
-    tmp = Path(name)
+    with naming_the_target(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
+        os.close(fd)
+        tmp = Path(name)
+        try:
+            yield tmp
+            os.chmod(tmp, default_file_mode())
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+
+
+DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO, errno.EFBIG})
+"""Errors of the disk a write goes to (full, quota, read-only, permissions, I/O, file too large)."""
+
+_OS_ERROR_IN_TEXT = re.compile(r"\(os error (\d+)\)|Os \{ code: (\d+)")
+"""How Rust libraries (safetensors, tokenizers) spell an OS error in their exception text."""
+
+
+@contextmanager
+def naming_the_target(path: str | Path) -> Iterator[None]:
+    """Make every OS-level write error raised in the block name ``path``.
+
+    An ``OSError`` without a file name, or naming only a temporary file of the write (a ``.<name>.*`` sibling of
+    ``path`` or a file in such a folder), and a library error whose text carries a disk error (``... (os error
+    28)``, :data:`DISK_ERRNOS`) are re-raised as ``OSError(errno, strerror, path)`` (the errno's subclass, e.g.
+    ``PermissionError``), chained to the original. Errors that already name another file (e.g. ``os.replace``'s
+    ``filename2``) pass unchanged, and so does everything else.
+
+    Example::
+
+        with naming_the_target(out):
+            onnx.save_model(model, str(out))  # a full disk: OSError(28, "No space left on device", str(out))
+    """
+    path = Path(path)
     try:
-        yield tmp
-        os.chmod(tmp, default_file_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+        yield
+    except Exception as exc:
+        code = _lost_errno(exc, path)
+        if code is None:
+            raise
+        strerror = (exc.strerror if isinstance(exc, OSError) else None) or os.strerror(code)
+        raise OSError(code, strerror, str(path)) from exc
+
+
+def _is_temporary(name: Path, path: Path) -> bool:
+    """A temporary file (or a file in a temporary folder) of writing ``path``: ``.<name>.*`` in its folder."""
+    prefix = f".{path.name}."
+    return any(part.startswith(prefix) for part in name.parts)
+
+
+def _lost_errno(exc: Exception, path: Path) -> int | None:
+    """The errno of a write error that does not name ``path`` (None: leave the exception as it is)."""
+    if isinstance(exc, OSError):
+        if not exc.errno:
+            return None
+        named = {str(name) for name in (exc.filename, exc.filename2) if name is not None}
+        temporary = {name for name in named if _is_temporary(Path(name), path)}
+        return exc.errno if named <= temporary else None
+    match = _OS_ERROR_IN_TEXT.search(str(exc))
+    if match is None:
+        return None
+    code = int(match.group(1) or match.group(2))
+    return code if code in DISK_ERRNOS else None
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:

@@ -61,20 +61,22 @@ def test_changed_teacher_weights_invalidate_only_that_teacher(data, tmp_path):
     assert _epoch(retrained, data) == (images, images)  # colour still cached, pattern recomputed
 
 
-def test_corrupt_entry_is_recomputed_and_rewritten(data, tmp_path, caplog):
+def test_corrupt_entry_is_recomputed_and_rewritten(data, tmp_path):
     model = _model(data, tmp_path)
     _epoch(model, data)
     key = file_key(data.files["train"][3])
     entry = model.cache.entry_path("pattern", key)
     entry.write_bytes(b"not a safetensors file")
+    damaged_before = model.cache_stats.damaged
     assert _epoch(model, data) == (2 * len(data.files["train"]) - 1, 1)
-    assert "unreadable entry" in caplog.text
+    assert model.cache_stats.damaged == damaged_before + 1
+    assert entry.name in model.cache_stats.example and "unreadable" in model.cache_stats.example
     assert model.cache.load("pattern", key) is not None
 
 
 def test_cached_targets_equal_the_teachers_and_jitter_touches_only_the_student_view(data, tmp_path):
     teacher = FrozenTeacher(PatternTeacher(), "pattern", "combo")
-    cache = TeacherCache(tmp_path, {"pattern": teacher.cache_key("float32")}, "float32")
+    cache = TeacherCache.for_teachers(tmp_path, [teacher], "float32")
     clean = DistillImages(data.files["train"][:4], (SIZE, SIZE), {"pattern": teacher.resolution})
     batch = collate_distill([clean[i] for i in range(4)])
     expected = teacher(batch["teachers"]["pattern"]["images"])

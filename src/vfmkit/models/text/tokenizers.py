@@ -31,6 +31,7 @@ import torch
 from open_clip.tokenizer import SimpleTokenizer, canonicalize_text, default_bpe, get_clean_fn
 
 from vfmkit.errors import ModelNotFoundError
+from vfmkit.utils.atomic import naming_the_target
 
 __all__ = [
     "CLEAN_MODES",
@@ -104,13 +105,14 @@ class TextTokenizer(ABC):
         """Write the tokenizer files and :data:`CONFIG_FILE` into ``folder`` atomically (a staging folder beside it
         replaces the files only once all are written); returns the folder."""
         folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=folder, prefix=".tokenizer.") as tmp:
-            staging = Path(tmp)
-            self._write_files(staging)
-            (staging / CONFIG_FILE).write_text(json.dumps(self._config(), indent=2) + "\n")
-            for file in staging.iterdir():
-                os.replace(file, folder / file.name)
+        with naming_the_target(folder):  # a disk error names the folder (the staging files are gone)
+            folder.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryDirectory(dir=folder, prefix=".tokenizer.") as tmp:
+                staging = Path(tmp)
+                self._write_files(staging)
+                (staging / CONFIG_FILE).write_text(json.dumps(self._config(), indent=2) + "\n")
+                for file in staging.iterdir():
+                    os.replace(file, folder / file.name)
         return folder
 
 

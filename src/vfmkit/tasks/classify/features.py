@@ -5,6 +5,9 @@
 The cache key covers the backbone weights (a hash of every tensor), the resolution, the model's preprocessing and
 the identity of each file (path, size, modification time), and the runner's ``cache_tag`` when a runner (e.g.
 onnxruntime int8, :mod:`vfmkit.features.runners`) computes the summaries; any change gives a new cache file.
+Entries are :mod:`vfmkit.utils.tensor_cache` entries: one that does not verify (truncated, other shape or dtype,
+content hash mismatch, other key) is recomputed and rewritten, and counted in the caller's
+:class:`~vfmkit.utils.tensor_cache.CacheStats`.
 """
 
 from __future__ import annotations
@@ -16,12 +19,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
 
 from vfmkit.models.backbones.base import Backbone, BackboneOutput
 from vfmkit.tasks.classify.data import ClassificationDataset, ClassificationSplit
-from vfmkit.utils.atomic import atomic_output
+from vfmkit.utils.tensor_cache import CacheStats, read_entry, write_entry
 from vfmkit.weights.fingerprint import weights_fingerprint
 
 __all__ = ["cache_key", "cached_summaries", "extract_summaries", "weights_fingerprint"]
@@ -75,22 +77,34 @@ def cached_summaries(
     num_workers: int = 0,
     weights: str | None = None,
     runner: Callable[[torch.Tensor], BackboneOutput] | None = None,
+    stats: CacheStats | None = None,
 ) -> tuple[torch.Tensor, bool]:
     """The split's summaries from the cache, computing and storing them on a miss (with ``runner`` when given: its
-    ``cache_tag`` attribute, e.g. ``onnxruntime-int8-opset17``, becomes part of the cache key).
+    ``cache_tag`` attribute, e.g. ``onnxruntime-int8-opset17``, becomes part of the cache key). An entry that does
+    not verify (:func:`vfmkit.utils.tensor_cache.read_entry`) is a miss: recomputed, rewritten, and counted as
+    damaged in ``stats``.
 
     Returns:
         (N, C) float32 summaries and whether they came from the cache.
+
+    Raises:
+        OSError: the entry cannot be written (the error names its path).
     """
     weights = weights or weights_fingerprint(backbone)
     key = cache_key(backbone, weights, split, resolution)
     if runner is not None:
         key = hashlib.sha256(f"{key}:{getattr(runner, 'cache_tag', type(runner).__name__)}".encode()).hexdigest()
     path = Path(cache_dir) / f"{split.name}-{key[:24]}.safetensors"
-    if path.is_file():
+    layout = {"summary": (torch.float32, (len(split), backbone.summary_dim))}
+    facts = {"key": key, "split": split.name}
+    lookup = read_entry(path, layout, facts)
+    if stats is not None:
+        stats.record(lookup, path)
+    if lookup.hit:
         logger.info("feature cache hit: %s", path)
-        return load_file(str(path))["summary"], True
-    summaries = extract_summaries(backbone, split, resolution, batch_size, num_workers, runner)
-    with atomic_output(path) as tmp:  # safetensors writes mode 0600 files: atomic_output gives the umask's mode
-        save_file({"summary": summaries.contiguous()}, str(tmp), metadata={"key": key, "split": split.name})
+        return lookup.tensors["summary"], True
+    if lookup.damaged:
+        logger.info("feature cache: rebuilding %s (%s)", path, lookup.problem)
+    summaries = extract_summaries(backbone, split, resolution, batch_size, num_workers, runner).float()
+    write_entry(path, {"summary": summaries}, facts)
     return summaries, False

@@ -22,6 +22,7 @@ from vfmkit.tasks.classify.module import ClassifyModule
 from vfmkit.tasks.classify.predict import Predictor, predict_csv
 from vfmkit.tasks.classify.preflight import preflight
 from vfmkit.tasks.classify.spec import ClassifySpec
+from vfmkit.utils.tensor_cache import CacheStats
 
 
 class ClassifyTask(TaskDef):
@@ -155,16 +156,18 @@ def _feature_loaders(spec: ClassifySpec, backbone, train: ClassificationSplit, v
     cache = spec.results_dir / ".cache" / "features"
     res, batch, workers = spec.model.resolution, spec.train.batch_size, spec.train.num_workers
     runner = _feature_runner(spec, backbone)
-    loaders = []
+    loaders, stats = [], CacheStats()
     for split in (train, val):
         if split is None:
             loaders.append(None)
             continue
-        summaries, hit = cached_summaries(backbone, split, res, cache, batch, workers, runner=runner)
+        summaries, hit = cached_summaries(backbone, split, res, cache, batch, workers, runner=runner, stats=stats)
         print(f"{split.name}: {len(split)} summaries {'from the cache' if hit else 'computed and cached'} ({cache})")
         dataset = FeatureDataset(summaries, split.labels)
         sampler = EpochSeededSampler(len(dataset), spec.train.seed) if split is train else None
         loaders.append(make_loader(dataset, batch, 0, sampler))
+    if stats.damaged:
+        print(stats.describe("feature cache"))
     return loaders[0], loaders[1]
 
 

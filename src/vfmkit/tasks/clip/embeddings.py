@@ -20,9 +20,11 @@ from vfmkit.models.clip import ClipModel, ImageTower, tower_features
 from vfmkit.tasks.classify.data import ClassificationSplit
 from vfmkit.tasks.clip.data import CaptionPairs, PairDataset, pick_caption
 from vfmkit.tasks.clip.metrics import DEFAULT_KS, retrieval_metrics
+from vfmkit.utils.tensor_cache import CacheStats
 
 CacheFunction = Callable[..., tuple[torch.Tensor, bool]]
-"""``cached_summaries(backbone, split, resolution, cache_dir, batch_size=, num_workers=) -> (summaries, hit)``."""
+"""``cached_summaries(backbone, split, resolution, cache_dir, batch_size=, num_workers=, stats=) -> (summaries,
+hit)``."""
 
 
 @torch.no_grad()
@@ -111,6 +113,7 @@ def cached_image_features(
     cache_fn: CacheFunction | None = None,
     batch_size: int = 64,
     num_workers: int = 0,
+    stats: CacheStats | None = None,
 ) -> tuple[torch.Tensor, bool]:
     """(N_img, feature_dim) float32 image features of the pair images (``model.visual.features``, before the
     projection; not normalised) from the feature cache, computed and stored on a miss.
@@ -124,6 +127,7 @@ def cached_image_features(
         resolution: evaluation resize side.
         cache_dir: the cache folder (None: no cache).
         cache_fn: the cache function; default :func:`vfmkit.tasks.classify.features.cached_summaries`.
+        stats: counts the cache's hits, misses and damaged (rebuilt) entries.
 
     Returns:
         The features and whether they came from the cache.
@@ -140,7 +144,7 @@ def cached_image_features(
         classes=["image"],
     )
     features, hit = cache_fn(
-        backbone, split, resolution, Path(cache_dir), batch_size=batch_size, num_workers=num_workers
+        backbone, split, resolution, Path(cache_dir), batch_size=batch_size, num_workers=num_workers, stats=stats
     )
     return features.float(), hit
 

@@ -28,6 +28,7 @@ from vfmkit.tasks.clip.module import ClipModule
 from vfmkit.tasks.clip.predict import predict_embeddings
 from vfmkit.tasks.clip.spec import ClipSpec, ZeroShotSpec
 from vfmkit.tasks.clip.zeroshot import folder_class_names, zeroshot_source
+from vfmkit.utils.tensor_cache import CacheStats
 
 RETRIEVAL_HEADLINE = ("i2t_R@1_any", "t2i_R@1_any", "i2t_R@5_any", "t2i_R@5_any", "t2i_mAP")
 ZEROSHOT_KEYS = ("top1", "top5", "mean_per_class_recall", "images")
@@ -95,9 +96,13 @@ class ClipTask(TaskDef):
         res = self.resolution(spec)
         collate = PairCollate(model.tokenizer, train.captions)
         if spec.model.freeze_vision_encoder:
-            cache = spec.results_dir / ".cache" / "features"
-            train_set = CachedPairDataset(self._features(model, train, res, cache, spec), train, seed)
-            val_set = CachedPairDataset(self._features(model, val, res, cache, spec), val, train=False) if val else None
+            cache, stats = spec.results_dir / ".cache" / "features", CacheStats()
+            train_set = CachedPairDataset(self._features(model, train, res, cache, spec, stats), train, seed)
+            val_set = None
+            if val:
+                val_set = CachedPairDataset(self._features(model, val, res, cache, spec, stats), val, train=False)
+            if stats.damaged:
+                print(stats.describe("feature cache"))
             workers = 0  # features in memory: nothing to decode
         else:
             aug = spec.dataset.augmentation
@@ -111,8 +116,9 @@ class ClipTask(TaskDef):
         return train_loader, val_loader
 
     @staticmethod
-    def _features(model, pairs: CaptionPairs, res: int, cache: Path, spec: ClipSpec) -> torch.Tensor:
-        features, hit = cached_image_features(model, pairs, res, cache, batch_size=spec.evaluate.batch_size)
+    def _features(model, pairs: CaptionPairs, res: int, cache: Path, spec: ClipSpec, stats: CacheStats) -> torch.Tensor:
+        batch = spec.evaluate.batch_size
+        features, hit = cached_image_features(model, pairs, res, cache, batch_size=batch, stats=stats)
         print(f"{len(pairs)} image features {'from the cache' if hit else 'computed'} ({pairs.source})")
         return features
 

@@ -15,8 +15,6 @@ from __future__ import annotations
 import csv
 import json
 import logging
-import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +29,7 @@ from vfmkit.data.preprocess import preprocess_images
 from vfmkit.errors import DataError
 from vfmkit.models.clip import ClipModel
 from vfmkit.tasks.clip.metrics import zeroshot_metrics
+from vfmkit.utils.atomic import atomic_output
 
 logger = logging.getLogger(__name__)
 
@@ -249,28 +248,21 @@ def zeroshot_source(
 
 
 def write_predictions_csv(result: ZeroShotResult, path: Path) -> Path:
-    """Write one row per image to ``path`` atomically (temp file in the same folder, then ``os.replace``)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write one row per image to ``path`` atomically (:func:`vfmkit.utils.atomic.atomic_output`)."""
     header = ["image", "prediction", "score", "top_k", "top_k_scores"]
     if result.labels is not None:
         header += ["label", "correct"]
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", newline="", encoding="utf-8") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(header)
-            for i, file in enumerate(result.files):
-                top = [result.class_names[j] for j in result.top_indices[i].tolist()]
-                scores = [f"{s:.6f}" for s in result.top_scores[i].tolist()]
-                row = [str(file), top[0], scores[0], ";".join(top), ";".join(scores)]
-                if result.labels is not None:
-                    label = int(result.labels[i])
-                    row += [result.class_names[label], int(label == int(result.top_indices[i, 0]))]
-                writer.writerow(row)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_output(path) as tmp, tmp.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        for i, file in enumerate(result.files):
+            top = [result.class_names[j] for j in result.top_indices[i].tolist()]
+            scores = [f"{s:.6f}" for s in result.top_scores[i].tolist()]
+            row = [str(file), top[0], scores[0], ";".join(top), ";".join(scores)]
+            if result.labels is not None:
+                label = int(result.labels[i])
+                row += [result.class_names[label], int(label == int(result.top_indices[i, 0]))]
+            writer.writerow(row)
     return path
 
 

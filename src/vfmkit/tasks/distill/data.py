@@ -39,7 +39,9 @@ class DistillImages(EpochSeededDataset):
         seed: run seed of the jitter.
 
     Items: ``{"index": int, "file_key": str, "student": (3, H, W), "views": {teacher: (3, h, w)}, "cached":
-    {teacher: {"summary", "features", "grid"}}}``; every teacher is in exactly one of ``views`` and ``cached``.
+    {teacher: {"summary", "features", "grid"}}, "damaged": {teacher: "<entry file>: <reason>"}}``; every teacher is
+    in exactly one of ``views`` and ``cached``; ``damaged`` names the teachers whose entry existed but did not
+    verify (they are in ``views``: the teacher runs and the entry is rewritten).
 
     Raises (when an item is read):
         DataError: an unreadable image (the message names it).
@@ -74,12 +76,14 @@ class DistillImages(EpochSeededDataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         path = self.split[index]
         key = file_key(path) if self.cache is not None else ""
-        cached = {}
+        cached, damaged = {}, {}
         if self.cache is not None:
             for name in self.teacher_sizes:
-                entry = self.cache.load(name, key)
-                if entry is not None:
-                    cached[name] = entry
+                lookup = self.cache.lookup(name, key)
+                if lookup.hit:
+                    cached[name] = lookup.tensors
+                elif lookup.damaged:
+                    damaged[name] = f"{self.cache.entry_path(name, key).name}: {lookup.problem}"
         image = pil_to_tensor(load_image_rgb(path))
         resized: dict[tuple[int, int], torch.Tensor] = {}
 
@@ -95,6 +99,7 @@ class DistillImages(EpochSeededDataset):
             "student": self._augment(view(self.student_size), index),
             "views": views,
             "cached": cached,
+            "damaged": damaged,
         }
 
     def _augment(self, image: torch.Tensor, index: int) -> torch.Tensor:
@@ -111,7 +116,9 @@ def collate_distill(items: list[dict[str, Any]]) -> dict[str, Any]:
     Returns:
         ``{"index": (B,) int64, "file_keys": [B str], "student": (B, 3, H, W), "teachers": {name: {"run_rows": (R,)
         int64, "images": (R, 3, h, w) or None, "cached_rows": (M,) int64, "cached": {"summary": (M, C_s),
-        "features": (M, N, C_f)}, "grid": (h, w) or None}}}`` where ``run_rows`` / ``cached_rows`` index the batch.
+        "features": (M, N, C_f)}, "grid": (h, w) or None, "damaged": int, "damage": str or None}}}`` where
+        ``run_rows`` / ``cached_rows`` index the batch and ``damaged`` counts the run rows whose cache entry did
+        not verify (``damage``: the first one's file and reason).
     """
     names = list(items[0]["views"]) + list(items[0]["cached"])
     teachers = {}
@@ -125,12 +132,15 @@ def collate_distill(items: list[dict[str, Any]]) -> dict[str, Any]:
                 if key in items[hit[0]]["cached"][name]:
                     cached[key] = torch.stack([items[i]["cached"][name][key] for i in hit])
             grid = tuple(int(v) for v in items[hit[0]]["cached"][name]["grid"])
+        damage = [item["damaged"][name] for item in items if name in item.get("damaged", {})]
         teachers[name] = {
             "run_rows": torch.tensor(run, dtype=torch.int64),
             "images": torch.stack([items[i]["views"][name] for i in run]) if run else None,
             "cached_rows": torch.tensor(hit, dtype=torch.int64),
             "cached": cached,
             "grid": grid,
+            "damaged": len(damage),
+            "damage": damage[0] if damage else None,
         }
     return {
         "index": torch.tensor([item["index"] for item in items], dtype=torch.int64),

@@ -37,6 +37,7 @@ from vfmkit.models.losses.phi_s import FeatureStandardizer, build_standardizer
 from vfmkit.tasks.distill.heads import head_config, resolve_token_slot, set_trainable_blocks
 from vfmkit.tasks.distill.spec import DistillSpec, TeacherSpec
 from vfmkit.tasks.distill.teachers import FrozenTeacher, TeacherCache, TeacherTargets
+from vfmkit.utils.tensor_cache import CacheStats
 
 TEACHER_PREFIX = "teachers."
 
@@ -66,9 +67,18 @@ class DistillModel(nn.Module):
         self.losses = nn.ModuleDict(dict(losses))
         self.standardizers = nn.ModuleDict({name: nn.ModuleDict(dict(kinds)) for name, kinds in standardizers.items()})
         self.cache = cache
-        self.cache_hits = 0
-        self.cache_misses = 0
+        self.cache_stats = CacheStats()
         self.register_buffer("teacher_fingerprints", torch.zeros(len(teachers), 32, dtype=torch.uint8))
+
+    @property
+    def cache_hits(self) -> int:
+        """Teacher targets read from the cache (every batch so far)."""
+        return self.cache_stats.hits
+
+    @property
+    def cache_misses(self) -> int:
+        """Teacher targets computed (absent or damaged entries)."""
+        return self.cache_stats.misses
 
     def state_dict(self, *args: Any, destination=None, prefix: str = "", keep_vars: bool = False):
         """The state without the teachers' tensors, with their fingerprints (see the module docstring)."""
@@ -128,8 +138,9 @@ class DistillModel(nn.Module):
                 summary = self._assemble(size, part, "summary", None if run is None else run.summary, device)
             if teacher.uses_features:
                 features = self._assemble(size, part, "features", None if run is None else run.features, device)
-            self.cache_hits += len(part["cached_rows"])
-            self.cache_misses += len(part["run_rows"])
+            if self.cache is not None:
+                hits, misses = len(part["cached_rows"]), len(part["run_rows"])
+                self.cache_stats.add(hits, misses, part.get("damaged", 0), part.get("damage"))
             targets[name] = TeacherTargets(summary, features, tuple(grid))
         return targets
 
@@ -291,7 +302,7 @@ def build_distill_model(
         root = cache_dir or distill.cache_dir
         if root is None:
             raise VfmError("distill.cache_teacher_outputs is true but no cache folder is set (distill.cache_dir)")
-        cache = TeacherCache(root, {t.name: t.cache_key(distill.cache_dtype) for t in teachers}, distill.cache_dtype)
+        cache = TeacherCache.for_teachers(root, teachers, distill.cache_dtype)
     return DistillModel(student, teachers, losses, standardizers, cache)
 
 

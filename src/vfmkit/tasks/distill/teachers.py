@@ -11,30 +11,29 @@ backbone or of one of its adaptor heads.
 hashes the teacher's weights fingerprint (:func:`vfmkit.weights.fingerprint.weights_fingerprint`, the one the
 classification feature cache uses), its preprocessing, input size, adaptor, mode and the cache dtype; the file key
 hashes the image's resolved path, size and modification time, as the classification cache does. Any change gives a
-new entry; a corrupt entry reads as a miss and is rewritten.
+new entry. Entries are :mod:`vfmkit.utils.tensor_cache` entries (layout, content hash and key facts in their
+metadata): one that does not verify (undecodable, truncated, other names / dtypes / shapes than the teacher's
+targets, a well-formed file with other values, another teacher or file) reads as a miss, is counted as damaged and
+is rewritten when the teacher runs again.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 from torch import nn
 
 from vfmkit.data.preprocess import target_size
 from vfmkit.errors import VfmError
 from vfmkit.models.backbones.base import Backbone, freeze, nearest_supported_resolution
-from vfmkit.utils.atomic import atomic_output
+from vfmkit.utils.tensor_cache import Layout, Lookup, read_entry, write_entry
 from vfmkit.weights.fingerprint import weights_fingerprint
-
-logger = logging.getLogger(__name__)
 
 CACHE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -137,6 +136,20 @@ class FrozenTeacher(nn.Module):
         }
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
+    @torch.no_grad()
+    def target_shapes(self) -> tuple[dict[str, tuple[int, ...]], tuple[int, int]]:
+        """Per-image shapes of the targets the mode uses (``summary`` (C_s,), ``features`` (h*w, C_f)) and the
+        grid (h, w), from one forward pass on a blank image at :attr:`resolution`."""
+        tensors = [*self.backbone.parameters(), *self.backbone.buffers()]
+        device = tensors[0].device if tensors else torch.device("cpu")
+        out = self(torch.zeros(1, 3, *self.resolution, device=device))
+        shapes = {}
+        if out.summary is not None:
+            shapes["summary"] = tuple(out.summary.shape[1:])
+        if out.features is not None:
+            shapes["features"] = tuple(out.features.shape[1:])
+        return shapes, tuple(int(v) for v in out.grid)
+
 
 def file_key(path: str | Path) -> str:
     """Hex key of an image file's identity: resolved path, size and modification time (ns)."""
@@ -145,47 +158,76 @@ def file_key(path: str | Path) -> str:
     return hashlib.sha256(json.dumps([str(path.resolve()), stat.st_size, stat.st_mtime_ns]).encode()).hexdigest()
 
 
+@dataclass(frozen=True)
+class CachedTeacher:
+    """What the cache knows of one teacher: its :meth:`FrozenTeacher.cache_key`, the exact layout of an entry
+    (name -> (dtype, shape), ``grid`` included) and the grid (h, w) every entry must record."""
+
+    key: str
+    layout: Layout
+    grid: tuple[int, int]
+
+
 class TeacherCache:
     """Per-image teacher outputs on disk (see the module docstring); picklable, so DataLoader workers read it.
 
     Args:
         root: the cache folder (created on the first write).
-        teacher_keys: teacher name -> :meth:`FrozenTeacher.cache_key`.
+        teachers: teacher name -> :class:`CachedTeacher` (:meth:`for_teachers` makes them).
         dtype: ``float32``, ``bfloat16`` or ``float16`` storage.
     """
 
-    def __init__(self, root: str | Path, teacher_keys: dict[str, str], dtype: str = "bfloat16"):
+    def __init__(self, root: str | Path, teachers: dict[str, CachedTeacher], dtype: str = "bfloat16"):
         if dtype not in CACHE_DTYPES:
             raise VfmError(f"cache dtype must be one of {', '.join(CACHE_DTYPES)}, got {dtype!r}")
-        self.root, self.teacher_keys, self.dtype = Path(root), dict(teacher_keys), dtype
+        self.root, self.teachers, self.dtype = Path(root), dict(teachers), dtype
+
+    @classmethod
+    def for_teachers(cls, root: str | Path, teachers: Sequence[FrozenTeacher], dtype: str = "bfloat16") -> TeacherCache:
+        """The cache of these teachers (each runs once on a blank image to learn the shapes of its targets)."""
+        if dtype not in CACHE_DTYPES:
+            raise VfmError(f"cache dtype must be one of {', '.join(CACHE_DTYPES)}, got {dtype!r}")
+        known = {}
+        for teacher in teachers:
+            shapes, grid = teacher.target_shapes()
+            layout = {"grid": (torch.int64, (2,))}
+            layout.update({name: (CACHE_DTYPES[dtype], shape) for name, shape in shapes.items()})
+            known[teacher.name] = CachedTeacher(teacher.cache_key(dtype), layout, grid)
+        return cls(root, known, dtype)
 
     def entry_path(self, teacher: str, key: str) -> Path:
         """Where one image's outputs of one teacher live."""
-        return self.root / f"{teacher}-{self.teacher_keys[teacher][:16]}" / f"{key[:32]}.safetensors"
+        return self.root / f"{teacher}-{self.teachers[teacher].key[:16]}" / f"{key[:32]}.safetensors"
+
+    def _facts(self, teacher: str, key: str) -> dict[str, str]:
+        return {"teacher": teacher, "teacher_key": self.teachers[teacher].key, "file_key": key}
+
+    def lookup(self, teacher: str, key: str) -> Lookup:
+        """One image's entry, verified: on a hit ``{"summary": (C_s,), "features": (N, C_f)}`` float32 (the kinds
+        the mode uses) and ``grid`` (2,) int64; a miss when absent, damaged (with the reason) when it does not
+        verify."""
+        expected = self.teachers[teacher]
+        lookup = read_entry(self.entry_path(teacher, key), expected.layout, self._facts(teacher, key))
+        if not lookup.hit:
+            return lookup
+        if tuple(lookup.tensors["grid"].tolist()) != expected.grid:
+            return Lookup(None, f"grid {tuple(lookup.tensors['grid'].tolist())} instead of {expected.grid}")
+        return Lookup({k: v if k == "grid" else v.float() for k, v in lookup.tensors.items()})
 
     def load(self, teacher: str, key: str) -> dict[str, torch.Tensor] | None:
-        """``{"summary": (C_s,), "features": (N, C_f), "grid": (2,) int64}`` float32 tensors, or None on a miss.
-
-        A corrupt entry is logged and reported as a miss (it is rewritten when the teacher runs again).
-        """
-        path = self.entry_path(teacher, key)
-        if not path.is_file():
-            return None
-        try:
-            tensors = load_file(str(path))
-        except (SafetensorError, OSError, ValueError) as err:
-            logger.warning("teacher cache: unreadable entry %s (%s); recomputing it", path, err)
-            return None
-        return {k: v if k == "grid" else v.float() for k, v in tensors.items()}
+        """The tensors of :meth:`lookup` on a hit, else None."""
+        return self.lookup(teacher, key).tensors
 
     def save(self, teacher: str, key: str, summary: torch.Tensor | None, features: torch.Tensor | None, grid) -> None:
-        """Store one image's outputs atomically (:func:`vfmkit.utils.atomic.atomic_output`)."""
-        path = self.entry_path(teacher, key)
+        """Store one image's outputs atomically (:func:`vfmkit.utils.tensor_cache.write_entry`).
+
+        Raises:
+            OSError: the entry cannot be written (the error names its path).
+        """
         dtype = CACHE_DTYPES[self.dtype]
         tensors = {"grid": torch.tensor(list(grid), dtype=torch.int64)}
         if summary is not None:
-            tensors["summary"] = summary.detach().to("cpu", dtype).contiguous()
+            tensors["summary"] = summary.detach().to("cpu", dtype)
         if features is not None:
-            tensors["features"] = features.detach().to("cpu", dtype).contiguous()
-        with atomic_output(path) as tmp:
-            save_file(tensors, str(tmp))
+            tensors["features"] = features.detach().to("cpu", dtype)
+        write_entry(self.entry_path(teacher, key), tensors, self._facts(teacher, key))
