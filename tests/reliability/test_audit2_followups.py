@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import re
 import typing
+from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
+from PIL import Image
 from pydantic import BaseModel
 
 from vfmkit.cli.main import main
@@ -109,3 +112,57 @@ def test_override_typo_names_every_problem_and_the_missing_space(tmp_path, capsy
     code, _, err = _cli(["spec", "show", "-c", spec, "train.epochs=0", "train.batch_sizee=2"], capsys)
     assert code == 2 and "'train.epochs'" in err and "unknown key 'train.batch_sizee'" in err, err
     assert err.count("command-line override:") == 1  # one source: named once
+
+
+# --- N13: k-NN needs two classes -----------------------------------------------------------------------------------
+
+
+def _colour_images(folder: Path, count: int, colour: tuple[int, int, int], size: int = 32) -> Path:
+    """``count`` noisy PNG images of one colour in ``folder``."""
+    rng = np.random.default_rng(sum(colour) + count)
+    folder.mkdir(parents=True, exist_ok=True)
+    for index in range(count):
+        pixels = np.clip(np.asarray(colour) + rng.integers(-20, 21, (size, size, 3)), 0, 255)
+        Image.fromarray(pixels.astype(np.uint8)).save(folder / f"{index:03d}.png")
+    return folder
+
+
+def _knn_root(root: Path, classes: dict[str, tuple[int, int, int]]) -> Path:
+    for split, count in (("train", 3), ("val", 2)):
+        for name, colour in classes.items():
+            _colour_images(root / split / name, count, colour)
+    return root
+
+
+DISTILL_SPEC = """task: distill
+name: x
+model: {backbone: test-radio-v2-tiny, pretrained: false, resolution: 32}
+distill:
+  teacher: [{backbone: test-radio-v3-tiny, pretrained: false, name: tiny, mode: combo}]
+  phi_s: {freeze_after: 2, update_period: 1}
+train: {epochs: 1, batch_size: 4, num_workers: 0}
+"""
+
+
+def test_n13_one_class_knn_validation_is_refused(tmp_path, capsys):
+    """`vfm knn`, `dataset.knn_validation.root` and `dataset.control.root` with one class: one line naming the
+    folder / key, nothing trained (a one-class set scores 100% and would pick the best checkpoint)."""
+    one = _knn_root(tmp_path / "one", {"ring": (200, 40, 40)})
+    two = _knn_root(tmp_path / "two", {"ring": (200, 40, 40), "cross": (40, 40, 200)})
+    unlabeled = _colour_images(tmp_path / "unlabeled", 4, (90, 160, 90))
+    spec = tmp_path / "dis.yaml"
+    spec.write_text(DISTILL_SPEC + f"results_dir: {tmp_path / 'runs'}\n")
+    code, _, err = _cli(
+        ["knn", "--train", one / "train", "--val", one / "val", "--model", "test-radio-v2-tiny"], capsys
+    )
+    assert code == 2 and err.startswith("error: ") and len(err.strip().splitlines()) == 1, err
+    assert f"k-NN needs at least 2 classes, {one / 'train'} has 1 (ring)" in err
+    data = [f"dataset.train_nolabel.folder_path={unlabeled}"]
+    for overrides, key in (
+        ([f"dataset.knn_validation.root={one}"], "dataset.knn_validation.root"),
+        ([f"dataset.knn_validation.root={two}", f"dataset.control.root={one}"], "dataset.control.root"),
+    ):
+        code, _, err = _cli(["distill", "train", "-c", spec, *data, *overrides], capsys)
+        assert code == 2 and err.startswith("error: ") and len(err.strip().splitlines()) == 1, err
+        assert f"{key} {one}" in err and "at least 2 classes" in err and "has 1 (ring)" in err, err
+    assert not (tmp_path / "runs").exists()
