@@ -3,7 +3,12 @@ meet them, on generated data."""
 
 from __future__ import annotations
 
+import csv
+import importlib
+import io
+import json
 import re
+import tarfile
 import typing
 from pathlib import Path
 
@@ -12,10 +17,12 @@ import pytest
 import yaml
 from PIL import Image
 from pydantic import BaseModel
+from tests.tasks.clip.clip_data import CLASS_NAMES, COMBINATIONS, caption, make_images
 
 from vfmkit.cli.main import main
+from vfmkit.engine.taskdef import TaskDef
 from vfmkit.spec.loader import load_spec
-from vfmkit.tasks import get_task, task_names
+from vfmkit.tasks import ONNX_PREDICT, get_task, task_names
 
 
 def _cli(argv: list[str], capsys) -> tuple[int, str, str]:
@@ -166,3 +173,127 @@ def test_n13_one_class_knn_validation_is_refused(tmp_path, capsys):
         assert code == 2 and err.startswith("error: ") and len(err.strip().splitlines()) == 1, err
         assert f"{key} {one}" in err and "at least 2 classes" in err and "has 1 (ring)" in err, err
     assert not (tmp_path / "runs").exists()
+
+
+# --- N14: CLIP pair readers and zero-shot --------------------------------------------------------------------------
+
+
+def _pairs(folder: Path) -> list[tuple[str, str]]:
+    """12 generated 32 px images (``folder/img/NNN.png``) and their captions, relative to ``folder``."""
+    images, labels = make_images(1, seed=0, size=32)
+    (folder / "img").mkdir(parents=True, exist_ok=True)
+    rows = []
+    for index, (image, label) in enumerate(zip(images, labels, strict=True)):
+        image.save(folder / "img" / f"{index:03d}.png")
+        rows.append((f"img/{index:03d}.png", caption(*COMBINATIONS[label])))
+    return rows
+
+
+def _shard(path: Path, members: list[tuple[str, bytes]]) -> Path:
+    with tarfile.open(path, "w") as tar:
+        for name, payload in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(payload)
+            tar.addfile(info, io.BytesIO(payload))
+    return path
+
+
+CLIP_EVAL = ["model.type=test-radio-clip-tiny", "model.projection=linear", "model.image_size=32"]
+
+
+def test_n14_clip_pairs_with_a_bom_numeric_captions_and_webdataset_folders(tmp_path, capsys):
+    """A CSV saved as Excel's "CSV UTF-8" (BOM) reads its header; a numeric JSONL caption is named as such (not
+    "empty caption"); WebDataset members under `./` or `v1.0/` pair by folder + name up to the first dot."""
+    rows = _pairs(tmp_path)
+    with (tmp_path / "pairs.csv").open("w", newline="", encoding="utf-8-sig") as handle:
+        csv.writer(handle).writerows([("image", "caption"), *rows])
+    evaluate = ["clip", "evaluate", *CLIP_EVAL, f"results_dir={tmp_path / 'runs'}", "evaluate.batch_size=12"]
+    code, out, err = _cli([*evaluate, f"dataset.val={{type: csv, file: {tmp_path / 'pairs.csv'}}}"], capsys)
+    assert code == 0 and "val: 12 images, 12 distinct captions" in out, err
+
+    lines = [json.dumps({"image": image, "caption": text}) for image, text in rows]
+    lines[3] = json.dumps({"image": rows[3][0], "caption": 5})
+    (tmp_path / "pairs.jsonl").write_text("\n".join(lines) + "\n")
+    code, _, err = _cli([*evaluate, f"dataset.val={{type: jsonl, file: {tmp_path / 'pairs.jsonl'}}}"], capsys)
+    assert code == 2 and "pairs.jsonl:4: the caption of image" in err and "is not a string: 5" in err, err
+    assert "empty caption" not in err
+
+    for prefix in ("./", "v1.0/"):
+        members = []
+        for image, text in rows:
+            stem = Path(image).stem
+            members += [
+                (f"{prefix}{stem}.png", (tmp_path / image).read_bytes()),
+                (f"{prefix}{stem}.txt", text.encode()),
+            ]
+        shard = _shard(tmp_path / f"shard-{len(prefix)}.tar", members)
+        code, out, err = _cli([*evaluate, f"dataset.val={{type: wds, shards: {shard}}}"], capsys)
+        assert code == 0 and "val: 12 images, 12 distinct captions" in out, (prefix, err)
+
+
+def test_n14_zeroshot_says_why_accuracy_is_not_computed(tmp_path, capsys):
+    images, labels = make_images(1, seed=0, size=32)
+    for index, (image, label) in enumerate(zip(images[:6], labels[:6], strict=True)):
+        folder = tmp_path / "photos" / ("Red Circle" if label == 0 else CLASS_NAMES[label])
+        folder.mkdir(parents=True, exist_ok=True)
+        image.save(folder / f"{index}.png")
+    classes = tmp_path / "classes.txt"
+    classes.write_text("\n".join(CLASS_NAMES) + "\n", encoding="utf-8-sig")  # a BOM is not part of the first name
+    command = ["clip", "zeroshot", tmp_path / "photos", "--model", "test-radio-clip-tiny", "--classes", classes]
+    code, out, err = _cli([*command, "--out", tmp_path / "z.csv", "--resolution", "32"], capsys)
+    assert code == 0, err
+    assert "accuracy not computed: the folder(s) 'Red Circle' in" in out and "top-1" not in out
+    assert "these differ in case: 'Red Circle' vs 'red circle'" in out
+    (tmp_path / "photos" / "Red Circle").rename(tmp_path / "photos" / "red circle")
+    code, out, err = _cli([*command, "--out", tmp_path / "z.csv", "--resolution", "32"], capsys)
+    assert code == 0 and "top-1 " in out and "accuracy not computed" not in out, err
+
+
+# --- N18, N19: messages --------------------------------------------------------------------------------------------
+
+
+def test_n18_evaluate_with_an_onnx_names_every_task_whose_predict_takes_one(tmp_path, capsys):
+    graph = tmp_path / "model.onnx"
+    graph.write_bytes(b"not used")
+    accepting = sorted(
+        name
+        for name in task_names()
+        if any(
+            cls.onnx_predictor is not TaskDef.onnx_predictor
+            for cls in vars(importlib.import_module(f"vfmkit.tasks.{name}.hooks")).values()
+            if isinstance(cls, type) and issubclass(cls, TaskDef)
+        )
+    )
+    assert sorted(ONNX_PREDICT) == accepting == ["classify", "detect", "segment", "universal"]
+    for task, data in (
+        ("detect", "dataset.train_data_sources=[{image_dir: i, json_file: a.json}]"),
+        ("universal", "dataset.train={images: i, annotations: a.json}"),
+    ):
+        code, _, err = _cli([task, "evaluate", data, f"evaluate.checkpoint={graph}"], capsys)
+        assert code == 2 and len(err.strip().splitlines()) == 1, err
+        assert "is an exported ONNX graph" in err and "classify, segment, detect, universal" in err, err
+
+
+@pytest.mark.parametrize(
+    ("task", "override", "message"),
+    [
+        (
+            "universal",
+            "model.resolution=48",
+            "error: command-line override: model.resolution must be a multiple of 32, got 48",
+        ),
+        (
+            "distill",
+            "distill.teacher=[{backbone: a, name: t}, {backbone: b, name: t}]",
+            "error: command-line override: distill.teacher: teachers share the head name(s) ['t']",
+        ),
+        ("detect", "dataset.format=yolo", "error: command-line override: dataset.root and dataset.names are required"),
+        ("universal", "dataset.task_prob={semantic: 0.5, instance: 0.6}", "'dataset.task_prob': task probabilities"),
+    ],
+)
+def test_n19_section_checks_print_the_key_not_the_section(task, override, message, tmp_path, capsys):
+    spec = tmp_path / "spec.yaml"
+    assert _cli(["spec", "init", task, "-o", spec], capsys)[0] == 0
+    code, _, err = _cli(["spec", "show", "-c", spec, override], capsys)
+    assert code == 2 and message in err and "{" not in err.split(message)[-1] and "Value error" not in err, err
+    assert len(err.strip().splitlines()) == 1

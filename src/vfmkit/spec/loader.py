@@ -131,7 +131,10 @@ def _format_error(error: dict[str, Any], model: type[BaseModel], origin: dict[st
         return source, f"unknown key '{dotted}'{_suggest(dotted, model)}"
     if error["type"] == "missing":
         return source, f"'{dotted}' is required"
-    return source, f"'{dotted}': {error['msg']} (got {error.get('input')!r})"
+    message, value = error["msg"].removeprefix("Value error, "), error.get("input")
+    if isinstance(value, dict):  # a section's own check names the key and value it refuses: not the whole section
+        return source, message if dotted in message else f"'{dotted}': {message}"
+    return source, f"'{dotted}': {message} (got {value!r})"
 
 
 def _glued_key_value(error: dict[str, Any]) -> bool:

@@ -167,6 +167,12 @@ def test_csv_rows_labels_and_light_condition_expansion(tmp_path: Path) -> None:
     assert report.stats["train"] == {"PASS": 2, "FAIL": 2} and "PASS 2, FAIL 2" in report.format()
 
 
+def test_csv_saved_with_a_byte_order_mark_reads_its_header(tmp_path: Path) -> None:
+    csv_file = _csv_dataset(tmp_path, ROWS)
+    csv_file.write_text(csv_file.read_text(), encoding="utf-8-sig")
+    assert load_change_csv_split(_csv_spec(tmp_path, csv_file), "train").labels.tolist() == [0, 1, 1, 0]
+
+
 @pytest.mark.parametrize(
     ("row", "message"),
     [

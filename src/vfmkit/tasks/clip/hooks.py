@@ -258,7 +258,8 @@ def _zeroshot(model, section: ZeroShotSpec, resolution: int, batch_size: int) ->
     classes = section.classes_file or folder_class_names(section.source)
     result = zeroshot_source(section.source, model, classes, section.templates, None, batch_size, resolution)
     if result.metrics is None:
-        raise DataError(f"{section.source}: zero-shot accuracy needs class folders named like the classes")
+        why = f" ({result.no_accuracy})" if result.no_accuracy else ""
+        raise DataError(f"{section.source}: zero-shot accuracy needs class folders named like the classes{why}")
     return result.metrics
 
 

@@ -118,7 +118,9 @@ class DistillSection(Section):
         names = [t.head_name for t in self.teacher]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
-            raise ValueError(f"teachers share the head name(s) {duplicates}: set a distinct teacher[].name for each")
+            raise ValueError(
+                f"distill.teacher: teachers share the head name(s) {duplicates}: set a distinct name for each"
+            )
         return self
 
 
