@@ -297,3 +297,34 @@ def test_n19_section_checks_print_the_key_not_the_section(task, override, messag
     code, _, err = _cli(["spec", "show", "-c", spec, override], capsys)
     assert code == 2 and message in err and "{" not in err.split(message)[-1] and "Value error" not in err, err
     assert len(err.strip().splitlines()) == 1
+
+
+# --- N10: repeated CLIP captions -----------------------------------------------------------------------------------
+
+
+def test_n10_repeated_captions_are_warned_about_and_the_dropped_share_is_logged(tmp_path, capsys):
+    """16 images all captioned "a thing", batches of 8: each batch keeps 1 sample (14 of 16 dropped per epoch); the
+    preflight says so and metrics.csv records train/dropped_fraction 0.875."""
+    rows = _pairs(tmp_path)
+    with (tmp_path / "same.csv").open("w", newline="") as handle:
+        csv.writer(handle).writerows([("image", "caption"), *[(image, "a thing") for image, _ in rows]])
+    extra = _colour_images(tmp_path / "img4", 4, (120, 120, 120))
+    with (tmp_path / "same.csv").open("a", newline="") as handle:
+        csv.writer(handle).writerows([(f"img4/{p.name}", "a thing") for p in sorted(extra.iterdir())])
+    train = [
+        "clip",
+        "train",
+        *CLIP_EVAL,
+        f"results_dir={tmp_path / 'runs'}",
+        f"dataset.train={{type: csv, file: {tmp_path / 'same.csv'}}}",
+        "train.epochs=1",
+        "train.batch_size=8",
+        "train.num_workers=0",
+    ]
+    code, out, err = _cli(train, capsys)
+    assert code == 0, err
+    assert "train: 16 images, 16 captions" in out
+    assert "warning: train: 1 distinct caption(s) among 16 of 16 images" in out
+    assert "about 88% of the samples of each batch of 8" in out
+    rows = list(csv.DictReader((tmp_path / "runs" / "clip" / "exp" / "metrics.csv").open()))
+    assert float(rows[-1]["train/dropped_fraction"]) == pytest.approx(14 / 16)

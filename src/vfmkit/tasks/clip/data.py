@@ -452,11 +452,32 @@ class PairDataset(EpochSeededDataset):
         return image, pick_caption(self.owners[index], self.seed, self.epoch, index, self.train), index
 
 
+def expected_dropped_fraction(pairs: CaptionPairs, batch_size: int) -> float:
+    """The share of training samples :class:`PairCollate` is expected to drop as repeated captions, in [0, 1).
+
+    Each image shows one of its captions per epoch (uniformly), and a batch holds B of the N images. Treating each
+    image as in the batch with probability B / N, caption text t is absent from a batch with probability
+    ``prod over images i of (1 - B / N * p_i(t))``, p_i(t) the share of image i's captions that are t; the share
+    dropped is ``1 - E[distinct texts in a batch] / B``: exactly 0 for unique captions, ``1 - 1 / B`` (to within
+    ``(1 - B / N)^N / B``) for one caption shared by every image, within a few percent otherwise.
+    """
+    count = len(pairs.images)
+    size = min(batch_size, count)
+    if size < 2:
+        return 0.0
+    _, text = np.unique(np.asarray(pairs.captions, dtype=object).astype(str), return_inverse=True)
+    per_image = np.bincount(pairs.caption_image, minlength=count)[pairs.caption_image]
+    log_absent = np.bincount(text, weights=np.log1p(-(size / count) / per_image))
+    return float(max(0.0, 1.0 - (1.0 - np.exp(log_absent)).sum() / size))
+
+
 class PairCollate:
     """Stacks ``(image or cached embedding, caption index, image index)`` items and tokenizes their captions.
 
     Samples whose caption text already appears earlier in the batch are dropped: identical captions would be
-    contrastive negatives of each other (false negatives) although their embeddings are equal.
+    contrastive negatives of each other (false negatives) although their embeddings are equal. Training logs the
+    share dropped per epoch as ``train/dropped_fraction``; the preflight warns when it is expected to be large
+    (:func:`expected_dropped_fraction`).
 
     Returns a dict: ``images`` float (B, ...) (images or cached embeddings), ``input_ids`` int64
     (B, context_length), ``caption_index`` / ``image_index`` int64 (B,), ``dropped`` (samples removed).
