@@ -3,11 +3,13 @@ meet them, on generated data."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import importlib
 import io
 import json
 import re
+import shutil
 import tarfile
 import typing
 from pathlib import Path
@@ -18,6 +20,9 @@ import yaml
 from PIL import Image
 from pydantic import BaseModel
 from tests.tasks.clip.clip_data import CLASS_NAMES, COMBINATIONS, caption, make_images
+from tests.tasks.contract_cases import UNIVERSAL
+from tests.tasks.detect.detect_data import make_detection_dataset
+from tests.tasks.universal.universal_data import make_instances_dataset
 
 from vfmkit.cli.main import main
 from vfmkit.engine.taskdef import TaskDef
@@ -328,3 +333,185 @@ def test_n10_repeated_captions_are_warned_about_and_the_dropped_share_is_logged(
     assert "about 88% of the samples of each batch of 8" in out
     rows = list(csv.DictReader((tmp_path / "runs" / "clip" / "exp" / "metrics.csv").open()))
     assert float(rows[-1]["train/dropped_fraction"]) == pytest.approx(14 / 16)
+
+
+# --- predict ids: results score against their own annotation file --------------------------------------------------
+
+
+def _coco_eval(annotation_file: Path, results_file: Path, iou_type: str) -> float:
+    """AP@[.50:.95] of a results file against an annotation file, by pycocotools (the standard tool)."""
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        truth = COCO(str(annotation_file))
+        evaluation = COCOeval(truth, truth.loadRes(str(results_file)), iou_type)
+        evaluation.evaluate()
+        evaluation.accumulate()
+        evaluation.summarize()
+    return float(evaluation.stats[0])
+
+
+DETECT_TINY = [
+    "model.backbone=test-radio-v2-tiny",
+    "model.pretrained=false",
+    "model.resolution=64",
+    "model.hidden_dim=32",
+    "model.nheads=2",
+    "model.num_queries=20",
+    "model.num_select=20",
+    "model.dec_layers=1",
+    "model.enc_layers=1",
+    "model.dim_feedforward=32",
+    "model.dn_number=4",
+    "model.enc_n_points=2",
+    "model.dec_n_points=2",
+    "train.batch_size=4",
+    "train.num_workers=0",
+    "train.optimizer.lr=3e-3",
+    "evaluate.batch_size=4",
+    "predict.batch_size=4",
+]
+
+
+def test_predict_ids_detect_results_score_against_the_val_annotation_file(tmp_path, capsys):
+    """`vfm detect predict predict.source=<the val JSON>` keeps that file's image ids (100..), so its results scored
+    by pycocotools against the file give evaluate's AP; over a folder, ids are 1..N in sorted path order, with
+    images.json mapping them to files."""
+    image_dir, json_file = make_detection_dataset(tmp_path / "det", num_images=8, negatives=2)
+    source = f"[{{image_dir: {image_dir}, json_file: {json_file}}}]"
+    args = ["model.head=rtdetr", *DETECT_TINY, f"results_dir={tmp_path / 'runs'}", "train.epochs=2"]
+    args += [f"dataset.train_data_sources={source}", f"dataset.val_data_sources={source}"]
+    args += [f"dataset.augment.{key}=0" for key in ("photometric", "zoom_out", "iou_crop", "hflip")]
+    code, _, err = _cli(["detect", "train", *args], capsys)
+    assert code == 0, err
+    run = tmp_path / "runs" / "detect" / "exp"
+    code, _, err = _cli(["detect", "evaluate", *args, f"evaluate.checkpoint={run}"], capsys)
+    assert code == 0, err
+    evaluated = json.loads((run / "evaluate" / "val" / "metrics.json").read_text())["ap"]
+    predict = ["detect", "predict", *args, f"predict.checkpoint={run}", "predict.conf_threshold=0"]
+    code, _, err = _cli([*predict, f"predict.source={json_file}", f"predict.out={tmp_path / 'by-json'}"], capsys)
+    assert code == 0, err
+    results = json.loads((tmp_path / "by-json" / "results.json").read_text())
+    assert {r["image_id"] for r in results} == set(range(100, 108))
+    assert evaluated > 0 and _coco_eval(json_file, tmp_path / "by-json" / "results.json", "bbox") == pytest.approx(
+        evaluated, abs=1e-9
+    )
+    code, _, err = _cli([*predict, f"predict.source={image_dir}", f"predict.out={tmp_path / 'by-folder'}"], capsys)
+    assert code == 0, err
+    images = json.loads((tmp_path / "by-folder" / "images.json").read_text())
+    assert [(i["id"], Path(i["file_name"]).name) for i in images] == [(k + 1, f"img_{k:03d}.png") for k in range(8)]
+    assert {r["image_id"] for r in json.loads((tmp_path / "by-folder" / "results.json").read_text())} <= set(
+        range(1, 9)
+    )
+    (tmp_path / "other.json").write_text("{}")
+    code, _, err = _cli([*predict, f"predict.source={tmp_path / 'other.json'}"], capsys)
+    assert code == 2 and "is an annotation file that the dataset does not name" in err, err
+
+
+def _whole_image_objects(annotation_file: Path) -> Path:
+    """A copy of a COCO instances file whose objects cover (nearly) whole images, so that even an untrained model's
+    image-sized masks match some of them: a non-zero AP that depends on every image id being right."""
+    data = json.loads(annotation_file.read_text())
+    objects = []
+    for index, image in enumerate(data["images"]):
+        w, h = image["width"], image["height"]
+        for category, (x0, y0) in zip((3, 7), ((0, 0), (1, 1)), strict=True):
+            polygon = [x0, y0, w, y0, w, h, x0, h]
+            box = [x0, y0, w - x0, h - y0]
+            objects.append({"id": 2 * index + category, "image_id": image["id"], "category_id": category})
+            objects[-1].update(bbox=box, area=box[2] * box[3], iscrowd=0, segmentation=[polygon])
+    target = annotation_file.with_name("whole_" + annotation_file.name)
+    target.write_text(json.dumps({**data, "annotations": objects}))
+    return target
+
+
+def test_predict_ids_universal_instances_score_against_the_val_annotation_file(tmp_path, capsys):
+    """`vfm universal predict predict.task=instance predict.source=<the val instances JSON>` keeps its image ids
+    (100..), so pycocotools scores its instances.json against the file as evaluate's mask AP; over a folder the ids
+    are 1..N (never the file stem, never a string) with images.json beside."""
+    root = make_instances_dataset(tmp_path / "data", {"train": 4, "val": 2}, size=32)
+    val = _whole_image_objects(root / "annotations" / "instances_val.json")
+    args = ["dataset.format=coco_instances", *UNIVERSAL, "model.backbone=test-radio-v2-tiny", "train.epochs=1"]
+    args += ["train.batch_size=4", "train.num_workers=0", "evaluate.batch_size=4", f"results_dir={tmp_path / 'runs'}"]
+    args += [f"dataset.train.images={root / 'images' / 'train'}", f"dataset.val.images={root / 'images' / 'val'}"]
+    args += [f"dataset.train.annotations={root / 'annotations' / 'instances_train.json'}"]
+    args += [f"dataset.val.annotations={val}"]
+    assert _cli(["universal", "train", *args], capsys)[0] == 0
+    run = tmp_path / "runs" / "universal" / "exp"
+    assert _cli(["universal", "evaluate", *args, f"evaluate.checkpoint={run}"], capsys)[0] == 0
+    evaluated = json.loads((run / "evaluate" / "val" / "metrics.json").read_text())["mask_ap"]
+    predict = ["universal", "predict", *args, f"predict.checkpoint={run}", "predict.task=instance"]
+    predict += ["predict.score_threshold=0"]
+    code, _, err = _cli([*predict, f"predict.source={val}", f"predict.out={tmp_path / 'by-json'}"], capsys)
+    assert code == 0, err
+    results = tmp_path / "by-json" / "instances.json"
+    assert {r["image_id"] for r in json.loads(results.read_text())} == {100, 101}
+    assert evaluated > 0 and _coco_eval(val, results, "segm") == pytest.approx(evaluated, abs=1e-9)
+    code, _, err = _cli(
+        [*predict, f"predict.source={root / 'images' / 'val'}", f"predict.out={tmp_path / 'f'}"], capsys
+    )
+    assert code == 0, err
+    images = json.loads((tmp_path / "f" / "images.json").read_text())
+    assert [i["id"] for i in images] == [1, 2] and [Path(i["file_name"]).name for i in images] == ["000.png", "001.png"]
+    assert {r["image_id"] for r in json.loads((tmp_path / "f" / "instances.json").read_text())} <= {1, 2}
+
+
+# --- the split that picked the checkpoint vs the reported figure ----------------------------------------------------
+
+
+def test_selection_split_a_test_split_is_evaluated_after_training_as_the_unbiased_figure(tmp_path, capsys):
+    """With a test split, train evaluates the best checkpoint on it too (evaluate/test/metrics.json, as `vfm
+    classify evaluate evaluate.split=test` computes it) and the card and the final line give it as the unbiased
+    figure; without one they say that val picked the checkpoint."""
+    for split, count in (("train", 4), ("val", 2), ("test", 3)):
+        for name, colour in (("blue", (40, 40, 200)), ("red", (200, 40, 40))):
+            _colour_images(tmp_path / "data" / split / name, count, colour)
+    args = ["model.backbone=test-radio-v2-tiny", "model.pretrained=false", "model.resolution=32", "train.epochs=1"]
+    args += ["train.batch_size=4", "train.num_workers=0", f"results_dir={tmp_path / 'runs'}", "model.mode=finetune"]
+    code, out, err = _cli(["classify", "train", f"dataset.root={tmp_path / 'data'}", *args], capsys)
+    assert code == 0, err
+    run = tmp_path / "runs" / "classify" / "exp"
+    test = json.loads((run / "evaluate" / "test" / "metrics.json").read_text())
+    assert test["images"] == 6 and "(val picked the checkpoint; test did not)" in out.splitlines()[-1]
+    card = (run / "MODEL_CARD.md").read_text()
+    assert "Test split (not used to pick the checkpoint: the unbiased figure):" in card
+    assert f"- top1: {test['top1']:.4f}" in card and "Validation split (it picked the checkpoint by `val/top1`" in card
+    evaluate = ["classify", "evaluate", f"dataset.root={tmp_path / 'data'}", *args, f"evaluate.checkpoint={run}"]
+    assert _cli([*evaluate, "evaluate.split=test"], capsys)[0] == 0
+    assert json.loads((run / "evaluate" / "test" / "metrics.json").read_text()) == test
+
+    shutil.rmtree(tmp_path / "data" / "test")
+    code, out, err = _cli(["classify", "train", f"dataset.root={tmp_path / 'data'}", *args, "name=no-test"], capsys)
+    assert code == 0, err
+    assert "test" not in out.split("run folder:")[0]  # an absent test split is not reported
+    assert "(the split that picked the checkpoint: optimistic)" in out.splitlines()[-1]
+    card = (tmp_path / "runs" / "classify" / "no-test" / "MODEL_CARD.md").read_text()
+    assert "It also picked the checkpoint by `val/top1`, so these figures are optimistic" in card
+    assert not (tmp_path / "runs" / "classify" / "no-test" / "evaluate" / "test").exists()
+
+
+def test_selection_split_distill_reports_before_after_on_held_out_queries(tmp_path, capsys):
+    """Distillation's "after" k-NN on val is the figure that picked best.ckpt: with `<root>/test/<class>/` the card's
+    before/after table is the held-out queries'; without, it says the val figure is optimistic."""
+    root = _knn_root(tmp_path / "knn", {"ring": (200, 40, 40), "cross": (40, 40, 200)})
+    for name, colour in (("ring", (200, 40, 40)), ("cross", (40, 40, 200))):
+        _colour_images(root / "test" / name, 2, colour)
+    unlabeled = _colour_images(tmp_path / "unlabeled", 4, (90, 160, 90))
+    spec = tmp_path / "dis.yaml"
+    spec.write_text(DISTILL_SPEC + f"results_dir: {tmp_path / 'runs'}\n")
+    data = [f"dataset.train_nolabel.folder_path={unlabeled}", f"dataset.knn_validation.root={root}"]
+    code, out, err = _cli(["distill", "train", "-c", spec, *data], capsys)
+    assert code == 0, err
+    assert "k-NN domain (test): 2 classes, 6 memory, 4 query" in out
+    run = tmp_path / "runs" / "distill" / "x"
+    test = json.loads((run / "evaluate" / "test" / "metrics.json").read_text())
+    card = (run / "MODEL_CARD.md").read_text()
+    assert "## Before / after distillation (test," in card and "held-out test queries, not used to pick" in card
+    assert "knn_top1: " in card.split("Test split")[1] and test["knn_top1_before"] is not None
+
+    shutil.rmtree(root / "test")
+    code, out, err = _cli(["distill", "train", "-c", spec, *data, "name=no-test"], capsys)
+    assert code == 0, err
+    card = (tmp_path / "runs" / "distill" / "no-test" / "MODEL_CARD.md").read_text()
+    assert "## Before / after distillation (val," in card and "also picked the checkpoint, so the domain's" in card

@@ -47,6 +47,7 @@ class ClipTask(TaskDef):
     spec_class = ClipSpec
     monitor = "val/t2i_mAP"
     backbone_path = "visual.backbone"
+    splits = ("train", "val")  # image-caption pairs come as train and val only
     metric_notes = {
         "zeroshot_top5": "fewer than 5 classes",
         "control_top5": "fewer than 5 classes",
