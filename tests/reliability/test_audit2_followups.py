@@ -65,12 +65,12 @@ def _nested_sections(annotation, in_list: bool = False) -> list[tuple[type[BaseM
 
 
 def _uncomment_blocks(text: str) -> str:
-    """The template with every commented-out section (``name: null`` then ``# name:`` and its ``#   ...`` lines)
-    written in place of its ``null``, repeated until none is left: what a user gets by uncommenting them."""
+    """The template with every commented-out section (``name: null`` or ``[]``, then ``# name:`` and its ``#   ...``
+    lines) written in place of its value, repeated until none is left: what a user gets by uncommenting them."""
     lines = text.splitlines()
     while True:
         for index in range(len(lines) - 1):
-            null = re.fullmatch(r"(\s*)([A-Za-z_]\w*): null", lines[index])
+            null = re.fullmatch(r"(\s*)([A-Za-z_]\w*): (?:null|\[\])", lines[index])
             if null and lines[index + 1] == f"{null[1]}# {null[2]}:":
                 pad, end = null[1], index + 2
                 while end < len(lines) and lines[end].startswith(f"{pad}#   "):

@@ -44,9 +44,9 @@ def _sections(annotation: Any) -> tuple[type[BaseModel] | None, type[BaseModel] 
 def render_commented(model: type[BaseModel], indent: int = 0, overrides: dict[str, Any] | None = None) -> list[str]:
     """YAML lines for every field of ``model`` with its description as a comment above it.
 
-    A section (or list of sections) left at null is written ``name: null`` followed by the same lines commented out
-    (``# name:`` ...), so every key of the schema appears in the template; a list of sections lists every field of
-    each item.
+    A section (or list of sections) left at null or empty is written ``name: null`` (``[]``) followed by the lines
+    it would take commented out (``# name:`` ...), so every key of the schema appears in the template; a list of
+    sections lists every field of each item.
     """
     lines, pad = [], " " * indent
     overrides = overrides or {}
@@ -64,8 +64,9 @@ def render_commented(model: type[BaseModel], indent: int = 0, overrides: dict[st
         else:
             lines.append(f"{pad}{name}: {_scalar(value)}")
             continue
-        if value is None:  # an optional section: the keys it takes, commented out
-            lines += [f"{pad}{name}: null", f"{pad}# {name}:", *(f"{pad}# {line[indent:]}" for line in block)]
+        if value is None or value == []:  # an optional section or empty list: the keys it takes, commented out
+            lines += [f"{pad}{name}: {_scalar(value)}", f"{pad}# {name}:"]
+            lines += [f"{pad}# {line[indent:]}" for line in block]
         else:
             lines += [f"{pad}{name}:", *block]
     return lines

@@ -62,7 +62,8 @@ def test_levir_list_loading_and_binary_labels(tmp_path: Path) -> None:
     assert load_levir_split(spec, "test") is None
     report = preflight_change(spec, ("train", "val", "test"))
     assert report.stats["train"] == {"pairs": 3, "changed_pixels": 360, "pixels": 3 * 40 * 32}
-    assert "3 pairs" in report.format() and any("no test split" in w for w in report.warnings)
+    assert "3 pairs" in report.format() and "test" not in report.splits  # an optional split: absent, unreported
+    assert not any("test" in w for w in report.warnings)
 
 
 def test_levir_errors_name_files_and_lines(tmp_path: Path) -> None:
