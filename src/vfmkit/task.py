@@ -23,7 +23,7 @@ from vfmkit.spec.loader import (
     resolve_paths,
     validate_spec,
 )
-from vfmkit.tasks import canonical_task, get_task, task_names
+from vfmkit.tasks import ONNX_PREDICT, canonical_task, get_task, task_names
 
 ACTIONS = ("train", "evaluate", "predict", "export")
 
@@ -89,8 +89,13 @@ class Task:
         if action not in ACTIONS:
             raise SpecError(f"unknown action {action!r}; expected one of {', '.join(ACTIONS)}")
         from vfmkit import engine
+        from vfmkit.engine.trained import ExportedGraphError
 
-        return getattr(engine, action)(self.family, self.spec)
+        try:
+            return getattr(engine, action)(self.family, self.spec)
+        except ExportedGraphError as err:
+            err.args = (f"{err}; exported graphs are accepted by predict.checkpoint of {', '.join(ONNX_PREDICT)}",)
+            raise
 
     def train(self) -> Any:
         return self.run("train")

@@ -74,3 +74,16 @@ def test_model_card_metrics_are_fractions_and_say_why_one_is_undefined(tmp_path)
     text = path.read_text()
     assert "- miou: 0.8125" in text
     assert "- change_f1: undefined (no changed pixel in the targets)" in text
+
+
+def test_model_card_gives_the_test_figure_as_unbiased_and_says_val_picked_the_checkpoint(tmp_path) -> None:
+    common = (tmp_path, "classify", "test-radio-v2-tiny", False, {}, {"top1": 0.75}, "0" * 64)
+    text = write_model_card(*common, test_metrics={"top1": 0.5}, monitor="val/top1").read_text()
+    test_part, val_part = text.split("Validation split")
+    assert "Test split (not used to pick the checkpoint: the unbiased figure):" in test_part
+    assert "- top1: 0.5000" in test_part and "- top1: 0.7500" in val_part
+    assert "(it picked the checkpoint by `val/top1`, so it reads optimistic)" in val_part
+    text = write_model_card(*common, monitor="val/top1").read_text()
+    assert "Test split" not in text and "It also picked the checkpoint by `val/top1`, so these figures are" in text
+    text = write_model_card(*common[:5], None, common[6]).read_text()
+    assert "- validation: none (no val split)" in text

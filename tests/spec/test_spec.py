@@ -50,6 +50,7 @@ def test_relative_paths_resolve_against_the_spec_folder(tmp_path, monkeypatch):
         (["train.epochs=0"], r"'train.epochs': Input should be greater than or equal to 1"),
         (["model.mode=finetuned"], r"'model.mode': Input should be 'linear_probe', 'finetune' or 'partial'"),
         (["train.epochs"], r"expected dotted.key=value"),
+        (["model={backbone:x}"], r"'model.backbone:x' is read as one key .*write `backbone: x` with a space after"),
     ],
 )
 def test_bad_overrides_name_the_key(tmp_path, overrides, message):

@@ -35,6 +35,8 @@ def zeroshot(
         source, clip_model, classes, templates, out, batch_size, resolution or default_resolution, top_k
     )
     typer.echo(f"labelled {len(result.files)} image(s) with {len(result.class_names)} classes -> {result.csv_path}")
+    if result.no_accuracy:
+        typer.echo(f"accuracy not computed: {result.no_accuracy}")
     if result.metrics is not None:
         m = result.metrics
         top5 = "-" if m["top5"] != m["top5"] else f"{100 * m['top5']:.2f}%"  # NaN with fewer than 5 classes

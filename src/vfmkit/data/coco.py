@@ -172,6 +172,19 @@ def read_coco(json_file: str | Path, image_dir: str | Path, check_files: bool = 
     return CocoDataset(json_file, image_dir, list(images.values()), list(categories.values()), annotations)
 
 
+def read_coco_images(json_file: str | Path, image_dir: str | Path) -> list[CocoImage]:
+    """The ``images`` list of any COCO-style JSON (instances, panoptic, captions), checked as :func:`read_coco` checks
+    it (ids, file names, sizes), in file order; the files themselves are not checked.
+
+    Raises:
+        DataError: a missing/invalid file or a malformed ``images`` entry, naming the file, the index and the key.
+    """
+    json_file = Path(json_file)
+    reader = _Reader(json_file)
+    data = read_json(json_file, "COCO annotation file")
+    return list(reader.images(reader.list_of(data, "images"), Path(image_dir)).values())
+
+
 def _check_image_files(json_file: Path, image_dir: Path, images) -> None:
     missing = [image for image in images if not image.path.is_file()]
     if missing:

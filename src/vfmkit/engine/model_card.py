@@ -30,18 +30,23 @@ def write_model_card(
     backbone: str,
     pretrained: bool,
     data_summary: dict[str, Any],
-    metrics: dict[str, Any],
+    metrics: dict[str, Any] | None,
     spec_hash: str,
     notes: list[str] | None = None,
     metric_notes: dict[str, str] | None = None,
+    test_metrics: dict[str, Any] | None = None,
+    monitor: str | None = None,
 ) -> Path:
     """Write ``run_dir/MODEL_CARD.md``.
 
     Args:
         data_summary: e.g. {"classes": [...], "images per split": {...}}.
-        metrics: the headline metrics (name -> value; fractions in [0, 1], None when undefined).
+        metrics: the headline metrics on the validation split (name -> value; fractions in [0, 1], None when
+            undefined); None without validation.
         notes: intended use / limitations lines.
         metric_notes: why a metric can be undefined (shown next to an undefined value).
+        test_metrics: the same on the test split, when the dataset has one: the unbiased figure.
+        monitor: the validation metric that picked the checkpoint (e.g. ``val/ap``).
     """
     lines = [
         f"# Model card: {task} run `{Path(run_dir).name}`",
@@ -55,9 +60,7 @@ def write_model_card(
         *(f"- {key}: {value}" for key, value in data_summary.items()),
         "",
         "## Metrics",
-        "Fractions in [0, 1] on the validation split, from the best checkpoint.",
-        "",
-        *(_metric_line(key, value, metric_notes or {}) for key, value in metrics.items()),
+        *_metrics_section(metrics, test_metrics, monitor, metric_notes or {}),
         "",
         "## Reproducibility",
         f"- spec hash (sha256 of spec.resolved.yaml): `{spec_hash}`",
@@ -65,12 +68,35 @@ def write_model_card(
         "",
         "## Intended use and limits",
         *(f"- {note}" for note in (notes or [])),
-        "- metrics are measured on the validation data above; performance on other data is not guaranteed",
+        "- metrics are measured on the data above; performance on other data is not guaranteed",
         "",
     ]
     path = Path(run_dir) / "MODEL_CARD.md"
     atomic_write_text(path, "\n".join(lines))
     return path
+
+
+def _metrics_section(
+    val: dict[str, Any] | None, test: dict[str, Any] | None, monitor: str | None, notes: dict[str, str]
+) -> list[str]:
+    """The metrics of the best checkpoint: test first (the unbiased figure), then val, saying that val picked the
+    checkpoint (so its figure is optimistic)."""
+    lines = ["Fractions in [0, 1], from the best checkpoint.", ""]
+    if test is not None:
+        lines += ["Test split (not used to pick the checkpoint: the unbiased figure):", ""]
+        lines += [*(_metric_line(key, value, notes) for key, value in test.items()), ""]
+    if val is None:
+        return [*lines, "- validation: none (no val split)"]
+    by = f" by `{monitor}`" if monitor else ""
+    if test is None:
+        lines += [
+            f"Validation split. It also picked the checkpoint{by}, so these figures are optimistic (selection bias); "
+            "with a test split in the dataset, train reports it too as the unbiased figure.",
+            "",
+        ]
+    else:
+        lines += [f"Validation split (it picked the checkpoint{by}, so it reads optimistic):", ""]
+    return [*lines, *(_metric_line(key, value, notes) for key, value in val.items())]
 
 
 def _metric_line(key: str, value: Any, notes: dict[str, str]) -> str:

@@ -83,9 +83,11 @@ class ExportPlan:
 
 @dataclass
 class TrainResult:
-    """Where a run went and the final evaluation of its best checkpoint on the val split (None without one).
+    """Where a run went and the final evaluation of its best checkpoint on the val split (None without one) and on
+    the test split (None without one).
 
-    ``val`` holds fractions, exactly what ``evaluate`` writes to ``<run>/evaluate/val/metrics.json``.
+    ``val`` and ``test`` hold fractions, exactly what ``evaluate`` writes to ``<run>/evaluate/<split>/metrics.json``.
+    Val picked the checkpoint (``monitor``); test did not, so it is the unbiased figure.
     """
 
     run_dir: Path
@@ -93,6 +95,7 @@ class TrainResult:
     last_checkpoint: Path
     monitor: str
     val: dict | None
+    test: dict | None = None
 
 
 @dataclass
@@ -154,6 +157,9 @@ class TaskDef:
         frozen_paths: every backbone the frozen-backbone rule applies to (default: just ``backbone_path``; e.g. a
             detector adds its frozen foundation model).
         metric_notes: why a headline metric can be undefined (shown in the model card when it is).
+        splits: the splits ``train`` has :meth:`prepare` read: a ``test`` split the preflight finds (non-empty) is
+            checked before training and evaluated with the best checkpoint after it, as the figure no checkpoint
+            selection saw. A task without test data leaves ``test`` out.
     """
 
     name: ClassVar[str]
@@ -165,6 +171,7 @@ class TaskDef:
     backbone_path: ClassVar[str] = "backbone"
     frozen_paths: ClassVar[tuple[str, ...]] = ()
     metric_notes: ClassVar[dict[str, str]] = {}
+    splits: ClassVar[tuple[str, ...]] = ("train", "val", "test")
 
     def select(self, spec: BaseModel) -> TaskDef:
         """A single-variant task is its own family."""
@@ -217,9 +224,9 @@ class TaskDef:
 
     def after_train(self, run_dir: Path, best: Path, trained: Trained | None) -> None:
         """Write what a finished run offers besides its checkpoints (e.g. the backbone a distillation made), from
-        the best checkpoint ``best``; ``trained`` is that checkpoint already reloaded (None when the run had no
-        validation, so nothing reloaded it). Runs on rank 0 only, after ``MODEL_CARD.md`` and
-        ``evaluate/val/metrics.json`` are written (a task may add a section to the card). Default: nothing."""
+        the best checkpoint ``best``; ``trained`` is that checkpoint already reloaded (None when the run had neither
+        validation nor test, so nothing reloaded it). Runs on rank 0 only, after ``MODEL_CARD.md`` and
+        ``evaluate/<val|test>/metrics.json`` are written (a task may add a section to the card). Default: nothing."""
 
     # --- evaluation ------------------------------------------------------------------------------------------------
 

@@ -1,5 +1,12 @@
 """The train skeleton of every task: preflight -> seed -> build (+ init_from, activation checkpointing) -> run
-folder -> loaders -> module -> fit -> reload the best checkpoint -> evaluate on val -> model card -> summary."""
+folder -> loaders -> module -> fit -> reload the best checkpoint -> evaluate on val (and on test) -> model card ->
+summary.
+
+Val picks the best checkpoint, so its figure is optimistic (selection bias). When the dataset has a test split
+(:attr:`~vfmkit.engine.taskdef.TaskDef.splits` lists ``test`` and the preflight finds it), it is checked with the
+others before training and the best checkpoint is evaluated on it too (``<run>/evaluate/test/metrics.json``): the
+model card and the final line give it as the unbiased figure; without one they say the val figure picked the
+checkpoint."""
 
 from __future__ import annotations
 
@@ -81,7 +88,7 @@ def train(family: TaskFamily, spec: BaseModel) -> TrainResult:
     taskdef = family.select(spec)
     leader = process_rank() == 0
     with contextlib.redirect_stdout(sys.stdout if leader else io.StringIO()):  # ranks > 0 print nothing
-        data, left_out = prepare_data(taskdef, spec)
+        data, left_out = prepare_data(taskdef, spec, taskdef.splits)
         pl.seed_everything(spec.train.seed, workers=True, verbose=False)
         model = build_for_training(family, taskdef, spec, data)
         check_resolution(taskdef, spec, model)
@@ -93,30 +100,45 @@ def train(family: TaskFamily, spec: BaseModel) -> TrainResult:
                 write_left_out(run_dir / LEFT_OUT_FILE, left_out)
             result = _fit_and_evaluate(family, taskdef, spec, data, model, run_dir, resume_from, leader, left_out)
     if leader:
-        val = result.val
-        print(f"done: {run_dir}" + (f"  val {headline_text(val, taskdef.headline_keys(spec)[:2])}" if val else ""))
+        print(f"done: {run_dir}{_final_figures(taskdef, spec, result)}")
     return result
+
+
+def _final_figures(taskdef: TaskDef, spec: BaseModel, result: TrainResult) -> str:
+    """The headline of the final line: test (unbiased) when evaluated, else val saying it picked the checkpoint."""
+    keys = taskdef.headline_keys(spec)[:2]
+    if result.test:
+        return f"  test {headline_text(result.test, keys)} (val picked the checkpoint; test did not)"
+    if result.val:
+        return f"  val {headline_text(result.val, keys)} (the split that picked the checkpoint: optimistic)"
+    return ""
 
 
 def _fit_and_evaluate(
     family, taskdef, spec, data, model, run_dir, resume_from, leader: bool, left_out: list[LeftOut]
 ) -> TrainResult:
-    """Fit; then rank 0 reloads the best checkpoint, evaluates it on val and writes the model card."""
+    """Fit; then rank 0 reloads the best checkpoint, evaluates it on val and test and writes the model card."""
     train_loader, val_loader = taskdef.loaders(spec, data, model)
     module = taskdef.lightning_module(spec, model, data.meta)
     checkpoints = fit(
         spec, run_dir, module, train_loader, val_loader, resume_from, taskdef.monitor, taskdef.monitor_mode
     )
-    val, trained = None, None
-    if leader and val_loader is not None:
+    test_split = data.split("test")
+    has_test = test_split is not None and len(test_split) > 0
+    figures, trained = {}, None
+    if leader and (val_loader is not None or has_test):
         _, trained = load_trained(family, checkpoints.best_path)
-        title = f"val, best checkpoint ({checkpoints.best_path.name})"
-        val_dir = run_dir / "evaluate" / "val"
-        val = evaluate_and_write(taskdef, trained, data.split("val"), spec, "val", val_dir, title, left_out)
+        for name, wanted in (("val", val_loader is not None), ("test", has_test)):
+            if wanted:
+                title = f"{name}, best checkpoint ({checkpoints.best_path.name})"
+                out_dir = run_dir / "evaluate" / name
+                split = data.split(name)
+                figures[name] = evaluate_and_write(taskdef, trained, split, spec, name, out_dir, title, left_out)
+    val, test = figures.get("val"), figures.get("test")
     if leader:
-        _write_card(taskdef, spec, run_dir, data, val)
+        _write_card(taskdef, spec, run_dir, data, val, test)
         taskdef.after_train(run_dir, checkpoints.best_path, trained)
-    return TrainResult(run_dir, checkpoints.best_path, checkpoints.last_path, taskdef.monitor, val)
+    return TrainResult(run_dir, checkpoints.best_path, checkpoints.last_path, taskdef.monitor, val, test)
 
 
 def check_resolution(taskdef: TaskDef, spec: BaseModel, model: nn.Module) -> None:
@@ -136,19 +158,20 @@ def check_resolution(taskdef: TaskDef, spec: BaseModel, model: nn.Module) -> Non
         )
 
 
-def _write_card(taskdef: TaskDef, spec: BaseModel, run_dir: Path, data: TaskData, val: dict | None) -> None:
-    if val is None:
-        metrics = {"validation": "none (no val split)"}
-    else:
-        metrics = {key: val.get(key) for key in taskdef.headline_keys(spec)}
+def _write_card(
+    taskdef: TaskDef, spec: BaseModel, run_dir: Path, data: TaskData, val: dict | None, test: dict | None
+) -> None:
+    keys = taskdef.headline_keys(spec)
     write_model_card(
         run_dir,
         taskdef.name,
         taskdef.backbone_id(spec),
         taskdef.pretrained(spec),
         data.summary,
-        metrics,
+        None if val is None else {key: val.get(key) for key in keys},
         spec_hash(spec),
         taskdef.card_notes(spec, data.meta),
         taskdef.metric_notes,
+        test_metrics=None if test is None else {key: test.get(key) for key in keys},
+        monitor=taskdef.monitor,
     )

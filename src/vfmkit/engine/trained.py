@@ -79,20 +79,25 @@ def _legacy_meta(hparams: dict[str, Any]) -> dict[str, Any]:
     return dict(hparams.get("meta") or {"classes": list(hparams.get("classes", []))})
 
 
+class ExportedGraphError(VfmError):
+    """An exported ``.onnx`` graph where a training checkpoint is needed (:class:`vfmkit.Task` adds which tasks'
+    predict accepts one)."""
+
+
 def load_trained(family: TaskFamily, path: str | Path) -> tuple[TaskDef, Trained]:
     """The task definition and the trained model (eval mode) of a checkpoint file or run folder.
 
     A backbone the checkpoint left out is rebuilt from its recorded source and must have the recorded weights.
 
     Raises:
-        VfmError: a checkpoint of another task (naming its task and backbone); WeightsError: unreadable, a spec that
-            does not validate, weights that do not fit, or a changed frozen backbone.
+        VfmError: a checkpoint of another task (naming its task and backbone); ExportedGraphError: an ``.onnx`` file;
+            WeightsError: unreadable, a spec that does not validate, weights that do not fit, or a changed frozen
+            backbone.
     """
     path = find_checkpoint(Path(path))
     if path.suffix == ".onnx":
-        raise VfmError(
-            f"{path} is an exported ONNX graph; this needs a training checkpoint (a run folder or a .ckpt file). "
-            "Exported graphs are accepted by predict (classify, segment)"
+        raise ExportedGraphError(
+            f"{path} is an exported ONNX graph; this needs a training checkpoint (a run folder or a .ckpt file)"
         )
     hparams, state, payload = read_training_checkpoint(path)
     spec = _validated_spec(family, hparams, path)

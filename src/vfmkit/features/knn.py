@@ -5,11 +5,18 @@ image takes its k most cosine-similar training images; each neighbour votes for 
 ``exp(similarity / T)``; classes are ranked by their summed votes. Defaults k = 20, T = 0.07.
 
 Folder layout: ``root/<class name>/**/<image>``, one sub-folder per class (sorted by name gives the class index).
-Every validation class must also exist under the training root.
+Every validation class must also exist under the training root, and the training root needs at least two classes
+(with one, every query is "right").
+
+Similarities are computed in float64: the summaries of a random or partly collapsed model can be nearly collinear,
+with cosine similarities that differ by less than float32 resolves (~1e-7), so float32 picks neighbours by rounding
+noise. When many queries cannot tell their k-th from their (k+1)-th neighbour even in float64 (closer than
+:data:`TIE_TOLERANCE`), a warning says so.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +29,15 @@ from vfmkit.errors import DataError, VfmError
 from vfmkit.features.embed import SkippedImage, extract_embeddings, resolve_model
 from vfmkit.features.runners import RuntimeOptions, make_runner
 from vfmkit.models.backbones.base import Backbone
+
+logger = logging.getLogger(__name__)
+
+TIE_TOLERANCE = 1e-6
+"""Cosine similarities closer than this count as tied: float32 (about 7 significant digits) cannot order them, and a
+neighbour set decided by such differences reflects rounding, not the embedding."""
+
+TIE_WARNING_FRACTION = 0.1
+"""Warn when more than this fraction of queries have a tied k-th / (k+1)-th neighbour."""
 
 
 @dataclass
@@ -88,6 +104,19 @@ def list_class_folders(root: str | Path, classes: Sequence[str] | None = None) -
     return ClassFolders(names, files, labels)
 
 
+def require_two_classes(folders: ClassFolders, root: str | Path) -> None:
+    """Refuse a k-NN memory with fewer than two classes (every query would be counted right).
+
+    Raises:
+        DataError: naming ``root`` and its one class.
+    """
+    if len(folders.classes) < 2:
+        raise DataError(
+            f"k-NN needs at least 2 classes, {root} has 1 ({', '.join(folders.classes)}): every query would be "
+            "counted right; add a folder per class"
+        )
+
+
 def knn_scores(
     train_features: torch.Tensor,
     train_labels: torch.Tensor,
@@ -97,7 +126,9 @@ def knn_scores(
     temperature: float = 0.07,
     chunk_size: int = 1024,
 ) -> torch.Tensor:
-    """Temperature-weighted k-NN class votes.
+    """Temperature-weighted k-NN class votes, in float64 (see the module docstring); logs a warning when more than
+    :data:`TIE_WARNING_FRACTION` of the queries have their k-th and (k+1)-th neighbours within
+    :data:`TIE_TOLERANCE`.
 
     Args:
         train_features: (N, C) embeddings (normalised here).
@@ -109,21 +140,34 @@ def knn_scores(
         chunk_size: queries per similarity block (bounds memory to chunk_size x N).
 
     Returns:
-        float32 (M, num_classes) summed votes; higher is more likely.
+        float64 (M, num_classes) summed votes; higher is more likely.
     """
     if k < 1 or temperature <= 0:
         raise VfmError(f"k-NN needs k >= 1 and temperature > 0, got k={k}, temperature={temperature}")
-    train = F.normalize(train_features.float(), dim=1)
-    query = F.normalize(query_features.float(), dim=1)
+    train = F.normalize(train_features.double(), dim=1)
+    query = F.normalize(query_features.double(), dim=1)
     k = min(k, train.shape[0])
-    scores = []
+    scores, tied = [], 0
     for start in range(0, query.shape[0], chunk_size):
         similarity = query[start : start + chunk_size] @ train.T
-        top_sim, top_index = similarity.topk(k, dim=1)
-        votes = torch.zeros(top_sim.shape[0], num_classes)
+        top_sim, top_index = similarity.topk(min(k + 1, train.shape[0]), dim=1)
+        if top_sim.shape[1] > k:
+            tied += int((top_sim[:, k - 1] - top_sim[:, k] < TIE_TOLERANCE).sum())
+        top_sim, top_index = top_sim[:, :k], top_index[:, :k]
+        votes = torch.zeros(top_sim.shape[0], num_classes, dtype=torch.float64)
         votes.scatter_add_(1, train_labels[top_index], (top_sim / temperature).exp())
         scores.append(votes)
-    return torch.cat(scores)
+    if query.shape[0] and tied > TIE_WARNING_FRACTION * query.shape[0]:
+        logger.warning(
+            "k-NN: %d of %d queries have neighbours k and k + 1 (k = %d) within %g cosine similarity: the embeddings "
+            "are nearly collinear (a random or collapsed model?), so which neighbours vote rests on tiny differences "
+            "(computed in float64)",
+            tied,
+            query.shape[0],
+            k,
+            TIE_TOLERANCE,
+        )
+    return torch.cat(scores) if scores else torch.zeros(0, num_classes, dtype=torch.float64)
 
 
 def knn_accuracy(scores: torch.Tensor, labels: torch.Tensor, classes: Sequence[str]) -> tuple[float, float, dict]:
@@ -166,8 +210,13 @@ def knn_evaluate(
 
     Returns:
         A :class:`KnnResult`; unreadable images are left out of both sets and listed in ``skipped``.
+
+    Raises:
+        DataError: a missing or empty folder, a validation class that is not a training class, or fewer than two
+            training classes.
     """
     train = list_class_folders(train_dir)
+    require_two_classes(train, train_dir)
     val = list_class_folders(val_dir, classes=train.classes)
     backbone, model_id = resolve_model(model)
     runner = make_runner(backbone, model_id, runtime)

@@ -117,26 +117,45 @@ def _suggest(dotted: str, model: type[BaseModel]) -> str:
     return f"; did you mean '{close[0]}'?" if close else f"; valid keys here: {', '.join(siblings[:12])}"
 
 
-def _format_error(error: dict[str, Any], model: type[BaseModel], origin: dict[str, str]) -> str:
+def _format_error(error: dict[str, Any], model: type[BaseModel], origin: dict[str, str]) -> tuple[str, str]:
+    """(where the value came from, the problem) of one validation error."""
     dotted = ".".join(str(p) for p in error["loc"])
     source = origin.get(dotted) or origin.get(dotted.split(".")[0], "spec")
+    if error["type"] == "extra_forbidden" and _glued_key_value(error):
+        key, _, value = str(error["loc"][-1]).partition(":")
+        return (
+            source,
+            f"'{dotted}' is read as one key without a value: write `{key}: {value}` with a space after the colon",
+        )
     if error["type"] == "extra_forbidden":
-        return f"{source}: unknown key '{dotted}'{_suggest(dotted, model)}"
+        return source, f"unknown key '{dotted}'{_suggest(dotted, model)}"
     if error["type"] == "missing":
-        return f"{source}: '{dotted}' is required"
-    return f"{source}: '{dotted}': {error['msg']} (got {error.get('input')!r})"
+        return source, f"'{dotted}' is required"
+    message, value = error["msg"].removeprefix("Value error, "), error.get("input")
+    if isinstance(value, dict):  # a section's own check names the key and value it refuses: not the whole section
+        return source, message if dotted in message else f"'{dotted}': {message}"
+    return source, f"'{dotted}': {message} (got {value!r})"
+
+
+def _glued_key_value(error: dict[str, Any]) -> bool:
+    """Whether an unknown key is a ``key:value`` written without the space YAML needs (``{backbone:x}`` in a flow
+    mapping is the key ``backbone:x`` with no value)."""
+    leaf = str(error["loc"][-1]) if error["loc"] else ""
+    key, colon, value = leaf.partition(":")
+    return bool(colon and key.strip() and value.strip()) and error.get("input") is None
 
 
 def validate_spec(model: type[BaseModel], data: dict[str, Any], origin: dict[str, str]) -> BaseModel:
-    """Validate merged data against the schema; the first error becomes a :class:`SpecError`."""
+    """Validate merged data against the schema; every error becomes one :class:`SpecError` line (problems joined by
+    ``; ``, a ``key:value`` written without its space first, since it causes the others)."""
     try:
         return model.model_validate(data)
     except ValidationError as err:
-        errors = err.errors()
-        message = _format_error(errors[0], model, origin)
-        if len(errors) > 1:
-            message += f" (and {len(errors) - 1} more problem(s))"
-        raise SpecError(message) from None
+        errors = sorted(err.errors(), key=lambda e: not (e["type"] == "extra_forbidden" and _glued_key_value(e)))
+        problems = list(dict.fromkeys(_format_error(error, model, origin) for error in errors))
+        if len({source for source, _ in problems}) == 1:
+            raise SpecError(f"{problems[0][0]}: " + "; ".join(text for _, text in problems)) from None
+        raise SpecError("; ".join(f"{source}: {text}" for source, text in problems)) from None
 
 
 def _is_spec_path(field) -> bool:

@@ -29,6 +29,9 @@ TASK_MODULES: dict[str, str] = {
 ALIASES: dict[str, str] = {"oneformer": "universal"}
 """Other names accepted for a task (e.g. TAO's)."""
 
+ONNX_PREDICT: tuple[str, ...] = ("classify", "segment", "detect", "universal")
+"""The tasks whose ``predict`` runs an exported ``.onnx`` graph (their TaskDef implements ``onnx_predictor``)."""
+
 
 def task_names() -> list[str]:
     """The registered task names, in registration order."""

@@ -62,7 +62,8 @@ def test_levir_list_loading_and_binary_labels(tmp_path: Path) -> None:
     assert load_levir_split(spec, "test") is None
     report = preflight_change(spec, ("train", "val", "test"))
     assert report.stats["train"] == {"pairs": 3, "changed_pixels": 360, "pixels": 3 * 40 * 32}
-    assert "3 pairs" in report.format() and any("no test split" in w for w in report.warnings)
+    assert "3 pairs" in report.format() and "test" not in report.splits  # an optional split: absent, unreported
+    assert not any("test" in w for w in report.warnings)
 
 
 def test_levir_errors_name_files_and_lines(tmp_path: Path) -> None:
@@ -165,6 +166,12 @@ def test_csv_rows_labels_and_light_condition_expansion(tmp_path: Path) -> None:
     assert red == [20, 21] and round(float(golden[3, 0, 0]) * 255) == 121
     report = preflight_change(_csv_spec(tmp_path, csv_file), ("train",))
     assert report.stats["train"] == {"PASS": 2, "FAIL": 2} and "PASS 2, FAIL 2" in report.format()
+
+
+def test_csv_saved_with_a_byte_order_mark_reads_its_header(tmp_path: Path) -> None:
+    csv_file = _csv_dataset(tmp_path, ROWS)
+    csv_file.write_text(csv_file.read_text(), encoding="utf-8-sig")
+    assert load_change_csv_split(_csv_spec(tmp_path, csv_file), "train").labels.tolist() == [0, 1, 1, 0]
 
 
 @pytest.mark.parametrize(

@@ -150,6 +150,15 @@ def test_csv_names_with_header_relative_to_the_csv_folder(tmp_path: Path) -> Non
     assert load_split(spec, "test", classes) is None
 
 
+def test_csv_saved_with_a_byte_order_mark_reads_its_header(tmp_path: Path) -> None:
+    """Excel's "CSV UTF-8" starts with a BOM: it is not part of the first column name."""
+    _make_csv_images(tmp_path)
+    train_csv = tmp_path / "train.csv"
+    train_csv.write_text("path,label\nimgs/im0.png,dog\nimgs/im1.png,cat\n", encoding="utf-8-sig")
+    spec = ClassifyDataSpec(format="csv", train_csv=train_csv)
+    assert load_split(spec, "train", resolve_classes(spec)).labels.tolist() == [1, 0]
+
+
 def test_csv_integer_labels_without_header_relative_to_root(tmp_path: Path) -> None:
     _make_csv_images(tmp_path)
     lists = tmp_path / "lists"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from tests.tasks.clip.clip_data import make_images, write_caption_folders, write_coco, write_csv, write_shard
@@ -12,7 +13,15 @@ from tests.tasks.clip.clip_data import make_images, write_caption_folders, write
 from vfmkit.data.preflight import recording_left_out
 from vfmkit.errors import DataError
 from vfmkit.models.text.tokenizers import ClipBpeTokenizer
-from vfmkit.tasks.clip.data import PairCollate, PairDataset, preflight, read_pairs
+from vfmkit.tasks.clip.data import (
+    CaptionPairs,
+    ImageRef,
+    PairCollate,
+    PairDataset,
+    expected_dropped_fraction,
+    preflight,
+    read_pairs,
+)
 from vfmkit.tasks.clip.embeddings import unique_captions
 from vfmkit.tasks.clip.spec import ClipSpec
 
@@ -123,3 +132,25 @@ def test_spec_accepts_tao_names(tmp_path) -> None:
     assert ClipSpec().model.type == "siglip2-so400m-patch16-256" and ClipSpec().train.loss_type == "siglip"
     with pytest.raises(ValueError, match="nothing trains"):
         ClipSpec.model_validate({"model": {"freeze_vision_encoder": True, "freeze_text_encoder": True}})
+
+
+def _pairs_of(captions_per_image: list[list[str]]) -> CaptionPairs:
+    captions = [text for texts in captions_per_image for text in texts]
+    owners = [i for i, texts in enumerate(captions_per_image) for _ in texts]
+    images = [ImageRef(Path(f"{i}.png")) for i in range(len(captions_per_image))]
+    return CaptionPairs(images, captions, np.asarray(owners, dtype=np.int64), "generated", [])
+
+
+def test_expected_dropped_fraction_of_repeated_captions() -> None:
+    """Unique captions drop nothing, one caption for all keeps 1 per batch, two captions over 100 images keep 2 of
+    32; an image with several captions spreads its share over them (checked against the collate's rule)."""
+    assert expected_dropped_fraction(_pairs_of([[f"c{i}"] for i in range(100)]), 32) == pytest.approx(0.0, abs=1e-9)
+    assert expected_dropped_fraction(_pairs_of([["a thing"]] * 16), 8) == pytest.approx(1 - 1 / 8, abs=1e-5)
+    assert expected_dropped_fraction(_pairs_of([["cat"], ["dog"]] * 50), 32) == pytest.approx(1 - 2 / 32, abs=1e-5)
+    two_each = _pairs_of([[f"a{i}", "shared"] for i in range(20)])  # "shared" carries half of every image
+    rng = np.random.default_rng(0)
+    simulated = []
+    for _ in range(4000):  # the collate's rule on batches of 8 with one caption drawn per image
+        picks = [f"a{i}" if rng.random() < 0.5 else "shared" for i in rng.choice(20, 8, replace=False)]
+        simulated.append(1 - len(set(picks)) / 8)
+    assert expected_dropped_fraction(two_each, 8) == pytest.approx(np.mean(simulated), abs=0.02)

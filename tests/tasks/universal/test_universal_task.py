@@ -5,6 +5,7 @@ an export with the task fixed, the ``oneformer`` alias."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -61,7 +62,13 @@ def test_instance_predictions_are_coco_results_with_rle_and_original_ids(instanc
     assert predicted.written == 2 and sorted(p.name for p in (out / "overlays").iterdir()) == ["000.png", "001.png"]
     results = json.loads((out / "instances.json").read_text())
     assert results and {r["category_id"] for r in results} <= {3, 7}
-    assert {r["image_id"] for r in results} <= {0, 1} and {r["file_name"] for r in results} <= {"000.png", "001.png"}
+    assert {r["image_id"] for r in results} <= {1, 2}  # a folder: ids 1..N in sorted path order
+    assert {Path(r["file_name"]).name for r in results} <= {"000.png", "001.png"}
+    images = json.loads((out / "images.json").read_text())
+    assert [(i["id"], Path(i["file_name"]).name, i["width"]) for i in images] == [
+        (1, "000.png", 32),
+        (2, "001.png", 32),
+    ]
     first = results[0]
     assert isinstance(first["segmentation"]["counts"], str) and first["segmentation"]["size"] == [32, 32]
     mask = segmentation_to_mask(first["segmentation"], 32, 32)

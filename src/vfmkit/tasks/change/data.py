@@ -221,6 +221,8 @@ def preflight_change(spec: ChangeDataSpec, splits: Iterable[str] = ("train", "va
 
         return preflight_change_csv(spec, splits)
     loaded = {name: load_levir_split(spec, name) for name in dict.fromkeys(splits)}
+    if "test" in loaded and loaded["test"] is None:
+        del loaded["test"]  # optional (train evaluates it when given): an absent one is not reported
     report = ChangePreflightReport("levir", dict(loaded))
     for name, split in loaded.items():
         if split is None:

@@ -202,6 +202,8 @@ def preflight_change_csv(spec: ChangeDataSpec, splits: Iterable[str] = ("train",
             class and the defect metrics need both), or any error of :func:`load_change_csv_split`.
     """
     loaded = {name: load_change_csv_split(spec, name) for name in dict.fromkeys(splits)}
+    if "test" in loaded and loaded["test"] is None:
+        del loaded["test"]  # optional (train evaluates it when given): an absent one is not reported
     report = ChangePreflightReport("csv", dict(loaded))
     for name, split in loaded.items():
         if split is None:

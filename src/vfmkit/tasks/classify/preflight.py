@@ -108,6 +108,8 @@ def preflight(
     if not classes:
         raise DataError("the dataset has no classes")
     loaded = {name: load_split(spec, name, classes) for name in dict.fromkeys(splits)}
+    if "test" in loaded and loaded["test"] is None:
+        del loaded["test"]  # optional (train evaluates it when given): an absent one is not reported
     unreadable: list[UnreadableImage] = []
     if check_images:
         for name, split in loaded.items():

@@ -10,7 +10,11 @@ Layouts (``dataset.<split>.type``):
 - ``coco``: a COCO captions JSON (``images`` with ``id``/``file_name``, ``annotations`` with ``image_id``/``caption``;
   several captions per image) with images in ``root``.
 - ``wds``: WebDataset ``.tar`` shards (a folder of shards, a glob, a list file or one shard): members sharing a key
-  (``<key>.jpg|jpeg|png|webp`` and ``<key>.txt|text``) form a pair; images are read in place from the shard.
+  (``<key>.jpg|jpeg|png|webp`` and ``<key>.txt|text``) form a pair; images are read in place from the shard. As in
+  WebDataset, the key is the member's folder plus its file name up to the first dot (``./00000.png`` and
+  ``v1.0/00000.txt`` have the keys ``./00000`` and ``v1.0/00000``).
+
+Text files are read as UTF-8 with or without a byte-order mark (Excel's "CSV UTF-8" writes one).
 
 Readers never raise for content problems: they collect them (missing caption file, empty caption, missing image,
 duplicate image-caption pair, each naming the file and line) and :func:`preflight` raises one
@@ -147,9 +151,12 @@ class _PairBuilder:
         self.problems: list[str] = []
 
     def add(self, image: ImageRef, caption: object, origin: str) -> None:
-        text = " ".join(str(caption).split()) if isinstance(caption, str) else ""
+        if caption is not None and not isinstance(caption, str):
+            self.problems.append(f"{origin}: the caption of image {image} is not a string: {caption!r}")
+            return
+        text = " ".join(caption.split()) if caption is not None else ""
         if not text:
-            self.problems.append(f"{origin}: empty caption for image {image}")
+            self.problems.append(f"{origin}: {'empty' if caption is not None else 'no'} caption for image {image}")
             return
         if image not in self.index:
             self.index[image] = len(self.images)
@@ -203,7 +210,7 @@ def read_caption_folders(
 
 def _read_text(path: Path) -> str:
     try:
-        return path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as err:
         raise DataError(f"cannot read {path}: {err} (expected a UTF-8 text file)") from None
 
@@ -311,8 +318,9 @@ def _read_shard(tar: tarfile.TarFile, shard: Path, builder: _PairBuilder) -> Non
     samples: dict[str, dict[str, tarfile.TarInfo]] = {}
     for member in tar.getmembers():
         if member.isfile():
-            key, _, ext = member.name.partition(".")
-            samples.setdefault(key, {})[ext.lower()] = member
+            folder, _, name = member.name.rpartition("/")
+            stem, _, ext = name.partition(".")
+            samples.setdefault(f"{folder}/{stem}" if folder else stem, {})[ext.lower()] = member
     for key, parts in samples.items():
         image = next((parts[e] for e in WDS_IMAGE_SUFFIXES if e in parts), None)
         text = next((parts[e] for e in WDS_TEXT_SUFFIXES if e in parts), None)
@@ -459,11 +467,32 @@ class PairDataset(EpochSeededDataset):
         return image, pick_caption(self.owners[index], self.seed, self.epoch, index, self.train), index
 
 
+def expected_dropped_fraction(pairs: CaptionPairs, batch_size: int) -> float:
+    """The share of training samples :class:`PairCollate` is expected to drop as repeated captions, in [0, 1).
+
+    Each image shows one of its captions per epoch (uniformly), and a batch holds B of the N images. Treating each
+    image as in the batch with probability B / N, caption text t is absent from a batch with probability
+    ``prod over images i of (1 - B / N * p_i(t))``, p_i(t) the share of image i's captions that are t; the share
+    dropped is ``1 - E[distinct texts in a batch] / B``: exactly 0 for unique captions, ``1 - 1 / B`` (to within
+    ``(1 - B / N)^N / B``) for one caption shared by every image, within a few percent otherwise.
+    """
+    count = len(pairs.images)
+    size = min(batch_size, count)
+    if size < 2:
+        return 0.0
+    _, text = np.unique(np.asarray(pairs.captions, dtype=object).astype(str), return_inverse=True)
+    per_image = np.bincount(pairs.caption_image, minlength=count)[pairs.caption_image]
+    log_absent = np.bincount(text, weights=np.log1p(-(size / count) / per_image))
+    return float(max(0.0, 1.0 - (1.0 - np.exp(log_absent)).sum() / size))
+
+
 class PairCollate:
     """Stacks ``(image or cached embedding, caption index, image index)`` items and tokenizes their captions.
 
     Samples whose caption text already appears earlier in the batch are dropped: identical captions would be
-    contrastive negatives of each other (false negatives) although their embeddings are equal.
+    contrastive negatives of each other (false negatives) although their embeddings are equal. Training logs the
+    share dropped per epoch as ``train/dropped_fraction``; the preflight warns when it is expected to be large
+    (:func:`expected_dropped_fraction`).
 
     Returns a dict: ``images`` float (B, ...) (images or cached embeddings), ``input_ids`` int64
     (B, context_length), ``caption_index`` / ``image_index`` int64 (B,), ``dropped`` (samples removed).

@@ -20,7 +20,14 @@ from vfmkit.engine.trained import load_trained
 from vfmkit.errors import DataError, VfmError
 from vfmkit.models.clip import ClipModel
 from vfmkit.models.clip_zoo import load_clip_model
-from vfmkit.tasks.clip.data import CaptionPairs, PairCollate, PairDataset, preflight, read_source
+from vfmkit.tasks.clip.data import (
+    CaptionPairs,
+    PairCollate,
+    PairDataset,
+    expected_dropped_fraction,
+    preflight,
+    read_source,
+)
 from vfmkit.tasks.clip.embeddings import CachedPairDataset, cached_image_features, evaluate_retrieval
 from vfmkit.tasks.clip.export import export_plans, save_tokenizer_beside
 from vfmkit.tasks.clip.model import build_for_training, build_pretrained, model_facts, spec_resolution
@@ -41,6 +48,7 @@ class ClipTask(TaskDef):
     spec_class = ClipSpec
     monitor = "val/t2i_mAP"
     backbone_path = "visual.backbone"
+    splits = ("train", "val")  # image-caption pairs come as train and val only
     metric_notes = {
         "zeroshot_top5": "fewer than 5 classes",
         "control_top5": "fewer than 5 classes",
@@ -74,6 +82,8 @@ class ClipTask(TaskDef):
             if pairs is not None:
                 pairs, counts = preflight(pairs, name, spec.dataset.check_images)
                 print(f"{name}: {counts['images']} images, {counts['captions']} captions ({pairs.source})")
+            if pairs is not None and name == "train":
+                _warn_repeated_captions(pairs, spec.train.batch_size)
             found[name] = pairs
         summary = {
             "pairs per split": {name: len(p) for name, p in found.items() if p is not None},
@@ -259,12 +269,31 @@ def _real_pairs(spec: ClipSpec, resolution: int, count: int = 4) -> tuple[torch.
     raise VfmError("export verification needs real images: set dataset.val (or dataset.train), or export.verify=false")
 
 
+DROPPED_WARNING = 0.05
+"""The expected share of training samples dropped as repeated captions above which the preflight warns."""
+
+
+def _warn_repeated_captions(pairs: CaptionPairs, batch_size: int) -> None:
+    """Print a warning when repeated captions would drop more than :data:`DROPPED_WARNING` of the samples."""
+    dropped = expected_dropped_fraction(pairs, batch_size)
+    if dropped <= DROPPED_WARNING:
+        return
+    distinct = len(set(pairs.captions))
+    print(
+        f"warning: train: {distinct} distinct caption(s) among {len(pairs.captions)} of {len(pairs.images)} images: "
+        "identical captions in a batch would be false negatives of each other in the contrastive loss, so all but "
+        f"one are dropped: about {100 * dropped:.0f}% of the samples of each batch of {batch_size} "
+        "(train/dropped_fraction in metrics.csv); more specific captions keep them"
+    )
+
+
 def _zeroshot(model, section: ZeroShotSpec, resolution: int, batch_size: int) -> dict[str, float]:
     """Zero-shot metrics of a class-folder set (classes from ``classes_file`` or the folder names)."""
     classes = section.classes_file or folder_class_names(section.source)
     result = zeroshot_source(section.source, model, classes, section.templates, None, batch_size, resolution)
     if result.metrics is None:
-        raise DataError(f"{section.source}: zero-shot accuracy needs class folders named like the classes")
+        why = f" ({result.no_accuracy})" if result.no_accuracy else ""
+        raise DataError(f"{section.source}: zero-shot accuracy needs class folders named like the classes{why}")
     return result.metrics
 
 

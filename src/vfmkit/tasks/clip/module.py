@@ -29,8 +29,10 @@ class ClipModule(TaskModule):
 
     Training batches are :class:`~vfmkit.tasks.clip.data.PairCollate` dicts: ``images`` float (B, 3, R, R) in [0, 1],
     or (B, C) cached image features when the image backbone is frozen (its forward never runs); ``input_ids`` int64
-    (B, L). Validation batches are ``(images or features, caption index, image index)``; at the end of the epoch
-    every distinct caption of the val split is encoded and the retrieval metrics computed (fractions).
+    (B, L); ``dropped``, the samples left out as repeated captions (logged as ``train/dropped_fraction``, the share
+    of the samples drawn in the epoch). Validation batches are ``(images or features, caption index, image index)``;
+    at the end of the epoch every distinct caption of the val split is encoded and the retrieval metrics computed
+    (fractions).
 
     With ``train.wise_ft.alpha`` < 1 the model saved in a checkpoint holds the WiSE-FT weights
     ``(1 - alpha) * pre-trained + alpha * fine-tuned`` (what evaluate, predict and export use), and the fine-tuned
@@ -66,6 +68,9 @@ class ClipModule(TaskModule):
         loss = self.loss_fn(images, texts, self.model.logit_scale, self.model.logit_bias)
         size = len(batch["input_ids"])
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=size)
+        drawn = size + int(batch["dropped"])  # the epoch value is sum(dropped) / sum(drawn)
+        dropped = float(batch["dropped"]) / drawn
+        self.log("train/dropped_fraction", dropped, on_step=False, on_epoch=True, batch_size=drawn, sync_dist=True)
         self.log("train/logit_scale", self.model.logit_scale.detach().exp(), on_epoch=True, batch_size=size)
         return loss
 

@@ -77,7 +77,7 @@ def read_lines(path: Path, what: str, comments: bool = True) -> list[str]:
         DataError: missing or unreadable (the message names ``what`` and the file).
     """
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        text = Path(path).read_text(encoding="utf-8-sig")  # a byte-order mark is not part of the first name
     except (OSError, UnicodeDecodeError) as err:
         raise DataError(f"cannot read {what} {path}: {err}") from None
     lines = [line.strip() for line in text.splitlines() if line.strip()]
@@ -138,6 +138,8 @@ class ZeroShotResult:
         labels: int64 (N,) true classes when the source is a class-folder tree, else None.
         metrics: ``top1``, ``top5``, ``mean_per_class_recall``, ``images`` when ``labels`` is known.
         csv_path: the CSV written (None when not asked).
+        no_accuracy: why a folder source gave no accuracy (folders that are not classes, loose images); empty when
+            accuracy was computed or no class folders were meant.
     """
 
     files: list[Path]
@@ -149,6 +151,7 @@ class ZeroShotResult:
     csv_path: Path | None = None
     templates: str = ""
     extra: dict = field(default_factory=dict)
+    no_accuracy: str = ""
 
 
 def folder_class_names(root: str | Path) -> list[str]:
@@ -164,18 +167,36 @@ def folder_class_names(root: str | Path) -> list[str]:
     return names
 
 
-def folder_labels(root: Path, files: Sequence[Path], class_names: Sequence[str]) -> torch.Tensor | None:
-    """int64 (N,) labels when every image lies under ``root/<class name>/``, else None."""
+def folder_labels(root: Path, files: Sequence[Path], class_names: Sequence[str]) -> tuple[torch.Tensor | None, str]:
+    """int64 (N,) labels when every image lies under ``root/<class name>/``; else None and why (empty when ``root``
+    is not a folder or holds only loose images: no class folders were meant)."""
     if not root.is_dir():
-        return None
+        return None, ""
     index = {name: i for i, name in enumerate(class_names)}
-    labels = []
+    labels, loose, strangers = [], 0, set()
     for file in files:
         parts = Path(file).relative_to(root).parts
-        if len(parts) < 2 or parts[0] not in index:
-            return None
-        labels.append(index[parts[0]])
-    return torch.tensor(labels, dtype=torch.int64)
+        if len(parts) < 2:
+            loose += 1
+        elif parts[0] not in index:
+            strangers.add(parts[0])
+        else:
+            labels.append(index[parts[0]])
+    if not loose and not strangers:
+        return torch.tensor(labels, dtype=torch.int64), ""
+    if not strangers:
+        return None, "" if loose == len(files) else f"{loose} image(s) lie directly in {root}, outside class folders"
+    return None, _not_classes(sorted(strangers), list(class_names), root)
+
+
+def _not_classes(folders: list[str], class_names: list[str], root: Path) -> str:
+    """Which folders of ``root`` are not class names, with the class each differs from only in case."""
+    lower = {name.lower(): name for name in class_names}
+    cased = [f"{folder!r} vs {lower[folder.lower()]!r}" for folder in folders if folder.lower() in lower]
+    shown = ", ".join(repr(folder) for folder in folders[:10]) + (" ..." if len(folders) > 10 else "")
+    hint = f"; names must match exactly, these differ in case: {', '.join(cased[:5])}" if cased else ""
+    listed = ", ".join(class_names[:10]) + (" ..." if len(class_names) > 10 else "")
+    return f"the folder(s) {shown} in {root} are not in the class list ({listed}){hint}"
 
 
 @torch.no_grad()
@@ -224,7 +245,7 @@ def zeroshot_source(
     logits = zeroshot_logits(encode_image_files(model, files, batch_size, resolution), classifier.float().cpu())
     k = min(top_k, len(names))
     top_scores, top_indices = logits.softmax(dim=-1).topk(k, dim=-1)
-    labels = folder_labels(Path(source).expanduser(), files, names)
+    labels, no_labels = folder_labels(Path(source).expanduser(), files, names)
     metrics = zeroshot_metrics(logits, labels) if labels is not None else None
     result = ZeroShotResult(
         files,
@@ -234,6 +255,7 @@ def zeroshot_source(
         labels,
         metrics,
         templates=str(templates) if isinstance(templates, (str, Path)) else "custom",
+        no_accuracy=no_labels,
     )
     if out_csv is not None:
         result.csv_path = write_predictions_csv(result, Path(out_csv))

@@ -10,6 +10,7 @@ import torch
 from torch.utils.data import DataLoader
 from torchvision.ops import box_convert
 
+from vfmkit.data.prediction_images import prediction_images
 from vfmkit.data.sampling import EpochSeededSampler
 from vfmkit.engine.runs import make_eval_loader, make_loader
 from vfmkit.engine.taskdef import ExportPlan, PredictResult, TaskData, TaskDef, Trained, format_metric
@@ -31,7 +32,7 @@ from vfmkit.tasks.detect.metrics import format_metrics_table, plot_detection_gri
 from vfmkit.tasks.detect.model import ExportableDetector, build_task_model
 from vfmkit.tasks.detect.module import DetectModule
 from vfmkit.tasks.detect.postprocess import postprocess_detections, to_coco_results
-from vfmkit.tasks.detect.spec import DetectSpec
+from vfmkit.tasks.detect.spec import DetectDataSpec, DetectSpec
 
 GRID_IMAGES = 8
 """Val images drawn in ``detections.png`` (predicted vs true boxes)."""
@@ -185,10 +186,16 @@ class DetectTask(TaskDef):
         return DetectRunner.from_onnx(path)
 
     def predict(self, spec: DetectSpec, runner: DetectRunner, out: Path | None, default_out: Path) -> PredictResult:
+        """Detections of every image of ``predict.source`` (an image source, or the COCO JSON of one of the dataset's
+        sources: its image ids are kept, so the results score against it)."""
         if spec.predict.source is None:
-            raise VfmError("predict.source (image folder, glob pattern, list file or image) is required")
+            raise VfmError(
+                "predict.source (image folder, glob pattern, list file, image, or a dataset source's COCO JSON) is "
+                "required"
+            )
+        images = prediction_images(spec.predict.source, _annotation_folders(spec.dataset))
         target = Path(out or default_out)
-        return predict_images(runner, spec.predict.source, target, spec.predict.conf_threshold, spec.predict.batch_size)
+        return predict_images(runner, images, target, spec.predict.conf_threshold, spec.predict.batch_size)
 
     def export_plan(self, trained: Trained, resolution: int, postprocess: bool = False) -> ExportPlan:
         """The raw graph (``inputs`` -> ``pred_logits``, ``pred_boxes``), or with ``postprocess`` also ``orig_sizes``
@@ -233,6 +240,16 @@ class DetectTimmTask(DetectTask):
     """Detection on a trainable timm CNN main backbone (``model.backbone=timm:<architecture>``, no neck)."""
 
     backbone_path = "source"
+
+
+def _annotation_folders(dataset: DetectDataSpec) -> dict[Path, Path]:
+    """The COCO JSON files of the dataset's sources -> their image folders."""
+    sources = [
+        *(dataset.train_data_sources or []),
+        *(dataset.val_data_sources or []),
+        *(dataset.test_data_sources or []),
+    ]
+    return {Path(s.json_file): Path(s.image_dir) for s in sources} if dataset.format == "coco" else {}
 
 
 def _local(backbone: str) -> bool:

@@ -12,11 +12,11 @@ import torch
 from PIL import Image, ImageDraw
 
 from vfmkit.data.box_transforms import resize_with_boxes
-from vfmkit.data.images import list_image_files, load_image_rgb
 from vfmkit.data.palette import default_colors
+from vfmkit.data.prediction_images import PredictionImage, decoded_batches, image_entry, write_images_json
 from vfmkit.data.preprocess import pil_to_tensor
 from vfmkit.engine.taskdef import PredictResult, Trained
-from vfmkit.errors import DataError, VfmError
+from vfmkit.errors import VfmError
 from vfmkit.tasks.detect.postprocess import postprocess_detections, to_coco_results
 from vfmkit.utils.atomic import atomic_write_text, save_image_atomically
 
@@ -86,45 +86,34 @@ class DetectRunner:
 
 
 def predict_images(
-    runner: DetectRunner, source: str | Path, out: Path, conf_threshold: float, batch_size: int
+    runner: DetectRunner, images: Sequence[PredictionImage], out: Path, conf_threshold: float, batch_size: int
 ) -> PredictResult:
-    """Detect on every image of ``source``.
+    """Detect on every image of ``images`` (:func:`vfmkit.data.prediction_images.prediction_images`: ids from the
+    annotation file predicted over, else 1..N in the source's order).
 
     Writes ``out/results.json`` (COCO results: ``image_id``, ``category_id`` (original id), ``bbox`` [x, y, w, h]
     pixels, ``score`` >= ``conf_threshold``; plus the ``file_name``), ``out/images.json`` (the COCO ``images`` entries
-    of the inputs: ids 1..N in input order, with their paths and sizes) and ``out/drawn/<name>.png`` per input.
+    of the predicted images) and ``out/drawn/<name>.png`` per input.
 
     Returns:
         ``written`` = the number of images predicted (one drawn image each); unreadable inputs in ``skipped``.
     """
-    paths = list_image_files(source)
-    results, images, skipped = [], [], []
-    for start in range(0, len(paths), batch_size):
-        batch, kept = [], []
-        for path in paths[start : start + batch_size]:
-            try:
-                batch.append(load_image_rgb(path))
-                kept.append(path)
-            except DataError as err:
-                skipped.append(str(err))
-        if not batch:
-            continue
-        detections = _detect_batch(runner, batch)
-        for image, path, boxes, scores, labels in zip(batch, kept, *detections, strict=True):
-            image_id = len(images) + 1
-            entry = {"id": image_id, "file_name": str(path), "width": image.width, "height": image.height}
-            found = to_coco_results(boxes[None], scores[None], labels[None], [image_id], conf_threshold)
-            results += [{**r, "file_name": str(path)} for r in found]
-            images.append(entry)
-            save_image_atomically(draw_detections(image, found, runner), out / "drawn" / f"{path.stem}.png")
-    if images:
+    results, entries, skipped = [], [], []
+    for batch in decoded_batches(images, batch_size, skipped):
+        detections = _detect_batch(runner, [picture for _, picture in batch])
+        for (image, picture), boxes, scores, labels in zip(batch, *detections, strict=True):
+            found = to_coco_results(boxes[None], scores[None], labels[None], [image.id], conf_threshold)
+            results += [{**r, "file_name": image.file_name} for r in found]
+            entries.append(image_entry(image, picture.width, picture.height))
+            save_image_atomically(draw_detections(picture, found, runner), out / "drawn" / f"{image.path.stem}.png")
+    if entries:
         atomic_write_text(out / "results.json", json.dumps(results))
-        atomic_write_text(out / "images.json", json.dumps(images, indent=1))
+        write_images_json(out, entries)
         print(
-            f"predicted {len(images)} image(s): {len(results)} detections with score >= {conf_threshold:g} in "
+            f"predicted {len(entries)} image(s): {len(results)} detections with score >= {conf_threshold:g} in "
             f"{out / 'results.json'}, drawn boxes in {out / 'drawn'}"
         )
-    return PredictResult(out, len(images), skipped)
+    return PredictResult(out, len(entries), skipped)
 
 
 def _detect_batch(runner: DetectRunner, images: Sequence[Image.Image]) -> Detections:

@@ -59,7 +59,9 @@ class DistillTask(TaskDef):
     backbone_path = "student.backbone"
     metric_notes = {
         "knn_top1": "no dataset.knn_validation",
+        "knn_top1_before": "no dataset.knn_validation",
         "control_knn_top1": "no dataset.control set",
+        "control_knn_top1_before": "no dataset.control set",
     }
 
     def resolution(self, spec: DistillSpec) -> int:
@@ -76,25 +78,32 @@ class DistillTask(TaskDef):
     # --- training --------------------------------------------------------------------------------------------------
 
     def prepare(self, spec: DistillSpec, splits) -> TaskData:
+        """The unlabeled images (``train``, every one decoded once: unreadable ones left out and listed), the k-NN
+        sets of the val queries (``val``) and, when ``test`` is asked for and ``<knn_validation.root>/<test_split>``
+        exists, of the held-out test queries (``test``)."""
         source = spec.dataset.train_nolabel.folder_path
         listed = list_image_files(source)
         files = [f for f, kept in zip(listed, check_samples(listed, "train").keep, strict=True) if kept]
         if not files:
             raise DataError(f"dataset.train_nolabel.folder_path {source}: no readable image (see above)")
-        sets = knn_sets(spec, "val") if spec.dataset.knn_validation is not None else None
         print(f"unlabeled images: {len(files)} ({spec.dataset.train_nolabel.folder_path})")
-        for knn_set in sets or []:
-            memory = knn_set.roles.count(MEMORY)
-            print(
-                f"k-NN {knn_set.name}: {len(knn_set.classes)} classes, {memory} memory, {len(knn_set) - memory} query"
-            )
-        if sets is None:
+        found: dict[str, Any] = {"train": files}
+        for split in ("val", "test"):
+            found[split] = knn_sets(spec, split) if split in splits and _has_queries(spec, split) else None
+            for knn_set in found[split] or []:
+                memory = knn_set.roles.count(MEMORY)
+                print(
+                    f"k-NN {knn_set.name} ({split}): {len(knn_set.classes)} classes, {memory} memory, "
+                    f"{len(knn_set) - memory} query"
+                )
+        if found["val"] is None:
             print("no dataset.knn_validation: the best checkpoint is the one with the lowest training loss")
         summary = {"unlabeled images": len(files), "teachers": ", ".join(t.head_name for t in spec.distill.teacher)}
-        if sets:
-            summary["k-NN sets"] = {s.name: len(s) for s in sets}
+        for split in ("val", "test"):
+            if found[split]:
+                summary[f"k-NN sets ({split})"] = {s.name: len(s) for s in found[split]}
         meta = {"teachers": [t.head_name for t in spec.distill.teacher]}
-        return TaskData({"train": files, "val": sets}, meta, summary)
+        return TaskData(found, meta, summary)
 
     def build_model(self, spec: DistillSpec, meta: dict[str, Any], pretrained: bool) -> DistillModel:
         cache_dir = spec.distill.cache_dir or Path(spec.results_dir) / ".cache" / "distill"
@@ -130,11 +139,13 @@ class DistillTask(TaskDef):
             _, trained = load_trained(TASK, best)
         manifest = export_adapted(trained, run_dir)
         print(f"adapted backbone: {manifest} (load it with --model {run_dir})")
-        metrics_file = run_dir / "evaluate" / "val" / "metrics.json"
-        if metrics_file.is_file() and (run_dir / "MODEL_CARD.md").is_file():
-            card = (run_dir / "MODEL_CARD.md").read_text()
-            table = before_after_table(json.loads(metrics_file.read_text()), trained)
-            atomic_write_text(run_dir / "MODEL_CARD.md", card.rstrip("\n") + "\n\n" + table)
+        for split in ("test", "val"):  # the held-out figure when there is one
+            metrics_file = run_dir / "evaluate" / split / "metrics.json"
+            if metrics_file.is_file() and (run_dir / "MODEL_CARD.md").is_file():
+                card = (run_dir / "MODEL_CARD.md").read_text()
+                table = before_after_table(json.loads(metrics_file.read_text()), trained, split)
+                atomic_write_text(run_dir / "MODEL_CARD.md", card.rstrip("\n") + "\n\n" + table)
+                break
 
     # --- evaluation ------------------------------------------------------------------------------------------------
 
@@ -229,8 +240,9 @@ class DistillTask(TaskDef):
 
 
 def knn_sets(spec: DistillSpec, split: str) -> list[KnnSet]:
-    """The domain k-NN set (queries from ``split``: ``val`` -> ``knn_validation.val_split``, ``test`` -> ``test``)
-    and the control set when ``dataset.control`` is given.
+    """The domain k-NN set (queries from ``split``: ``val`` -> ``knn_validation.val_split``, ``test`` ->
+    ``knn_validation.test_split``) and the control set when ``dataset.control`` is given (its test queries, or its
+    val queries when it has no test folder: the control set never picks the checkpoint).
 
     Raises:
         DataError: ``split`` = train (k-NN needs a memory and separate queries), or a missing/empty folder.
@@ -243,10 +255,20 @@ def knn_sets(spec: DistillSpec, split: str) -> list[KnnSet]:
         ("control", spec.dataset.control, "dataset.control.root"),
     ):
         if labelled is not None:
-            queries = labelled.val_split if split == "val" else split
+            queries = labelled.test_split if split == "test" else labelled.val_split
+            if name == "control" and not (Path(labelled.root) / queries).is_dir():
+                queries = labelled.val_split
             knn_set = KnnSet.from_folders(name, labelled.root, labelled.train_split, queries, key)
             sets.append(knn_set.readable(split, key))
     return sets
+
+
+def _has_queries(spec: DistillSpec, split: str) -> bool:
+    """Whether the domain k-NN set has ``split`` queries: val whenever it is given, test when its folder exists."""
+    labelled = spec.dataset.knn_validation
+    if labelled is None:
+        return False
+    return split == "val" or (Path(labelled.root) / labelled.test_split).is_dir()
 
 
 def student_before(spec: DistillSpec):
@@ -256,11 +278,21 @@ def student_before(spec: DistillSpec):
         return build_student(spec)
 
 
-def before_after_table(metrics: dict, trained: Trained) -> str:
-    """The model card's before/after section: k-NN top-1 on the domain and control sets, and teacher fidelity."""
+def before_after_table(metrics: dict, trained: Trained, split: str = "val") -> str:
+    """The model card's before/after section: k-NN top-1 on the domain and control sets of ``split``, and teacher
+    fidelity; it says whether the split picked the checkpoint (val: the "after" figure is optimistic)."""
     distill = trained.spec.distill
+    if split == "val":
+        why = (
+            "the val queries also picked the checkpoint, so the domain's 'after' figure is optimistic; held-out "
+            "queries in <knn_validation.root>/test/<class>/ give an unbiased one"
+        )
+    else:
+        why = f"held-out {split} queries, not used to pick the checkpoint"
     lines = [
-        f"## Before / after distillation (val, k-NN top-1, k={distill.knn_k}, T={distill.knn_temperature:g})",
+        f"## Before / after distillation ({split}, k-NN top-1, k={distill.knn_k}, T={distill.knn_temperature:g})",
+        "",
+        f"On {why}.",
         "",
         "| set | before | after |",
         "|---|---|---|",

@@ -5,7 +5,8 @@ Metrics (fractions in [0, 1]; None when undefined):
 
 - ``knn_top1``: k-NN top-1 of the student's summary on the domain set (``dataset.knn_validation``): the queries
   (``<root>/<val_split>/<class>/*``) vote over the memory (``<root>/<train_split>/<class>/*``) as ``vfm knn`` does
-  (:func:`vfmkit.features.knn.knn_scores`: L2-normalised, k neighbours weighted by ``exp(cos / T)``);
+  (:func:`vfmkit.features.knn.knn_scores`: L2-normalised, k neighbours weighted by ``exp(cos / T)``, similarities
+  in float64, a warning when neighbours tie);
 - ``control_knn_top1``: the same on ``dataset.control`` (None without one): shows forgetting;
 - ``<teacher>/summary_cosine``, ``<teacher>/feature_cosine``: fidelity, the mean cosine similarity in the teacher's
   own space between each head (standardisation inverse applied) and its teacher, on the domain's query images.
@@ -21,7 +22,7 @@ import torch
 
 from vfmkit.data.preflight import check_samples
 from vfmkit.errors import DataError
-from vfmkit.features.knn import knn_scores, list_class_folders
+from vfmkit.features.knn import knn_scores, list_class_folders, require_two_classes
 from vfmkit.models.backbones.base import AdaptorOutput
 from vfmkit.tasks.distill.data import DistillImages, collate_distill
 from vfmkit.tasks.distill.validate import head_fidelity
@@ -45,10 +46,12 @@ class KnnSet:
         """``<root>/<memory_split>/<class>/*`` (memory) and ``<root>/<query_split>/<class>/*`` (queries).
 
         Raises:
-            DataError: a missing or empty folder (naming ``key``, the spec key of the root).
+            DataError: a missing or empty folder, or a memory of fewer than two classes (naming ``key``, the spec key
+                of the root).
         """
         try:
             memory = list_class_folders(Path(root) / memory_split)
+            require_two_classes(memory, Path(root) / memory_split)
             queries = list_class_folders(Path(root) / query_split, classes=memory.classes)
         except DataError as err:  # it names the folder; the message adds the spec key
             raise DataError(f"{key} {root}: {err}") from None

@@ -118,7 +118,9 @@ class DistillSection(Section):
         names = [t.head_name for t in self.teacher]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
-            raise ValueError(f"teachers share the head name(s) {duplicates}: set a distinct teacher[].name for each")
+            raise ValueError(
+                f"distill.teacher: teachers share the head name(s) {duplicates}: set a distinct name for each"
+            )
         return self
 
 
@@ -154,6 +156,11 @@ class LabelledSetSpec(Section):
     root: SpecPath = Field(description="class folders: <root>/<train_split>/<class>/* and <root>/<val_split>/<class>/*")
     train_split: str = Field("train", description="sub-folder of the k-NN memory images")
     val_split: str = Field("val", description="sub-folder of the k-NN query images")
+    test_split: str = Field(
+        "test",
+        description="sub-folder of held-out query images: when it exists, train also reports the k-NN before/after "
+        "on it (val picks the checkpoint, so its figure is optimistic)",
+    )
 
 
 class DistillAugmentSpec(Section):

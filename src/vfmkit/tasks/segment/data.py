@@ -214,6 +214,8 @@ def preflight_segmentation(
     """
     palette = Palette.from_spec(spec)
     loaded = {name: load_segment_split(spec, name) for name in dict.fromkeys(splits)}
+    if "test" in loaded and loaded["test"] is None:
+        del loaded["test"]  # optional (train evaluates it when given): an absent one is not reported
     report = SegmentationPreflightReport(palette, loaded)
     for name, split in loaded.items():
         if split is None:

@@ -58,6 +58,8 @@ class UniversalTask(TaskDef):
 
     def prepare(self, spec: UniversalSpec, splits) -> TaskData:
         loaded = {name: load_universal_split(spec.dataset, name) for name in splits}
+        if "test" in loaded and loaded["test"] is None:
+            del loaded["test"]  # optional (train evaluates it when given): an absent one is not reported
         if "train" in loaded and loaded["train"] is None:
             raise DataError("dataset: no training split (dataset.train, or the semantic masks' train folder)")
         present = [split for split in loaded.values() if split is not None]

@@ -4,11 +4,14 @@ at the image's original size with the original category ids, and an overlay per 
 - ``semantic``: ``semantic/<stem>.png``, pixel = the original category id (8-bit, 16-bit when an id is > 255);
 - ``instance``: ``instances.json``, a COCO results list (``image_id``, ``file_name``, ``category_id``, ``score``,
   ``segmentation`` compressed RLE, ``bbox`` [x, y, w, h]) of the predictions scoring above
-  ``predict.score_threshold``; ``image_id`` is the file stem as an integer when it is all digits (COCO file
-  names), else the stem;
+  ``predict.score_threshold``;
 - ``panoptic``: ``panoptic.json`` + ``panoptic/<stem>.png`` in panopticapi's format (PNG id = R + 256 G + 256^2 B,
   ``segments_info`` with ``category_id``, ``isthing``, ``score``, ``area``, ``bbox``; the JSON lists the categories);
-- ``overlays/<stem>.png``: the image with each segment / instance tinted (things: one shade per instance).
+- ``overlays/<stem>.png``: the image with each segment / instance tinted (things: one shade per instance);
+- ``images.json``: the COCO ``images`` entries of the predicted images.
+
+Image ids follow :mod:`vfmkit.data.prediction_images`: a dataset split's annotation JSON as ``predict.source`` keeps
+its ids (the results score against it), any other source numbers its images 1..N in listing order.
 
 ``predict.checkpoint`` is a run folder, a ``.ckpt`` file or a ``vfm universal export`` ``.onnx`` graph (run by
 onnxruntime with the categories and thresholds recorded in its metadata).
@@ -27,11 +30,17 @@ from PIL import Image
 
 from vfmkit.data.coco_masks import mask_to_rle
 from vfmkit.data.dense_augment import eval_transform
-from vfmkit.data.images import list_image_files, load_image_rgb
 from vfmkit.data.palette import default_colors
+from vfmkit.data.prediction_images import (
+    PredictionImage,
+    decoded_batches,
+    image_entry,
+    prediction_images,
+    write_images_json,
+)
 from vfmkit.data.preprocess import pil_to_tensor
 from vfmkit.engine.taskdef import PredictResult, Trained
-from vfmkit.errors import DataError, VfmError
+from vfmkit.errors import VfmError
 from vfmkit.metrics.panoptic import segment_bbox, write_panoptic_results
 from vfmkit.models.heads.mask2former import TASKS
 from vfmkit.tasks.universal.categories import Category, CategoryTable
@@ -42,7 +51,7 @@ from vfmkit.tasks.universal.postprocess import (
     resize_mask_logits,
     semantic_inference,
 )
-from vfmkit.tasks.universal.spec import UniversalSpec, UniversalTestSpec
+from vfmkit.tasks.universal.spec import UniversalDataSpec, UniversalSpec, UniversalTestSpec
 from vfmkit.utils.atomic import atomic_write_text, save_image_atomically
 
 Outputs = dict[str, torch.Tensor]
@@ -121,60 +130,71 @@ class UniversalPredictor:
 def predict_universal(spec: UniversalSpec, predictor: UniversalPredictor, out: Path) -> PredictResult:
     """Predict ``spec.predict.task`` for every image of ``spec.predict.source`` into ``out`` (see the module)."""
     if spec.predict.source is None:
-        raise VfmError("predict.source (image folder, glob pattern or list file) is required")
-    task, test = spec.predict.task, predictor.test
-    categories, colors, resolution = predictor.categories, predictor.colors(), predictor.resolution
-    files, skipped = list_image_files(spec.predict.source), []
-    instances, panoptic = [], []
-    written = 0
-    for start in range(0, len(files), spec.predict.batch_size):
-        images, loaded = [], []
-        for path in files[start : start + spec.predict.batch_size]:
-            try:
-                images.append(load_image_rgb(path))
-            except DataError as err:
-                skipped.append(str(err))
-                continue
-            loaded.append(path)
-        if not loaded:
-            continue
-        batch = torch.stack([eval_transform([pil_to_tensor(i)], None, resolution)[0][0] for i in images])
-        outputs = predictor.outputs(batch, task)
-        for b, (path, image) in enumerate(zip(loaded, images, strict=True)):
-            size = (image.height, image.width)
-            logits, masks = outputs["pred_logits"][b], resize_mask_logits(outputs["pred_masks"][b], size)
-            if task == "semantic":
-                labels = semantic_inference(logits, masks).argmax(0).numpy()
-                _write_png(out / "semantic" / f"{path.stem}.png", np.asarray(categories.original_ids)[labels])
-                painted = _paint(image, labels, colors)
-            elif task == "instance":
-                found = instance_inference(logits, masks, test.test_topk_per_image, categories.isthing)
-                found = found.above(spec.predict.score_threshold)
-                instances += _instance_results(path, found, categories)
-                painted = _paint_instances(image, found, colors)
-            else:
-                result = panoptic_inference(
-                    logits, masks, categories.isthing, test.object_mask_threshold, test.overlap_threshold
-                )
-                ids = result.ids.numpy()
-                segments = [_segment_info(s, categories) for s in result.segments]
-                panoptic.append((_image_id(path), f"{path.stem}.png", ids, segments))
-                painted = _paint_segments(image, ids, result.segments, colors)
-            _write_png(out / "overlays" / f"{path.stem}.png", painted)
-            written += 1
-    if task == "instance" and written:
-        atomic_write_text(out / "instances.json", json.dumps(instances))
-    if task == "panoptic" and written:
-        meta = [{"id": c.id, "name": c.name, "isthing": int(c.isthing)} for c in categories.categories]
-        write_panoptic_results(out / "panoptic.json", panoptic, meta)
-    if written:
+        raise VfmError(
+            "predict.source (image folder, glob pattern, list file, or a dataset split's annotation JSON) is required"
+        )
+    task = spec.predict.task
+    images = prediction_images(spec.predict.source, annotation_folders(spec.dataset))
+    results: list = []  # instance: COCO results; panoptic: (image id, PNG name, ids, segments) per image
+    entries, skipped = [], []
+    for batch in decoded_batches(images, spec.predict.batch_size, skipped):
+        tensors = [eval_transform([pil_to_tensor(picture)], None, predictor.resolution)[0][0] for _, picture in batch]
+        outputs = predictor.outputs(torch.stack(tensors), task)
+        for b, (image, picture) in enumerate(batch):
+            pair = (outputs["pred_logits"][b], outputs["pred_masks"][b])
+            painted, found = _predict_one(spec, predictor, image, picture, pair, out)
+            results += found
+            _write_png(out / "overlays" / f"{image.path.stem}.png", painted)
+            entries.append(image_entry(image, picture.width, picture.height))
+    if entries:
+        _write_results(out, task, results, predictor.categories)
+        write_images_json(out, entries)
         what = {"semantic": "semantic/", "instance": "instances.json", "panoptic": "panoptic.json + panoptic/"}[task]
-        print(f"predicted {task} for {written} image(s): {out / what}, overlays in {out / 'overlays'}")
-    return PredictResult(out, written, skipped)
+        print(f"predicted {task} for {len(entries)} image(s): {out / what}, overlays in {out / 'overlays'}")
+    return PredictResult(out, len(entries), skipped)
 
 
-def _image_id(path: Path) -> int | str:
-    return int(path.stem) if path.stem.isdigit() else path.stem
+def annotation_folders(dataset: UniversalDataSpec) -> dict[Path, Path]:
+    """The annotation JSON of each COCO split of the dataset -> its image folder."""
+    splits = (dataset.train, dataset.val, dataset.test) if dataset.format != "semantic_masks" else ()
+    return {Path(s.annotations): Path(s.images) for s in splits if s is not None}
+
+
+def _predict_one(
+    spec: UniversalSpec,
+    predictor: UniversalPredictor,
+    image: PredictionImage,
+    picture: Image.Image,
+    outputs: tuple[torch.Tensor, torch.Tensor],
+    out: Path,
+) -> tuple[Image.Image, list]:
+    """One image's overlay and results: semantic writes its PNG here and returns none; instance returns its COCO
+    results; panoptic its ``(image id, PNG name, ids, segments)`` entry. ``outputs`` are the model's logits
+    (Q, K + 1) and mask logits (Q, h, w) for the image."""
+    task, test, categories, colors = spec.predict.task, predictor.test, predictor.categories, predictor.colors()
+    logits, masks = outputs[0], resize_mask_logits(outputs[1], (picture.height, picture.width))
+    if task == "semantic":
+        labels = semantic_inference(logits, masks).argmax(0).numpy()
+        _write_png(out / "semantic" / f"{image.path.stem}.png", np.asarray(categories.original_ids)[labels])
+        return _paint(picture, labels, colors), []
+    if task == "instance":
+        found = instance_inference(logits, masks, test.test_topk_per_image, categories.isthing)
+        found = found.above(spec.predict.score_threshold)
+        return _paint_instances(picture, found, colors), _instance_results(image, found, categories)
+    result = panoptic_inference(logits, masks, categories.isthing, test.object_mask_threshold, test.overlap_threshold)
+    ids = result.ids.numpy()
+    segments = [_segment_info(segment, categories) for segment in result.segments]
+    return _paint_segments(picture, ids, result.segments, colors), [(image.id, f"{image.path.stem}.png", ids, segments)]
+
+
+def _write_results(out: Path, task: str, results: list, categories: CategoryTable) -> None:
+    """``instances.json`` (instance) or ``panoptic.json`` + ``panoptic/`` (panoptic); semantic PNGs are written per
+    image."""
+    if task == "instance":
+        atomic_write_text(out / "instances.json", json.dumps(results))
+    elif task == "panoptic":
+        meta = [{"id": c.id, "name": c.name, "isthing": int(c.isthing)} for c in categories.categories]
+        write_panoptic_results(out / "panoptic.json", results, meta)
 
 
 def _segment_info(segment: dict, categories: CategoryTable) -> dict:
@@ -187,15 +207,15 @@ def _segment_info(segment: dict, categories: CategoryTable) -> dict:
     }
 
 
-def _instance_results(path: Path, found, categories: CategoryTable) -> list[dict]:
+def _instance_results(image: PredictionImage, found, categories: CategoryTable) -> list[dict]:
     results = []
     for mask, score, label in zip(found.masks.numpy(), found.scores.tolist(), found.labels.tolist(), strict=True):
         results.append(
             {
-                "image_id": _image_id(path),
-                "file_name": path.name,
+                "image_id": image.id,
+                "file_name": image.file_name,
                 "category_id": categories.original_ids[label],
-                "score": round(float(score), 5),
+                "score": float(score),
                 "segmentation": mask_to_rle(mask),
                 "bbox": segment_bbox(mask),
             }
