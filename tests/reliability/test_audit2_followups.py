@@ -292,7 +292,7 @@ def test_n18_evaluate_with_an_onnx_names_every_task_whose_predict_takes_one(tmp_
             "distill.teacher=[{backbone: a, name: t}, {backbone: b, name: t}]",
             "error: command-line override: distill.teacher: teachers share the head name(s) ['t']",
         ),
-        ("detect", "dataset.format=yolo", "error: command-line override: dataset.root and dataset.names are required"),
+        ("detect", "dataset.format=yolo", "error: command-line override: dataset.root is required for format 'yolo'"),
         ("universal", "dataset.task_prob={semantic: 0.5, instance: 0.6}", "'dataset.task_prob': task probabilities"),
     ],
 )
