@@ -2,8 +2,9 @@
 
 This is the *main* backbone of TAO's RT-DETR (``resnet_50``, ``convnext_*``): it is trained with the detector, unlike
 the foundation models of the registry. Weights: random init, a local file (safetensors or a ``torch.save`` state
-dict, read by timm's pretrained loader, which drops the classifier), or timm's published ImageNet weights from the
-Hugging Face cache (``HF_HUB_OFFLINE`` honoured; see :mod:`vfmkit.weights.sources`).
+dict, read by :mod:`vfmkit.weights.safe_load` and handed to timm's pretrained loader, which drops the classifier), or
+timm's published ImageNet weights from the Hugging Face cache (``HF_HUB_OFFLINE`` honoured; see
+:mod:`vfmkit.weights.sources`).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from torch import nn
 
 from vfmkit.errors import ModelNotFoundError, WeightsError
 from vfmkit.models.backbones.base import Preprocessing
-from vfmkit.models.backbones.timm_family import fetch_hub_weights
+from vfmkit.models.backbones.timm_family import create_with_weights, fetch_hub_weights
 
 TIMM_PREFIX = "timm:"
 """Backbone names starting with this select a timm CNN main backbone (``timm:resnet50``)."""
@@ -108,13 +109,12 @@ def _weights(name: str, config, checkpoint: str | Path | None, pretrained: bool)
 
 
 def _create(name: str, weights: Path | None) -> nn.Module:
-    """``timm.create_model(name, features_only=True)`` with ``weights`` through timm's pretrained loader."""
+    """``timm.create_model(name, features_only=True)`` with the tensors of ``weights`` (read by
+    :mod:`vfmkit.weights.safe_load`) through timm's pretrained loader.
+
+    Raises:
+        WeightsError: the file is empty, damaged, refused or does not fit; one line naming it.
+    """
     if weights is None:
         return timm.create_model(name, pretrained=False, features_only=True)
-    try:
-        return timm.create_model(
-            name, pretrained=True, pretrained_cfg_overlay={"file": str(weights)}, features_only=True
-        )
-    except (RuntimeError, KeyError, ValueError, OSError) as exc:
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise WeightsError(f"{weights} does not hold weights for timm {name}: {first_line[:500]}") from exc
+    return create_with_weights(name, weights, f"timm {name}", features_only=True)
