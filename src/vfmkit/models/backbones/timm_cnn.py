@@ -36,7 +36,9 @@ class TimmCNN(nn.Module):
     Args:
         model_name: timm architecture (``resnet50``, ``convnext_tiny`` ...), with or without the ``timm:`` prefix.
         strides: output strides wanted (finest first), each one of the network's stage reductions.
-        checkpoint: a local weights file (takes precedence over ``pretrained``).
+        checkpoint: a local weights file (takes precedence over ``pretrained``; the weights rule refuses a file with
+            ``pretrained`` false where a spec or :func:`~vfmkit.models.heads.detr.build.build_feature_source` builds
+            one).
         pretrained: load timm's published weights from the Hugging Face cache (False: random init).
         freeze_norm: turn the BatchNorm layers into frozen ones (fixed statistics and affine, as RT-DETR's ResNet
             backbones); None: frozen when weights were loaded, trainable for a random init.
