@@ -64,7 +64,7 @@ def test_model_card_metrics_are_fractions_and_say_why_one_is_undefined(tmp_path)
         tmp_path,
         "change",
         "test-radio-v2-tiny",
-        False,
+        None,
         {"variant": "segment"},
         {"change_f1": None, "miou": 0.8125},
         "0" * 64,

@@ -3,6 +3,7 @@ registry namespaces and offline errors."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import open_clip
@@ -62,13 +63,22 @@ def _open_clip_reference(vision_cfg: dict, text_name: str, custom: bool) -> torc
     return model.eval()
 
 
-def test_open_clip_checkpoint_loads_both_towers_exactly(tmp_path) -> None:
+@pytest.fixture
+def file_clip(monkeypatch) -> str:
+    """A non-test copy of ``test-openclip-clip-tiny`` (the weights rule refuses a file for a test model)."""
+    entry = dataclasses.replace(CLIP_MODELS.resolve("test-openclip-clip-tiny"), id="file-openclip-tiny", aliases=())
+    entry = dataclasses.replace(entry, test_only=False)
+    monkeypatch.setitem(CLIP_MODELS._entries, entry.id, entry)
+    return entry.id
+
+
+def test_open_clip_checkpoint_loads_both_towers_exactly(tmp_path, file_clip) -> None:
     """A full open_clip CLIP checkpoint (top-level text keys) gives exactly open_clip's embeddings and scalars."""
     vision_cfg = resolve_entry("test-openclip-tiny").arch["model_cfg"]["vision_cfg"]
     reference = _open_clip_reference(vision_cfg, "test-clip-text-tiny", custom=False)
     file = tmp_path / "open_clip_model.safetensors"
     save_file({k: v.contiguous() for k, v in reference.state_dict().items()}, str(file))
-    model = load_clip_model("test-openclip-clip-tiny", checkpoint=file)
+    model = load_clip_model(file_clip, checkpoint=file)
     images = torch.rand(2, 3, 64, 64)
     ids = model.tokenize(["a red circle", "two blue squares"])
     normalised = (images - torch.tensor(OPENAI_CLIP_MEAN).view(1, 3, 1, 1)) / torch.tensor(OPENAI_CLIP_STD).view(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import hashlib
 import json
 
 import lightning.pytorch as pl
@@ -37,6 +38,7 @@ RUN_FILES = (
     "checkpoints/last.ckpt",
     "MODEL_CARD.md",
     "evaluate/val/metrics.json",
+    "weights.json",
 )
 
 
@@ -96,6 +98,14 @@ def test_train_writes_the_run_folder(setup, main_run) -> None:
     (record,) = payload[CHECKPOINT_KEY]  # frozen published backbone: left out, its source and fingerprint recorded
     assert record["source"] == str(setup.source) and len(record["fingerprint"]) == 64
     assert not any(key.startswith(f"model.{record['model_path']}.") for key in payload["state_dict"])
+    # the weights rule's record of the same backbone: its file, read and fingerprinted as built (weights.json, card)
+    roles = json.loads((main_run.run_dir / "weights.json").read_text())["roles"]
+    (facts,) = [facts for facts in roles.values() if facts["source"] == str(setup.source)]
+    assert facts["kind"] == "local backbone" and facts["fingerprint"] == record["fingerprint"]
+    assert facts["files"] == [
+        {"path": str(setup.source), "sha256": hashlib.sha256(setup.source.read_bytes()).hexdigest()}
+    ]
+    assert f"local backbone: {setup.source}" in (main_run.run_dir / "MODEL_CARD.md").read_text()
 
 
 def test_evaluate_reproduces_the_val_metrics_of_train(setup, main_run) -> None:

@@ -23,6 +23,7 @@ from vfmkit.engine.resume import run_dir_of
 from vfmkit.engine.run_dir import atomic_write_text
 from vfmkit.engine.taskdef import EvalResult, TaskDef, TaskFamily, Trained
 from vfmkit.engine.trained import load_trained
+from vfmkit.engine.weights import check_weights
 from vfmkit.errors import VfmError
 
 
@@ -97,12 +98,17 @@ def load_target(family: TaskFamily, spec: BaseModel, action: str) -> tuple[TaskD
     checkpoint, the task's pre-trained model (:meth:`TaskDef.pretrained_model`) and
     ``<results_dir>/<task>/pretrained/<model>``.
 
+    A pre-trained model's weights follow the weights rule: a contradiction in the spec is refused (naming both keys)
+    before anything is loaded.
+
     Raises:
         VfmError: no checkpoint and the task has no usable pre-trained model, or a checkpoint this spec cannot use.
     """
     value = getattr(spec, action).checkpoint
     if value is None:
         taskdef = family.select(spec)
+        if type(taskdef).pretrained_model is not TaskDef.pretrained_model:  # the task offers a pre-trained model
+            check_weights(taskdef, spec)
         trained = taskdef.pretrained_model(spec)
         if trained is not None:
             name = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(taskdef.backbone_id(spec)).name)

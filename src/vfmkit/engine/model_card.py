@@ -1,4 +1,5 @@
-"""MODEL_CARD.md for a run: backbone and weights provenance, data summary, metrics, spec hash, limits."""
+"""MODEL_CARD.md for a run: backbone and weights provenance (every backbone's source and fingerprints, as recorded
+in ``weights.json``), data summary, metrics, spec hash, limits."""
 
 from __future__ import annotations
 
@@ -9,26 +10,50 @@ from typing import Any
 from vfmkit import __version__
 from vfmkit.engine.run_dir import atomic_write_text
 from vfmkit.models.registry import find_entry
+from vfmkit.weights.record import WeightsRecord
+
+RecordedWeights = tuple[list[WeightsRecord], str | None]
+"""The records of ``weights.json`` and its ``init_from`` (see :func:`vfmkit.engine.weights.read_weights_json`)."""
 
 
-def _backbone_lines(backbone: str, pretrained: bool) -> list[str]:
+def _backbone_lines(backbone: str, weights: RecordedWeights | None) -> list[str]:
+    main = next((r for r in weights[0] if r.role == "backbone"), None) if weights else None
+    source = f"{main.kind}: {main.source}" if main else "not recorded (the run has no weights.json)"
     entry = find_entry(backbone)
     if entry is None:
-        return [f"- backbone: `{backbone}` (a local checkpoint or hub source; license: see its publisher)"]
-    weights = entry.source if pretrained and entry.source else "random initialisation"
+        return [
+            f"- backbone: `{backbone}` (not a registry model; license: see its publisher)",
+            f"- weights: {source}",
+        ]
     return [
         f"- backbone: `{entry.id}` ({entry.description})",
-        f"- weights: {weights}",
+        f"- weights: {source}",
         f"- weights license: {entry.license}",
         f"- parameters: {entry.params_m} M" if entry.params_m else "- parameters: -",
     ]
+
+
+def _weights_lines(weights: RecordedWeights | None) -> list[str]:
+    """The "Weights" section: every backbone's source and fingerprints, as ``weights.json`` records them."""
+    if not weights:
+        return ["- not recorded: this run has no weights.json (started by an older vfmkit)"]
+    records, init_from = weights
+    lines = [
+        "Where each backbone's weights came from when the run started (`weights.json`); weights sha256 is "
+        "`vfmkit.weights.fingerprint.weights_fingerprint` of the backbone as built, before training.",
+        "",
+        *(record.card_line() for record in records),
+    ]
+    if init_from:
+        lines.append(f"- then the whole model started from the weights of `{init_from}` (train.init_from)")
+    return lines
 
 
 def write_model_card(
     run_dir: Path,
     task: str,
     backbone: str,
-    pretrained: bool,
+    weights: RecordedWeights | None,
     data_summary: dict[str, Any],
     metrics: dict[str, Any] | None,
     spec_hash: str,
@@ -40,6 +65,7 @@ def write_model_card(
     """Write ``run_dir/MODEL_CARD.md``.
 
     Args:
+        weights: the records of the run's ``weights.json`` and its ``init_from``; None: not recorded.
         data_summary: e.g. {"classes": [...], "images per split": {...}}.
         metrics: the headline metrics on the validation split (name -> value; fractions in [0, 1], None when
             undefined); None without validation.
@@ -54,7 +80,10 @@ def write_model_card(
         f"Trained with vfmkit {__version__} on {time.strftime('%Y-%m-%d')}.",
         "",
         "## Backbone",
-        *_backbone_lines(backbone, pretrained),
+        *_backbone_lines(backbone, weights),
+        "",
+        "## Weights",
+        *_weights_lines(weights),
         "",
         "## Data",
         *(f"- {key}: {value}" for key, value in data_summary.items()),

@@ -24,6 +24,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from vfmkit.errors import VfmError
+from vfmkit.weights.rule import WeightsRequest
 
 
 @dataclass
@@ -199,6 +200,24 @@ class TaskDef:
         """The input side a spec trains at (the default export resolution); default ``spec.model.resolution``."""
         return int(spec.model.resolution)
 
+    def weight_requests(self, spec: BaseModel) -> list[WeightsRequest]:
+        """Every backbone the spec's model loads, with the spec keys that set where its weights come from and its
+        path in the built model. The engine decides each one's source by the weights rule
+        (:func:`vfmkit.weights.rule.decide_source`) before the data preflight, so a contradiction fails before any
+        run folder exists, and records every source in ``weights.json`` and the model card. Default: the task
+        backbone (``model.backbone`` / ``model.pretrained``, at :attr:`backbone_path`); a task that loads more
+        (a checkpoint key, a frozen side branch, teachers, a text tower) lists them all."""
+        return [
+            WeightsRequest(
+                "backbone",
+                self.backbone_id(spec),
+                bool(spec.model.pretrained),
+                model_key="model.backbone",
+                pretrained_key="model.pretrained",
+                module_path=self.backbone_path,
+            )
+        ]
+
     # --- training --------------------------------------------------------------------------------------------------
 
     def prepare(self, spec: BaseModel, splits: Sequence[str]) -> TaskData:
@@ -206,12 +225,19 @@ class TaskDef:
         raise NotImplementedError
 
     def build_model(self, spec: BaseModel, meta: dict[str, Any], pretrained: bool) -> nn.Module:
-        """The task's model from the spec; ``pretrained`` False builds the backbone without loading weights."""
+        """The task's model from the spec. ``pretrained`` True loads every backbone's weights as the spec says
+        (published weights, checkpoint files, local paths: see :meth:`weight_requests`); False loads none (a
+        checkpoint holding them is loaded next, or a dry build on the meta device), so no checkpoint file is passed
+        (:func:`vfmkit.weights.rule.loader_arguments`)."""
         raise NotImplementedError
 
     def loaders(self, spec: BaseModel, data: TaskData, model: nn.Module) -> tuple[DataLoader, DataLoader | None]:
         """Training and validation loaders (validation None without a usable val split)."""
         raise NotImplementedError
+
+    def check_model(self, spec: BaseModel, model: nn.Module) -> None:
+        """Refuse, before any run folder exists, spec settings the built model cannot take (beyond
+        ``model.resolution``, which the engine checks against the backbone's step). Default: nothing."""
 
     def lightning_module(self, spec: BaseModel, model: nn.Module, meta: dict[str, Any]) -> pl.LightningModule:
         """The LightningModule (a :class:`~vfmkit.engine.module.TaskModule`) that trains ``model``."""

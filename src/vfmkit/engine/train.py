@@ -1,6 +1,6 @@
-"""The train skeleton of every task: preflight -> seed -> build (+ init_from, activation checkpointing) -> run
-folder -> loaders -> module -> fit -> reload the best checkpoint -> evaluate on val (and on test) -> model card ->
-summary.
+"""The train skeleton of every task: weights rule -> preflight -> seed -> build (+ init_from, activation
+checkpointing) -> run folder (+ weights.json, left_out.json) -> loaders -> module -> fit -> reload the best
+checkpoint -> evaluate on val (and on test) -> model card -> summary.
 
 Val picks the best checkpoint, so its figure is optimistic (selection bias). When the dataset has a test split
 (:attr:`~vfmkit.engine.taskdef.TaskDef.splits` lists ``test`` and the preflight finds it), it is checked with the
@@ -29,7 +29,16 @@ from vfmkit.engine.run_dir import spec_hash
 from vfmkit.engine.runs import fit, open_run, process_rank
 from vfmkit.engine.taskdef import TaskData, TaskDef, TaskFamily, TrainResult, headline_text
 from vfmkit.engine.trained import copy_trained_weights, load_trained
-from vfmkit.errors import VfmError
+from vfmkit.engine.weights import (
+    WEIGHTS_FILE,
+    check_weights,
+    read_weights_json,
+    record_built_weights,
+    write_weights_json,
+)
+from vfmkit.errors import ConfigurationError, VfmError
+from vfmkit.weights.record import WeightsRecord
+from vfmkit.weights.rule import WeightsDecision, names_its_own_weights
 
 
 def enable_grad_checkpointing(model: nn.Module, enable: bool = True) -> int:
@@ -59,19 +68,22 @@ def dry_build(taskdef: TaskDef, spec: BaseModel, meta: dict) -> None:
         taskdef.build_model(spec, meta, pretrained=False)
 
 
-def build_for_training(family: TaskFamily, taskdef: TaskDef, spec: BaseModel, data: TaskData) -> nn.Module:
-    """The model of a new run: built from the spec, started from ``train.init_from`` weights when given."""
-    pretrained = taskdef.pretrained(spec)
-    if pretrained and not Path(taskdef.backbone_id(spec)).expanduser().exists():
+def build_for_training(
+    family: TaskFamily, taskdef: TaskDef, spec: BaseModel, data: TaskData, decisions: list[WeightsDecision]
+) -> tuple[nn.Module, list[WeightsRecord]]:
+    """The model of a new run, built from the spec (every backbone's weights as ``decisions`` say), and the records
+    of those weights fingerprinted as built; then started from ``train.init_from`` weights when given."""
+    if taskdef.pretrained(spec) and not names_its_own_weights(taskdef.backbone_id(spec)):
         dry_build(taskdef, spec, data.meta)  # published weights may need a download: check the configuration first
-    model = taskdef.build_model(spec, data.meta, pretrained=pretrained)
+    model = taskdef.build_model(spec, data.meta, pretrained=True)
+    records = record_built_weights(decisions, model)
     if spec.train.init_from is not None:
         _, trained = load_trained(family, spec.train.init_from)
         taskdef.check_init_from(spec, trained, data.meta)
         copy_trained_weights(model, trained, spec.train.init_from)
     if spec.train.activation_checkpointing:
         enable_grad_checkpointing(model)
-    return model
+    return model, records
 
 
 def prepare_data(taskdef: TaskDef, spec: BaseModel, splits=("train", "val")) -> tuple[TaskData, list[LeftOut]]:
@@ -88,16 +100,20 @@ def train(family: TaskFamily, spec: BaseModel) -> TrainResult:
     taskdef = family.select(spec)
     leader = process_rank() == 0
     with contextlib.redirect_stdout(sys.stdout if leader else io.StringIO()):  # ranks > 0 print nothing
+        decisions = check_weights(taskdef, spec)  # a contradiction fails here, before the data are read
         data, left_out = prepare_data(taskdef, spec, taskdef.splits)
         pl.seed_everything(spec.train.seed, workers=True, verbose=False)
-        model = build_for_training(family, taskdef, spec, data)
+        model, records = build_for_training(family, taskdef, spec, data, decisions if leader else [])
         check_resolution(taskdef, spec, model)
+        taskdef.check_model(spec, model)
         check_loggers(spec.train.loggers)
         # the run folder is created once the model is built: a bad backbone or checkpoint leaves nothing behind
         with open_run(spec, family.name) as (run_dir, resume_from):
             print(f"run folder: {run_dir}")
             if leader:
                 write_left_out(run_dir / LEFT_OUT_FILE, left_out)
+            if leader and (resume_from is None or not (run_dir / WEIGHTS_FILE).is_file()):
+                write_weights_json(run_dir, records, spec.train.init_from)
             result = _fit_and_evaluate(family, taskdef, spec, data, model, run_dir, resume_from, leader, left_out)
     if leader:
         print(f"done: {run_dir}{_final_figures(taskdef, spec, result)}")
@@ -149,12 +165,19 @@ def check_resolution(taskdef: TaskDef, spec: BaseModel, model: nn.Module) -> Non
         VfmError: naming the key, the step and the nearest valid values.
     """
     step = submodule(model, taskdef.backbone_path).preprocessing.resolution_step
-    resolution = taskdef.resolution(spec)
-    if resolution % step:
-        lower, upper = max(step, resolution // step * step), (resolution // step + 1) * step
-        raise VfmError(
-            f"model.resolution {resolution} is not a multiple of {step} (the patch size of "
-            f"{taskdef.backbone_id(spec)}); use {lower} or {upper}"
+    require_multiple_of_step("model.resolution", taskdef.resolution(spec), step, taskdef.backbone_id(spec))
+
+
+def require_multiple_of_step(key: str, size: int, step: int, backbone: str) -> None:
+    """An input side set by ``key`` must be a multiple of a backbone's step (its patch size).
+
+    Raises:
+        ConfigurationError: naming the key, the step and the two nearest valid values.
+    """
+    if size % step:
+        lower, upper = max(step, size // step * step), (size // step + 1) * step
+        raise ConfigurationError(
+            f"{key} {size} is not a multiple of {step} (the patch size of {backbone}); use {lower} or {upper}"
         )
 
 
@@ -162,11 +185,12 @@ def _write_card(
     taskdef: TaskDef, spec: BaseModel, run_dir: Path, data: TaskData, val: dict | None, test: dict | None
 ) -> None:
     keys = taskdef.headline_keys(spec)
+    recorded = read_weights_json(run_dir)
     write_model_card(
         run_dir,
         taskdef.name,
         taskdef.backbone_id(spec),
-        taskdef.pretrained(spec),
+        recorded,
         data.summary,
         None if val is None else {key: val.get(key) for key in keys},
         spec_hash(spec),

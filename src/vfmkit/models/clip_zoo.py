@@ -21,14 +21,15 @@ import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from vfmkit.errors import ModelNotFoundError, WeightsError
+from vfmkit.errors import ConfigurationError, ModelNotFoundError, WeightsError
 from vfmkit.models.backbones.open_clip_family import OPEN_CLIP_WEIGHT_FILES
 from vfmkit.models.backbones.timm_family import fetch_hub_weights
 from vfmkit.models.clip import ClipModel, ImageTower
 from vfmkit.models.factory import build_from_entry, load_backbone
 from vfmkit.models.namespaces import Namespace
 from vfmkit.models.registry import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, ModelEntry, list_backbones, resolve_entry
-from vfmkit.models.text.zoo import SIGLIP2_SO400M_TEXT, TEXT_TOWERS, build_text_entry, load_text_tokenizer
+from vfmkit.models.text.zoo import SIGLIP2_SO400M_TEXT, TEXT_TOWERS, TextEntry, build_text_entry, load_text_tokenizer
+from vfmkit.weights.rule import RegisteredModel, WeightsRequest, decide_source
 
 logger = logging.getLogger(__name__)
 
@@ -119,6 +120,7 @@ def load_clip_model(
     backbone: str | Path | None = None,
     projection: str = "native",
     adaptor_config: dict | None = None,
+    backbone_pretrained: bool | None = None,
 ) -> ClipModel:
     """Build a registered CLIP model and load its weights (offline-first).
 
@@ -141,6 +143,12 @@ def load_clip_model(
         adaptor_config: RADIO, ``pretrained=False``: the adaptor head's architecture (the fields of
             :class:`~vfmkit.models.backbones.radio.config.AdaptorConfig`); published heads take their sizes from
             the checkpoint, so a random init of one needs them (e.g. saved by a training run).
+        backbone_pretrained: ``pretrained`` of ``backbone`` when it differs from the towers' (None: the same).
+
+    Where each tower's weights come from follows :func:`vfmkit.weights.rule.decide_source` (see
+    :func:`clip_weight_requests`): a checkpoint is always loaded, and one that would be ignored (``pretrained``
+    false, a test model, a RADIO checkpoint beside ``backbone``, ``text_checkpoint`` for an open_clip model) is
+    refused.
 
     Returns:
         The model in eval mode, float32, on the CPU. ``model.visual.backbone.weights_source`` names where the image
@@ -148,7 +156,8 @@ def load_clip_model(
 
     Raises:
         ModelNotFoundError: unknown id or adaptor, a backbone without the adaptor head, or towers of different widths;
-        WeightsError: weights missing offline or not matching.
+        ConfigurationError: a checkpoint that would be ignored (above); WeightsError: weights missing offline or not
+        matching.
     """
     if projection not in PROJECTIONS:
         raise ValueError(f"projection must be one of {', '.join(PROJECTIONS)}, got {projection!r}")
@@ -156,6 +165,11 @@ def load_clip_model(
     text_entry = TEXT_TOWERS.resolve(entry.text_id(adaptor_name))
     teacher = adaptor_name or entry.default_adaptor  # RADIO: the adaptor whose teacher's text tower is used
     adaptor = teacher if entry.family == "radio" and projection == "native" else None
+    requests = clip_weight_requests(
+        entry, text_entry, pretrained, checkpoint, text_checkpoint, backbone, backbone_pretrained=backbone_pretrained
+    )
+    for request in requests:
+        decide_source(request)  # a contradiction is refused before anything is built
     if entry.family == "radio":
         text, scalars = build_text_entry(text_entry, pretrained, text_checkpoint)
     else:
@@ -168,7 +182,7 @@ def load_clip_model(
         vision = load_backbone(
             backbone or entry.vision_entry.id,
             adaptors=[adaptor] if adaptor else None,
-            pretrained=pretrained,
+            pretrained=pretrained if backbone is None or backbone_pretrained is None else backbone_pretrained,
             checkpoint=checkpoint if entry.family == "radio" and backbone is None else None,
         )
     else:
@@ -185,6 +199,68 @@ def load_clip_model(
     model = ClipModel(visual, text, tokenizer, scale, bias, model_id=entry.id)
     model.load_reports = {"vision": getattr(vision, "load_report", None), "text": getattr(text, "load_report", None)}
     return model.eval()
+
+
+def clip_weight_requests(
+    entry: ClipEntry,
+    text_entry: TextEntry,
+    pretrained: bool,
+    checkpoint: str | Path | None,
+    text_checkpoint: str | Path | None,
+    backbone: str | Path | None,
+    keys: dict[str, str] | None = None,
+    backbone_pretrained: bool | None = None,
+) -> list[WeightsRequest]:
+    """The weights requests of a CLIP model: its image tower and its text tower (module paths ``visual.backbone``
+    and ``text``).
+
+    An open_clip model reads both towers from one checkpoint (``checkpoint``); a RADIO-CLIP model reads its image
+    tower from ``checkpoint`` (a RADIO checkpoint) and its text tower from ``text_checkpoint``; ``backbone``
+    replaces the image tower.
+
+    Args:
+        keys: the key that set each argument, for messages (``type`` for the model's name, ``pretrained``,
+            ``checkpoint``, ``text_checkpoint``, ``backbone``); default: :func:`load_clip_model`'s argument names.
+
+    Raises:
+        ConfigurationError: ``text_checkpoint`` for an open_clip model, or ``checkpoint`` (a RADIO checkpoint) beside
+            ``backbone``: files that would be ignored.
+    """
+    key = {k: k for k in ("pretrained", "checkpoint", "text_checkpoint", "backbone")} | {"type": "name"} | (keys or {})
+    radio = entry.family == "radio"
+    if not radio and text_checkpoint is not None:
+        raise ConfigurationError(
+            f"{key['text_checkpoint']} is set ({text_checkpoint}) but {key['type']} {entry.id} reads both towers from "
+            f"one open_clip checkpoint: give that file as {key['checkpoint']} and remove {key['text_checkpoint']}"
+        )
+    if radio and backbone is not None and checkpoint is not None:
+        raise ConfigurationError(
+            f"{key['checkpoint']} is set ({checkpoint}) but {key['backbone']} ({backbone}) replaces the RADIO image "
+            f"tower that file is for: remove {key['checkpoint']}, or remove {key['backbone']}"
+        )
+    clip = RegisteredModel(entry.id, entry.test_only, entry.weights)
+    text = RegisteredModel(text_entry.id, text_entry.test_only, text_entry.source)
+    names = (key["type"], key["pretrained"], key["checkpoint"])
+    if radio:
+        text_request = WeightsRequest(
+            "text tower", text_entry.id, pretrained, text_checkpoint, key["type"], key["pretrained"],
+            key["text_checkpoint"], "text", text,
+        )  # fmt: skip
+    else:
+        text_request = WeightsRequest("text tower", entry.id, pretrained, checkpoint, *names, "text", clip)
+    if backbone is not None:
+        image_pretrained = pretrained if backbone_pretrained is None else backbone_pretrained
+        image = WeightsRequest(
+            "image tower", str(backbone), image_pretrained, None, key["backbone"], key["pretrained"],
+            key["checkpoint"], "visual.backbone",
+        )  # fmt: skip
+    elif radio:
+        vision = entry.vision_entry
+        facts = RegisteredModel(entry.id, vision.test_only, vision.source)
+        image = WeightsRequest("image tower", entry.id, pretrained, checkpoint, *names, "visual.backbone", facts)
+    else:
+        image = WeightsRequest("image tower", entry.id, pretrained, checkpoint, *names, "visual.backbone", clip)
+    return [image, text_request]
 
 
 def _weights_source(entry: ClipEntry, weights: Path | None, checkpoint: str | Path | None) -> str | None:

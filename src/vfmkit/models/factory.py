@@ -19,7 +19,16 @@ import torch
 
 from vfmkit.errors import ModelNotFoundError
 from vfmkit.models.backbones.base import Backbone
-from vfmkit.models.registry import ModelEntry, find_entry, resolve_entry
+from vfmkit.models.registry import ModelEntry, resolve_entry
+from vfmkit.weights.rule import (
+    ADAPTED_BACKBONE,
+    HUB_SOURCE,
+    LOCAL_BACKBONE,
+    RANDOM_INIT,
+    TEST_VARIANT,
+    WeightsRequest,
+    decide_source,
+)
 
 FamilyBuilder = Callable[..., Backbone]
 """``builder(entry, pretrained: bool, adaptors: Sequence[str]) -> Backbone``."""
@@ -80,52 +89,45 @@ def load_backbone(
 ) -> Backbone:
     """Build a backbone from a registry id/alias, an ``hf-hub:`` source, or a local checkpoint.
 
+    Where the weights come from is decided by :func:`vfmkit.weights.rule.decide_source` (one rule for every
+    backbone vfmkit builds): a checkpoint file is always loaded, and a request that contradicts itself is refused,
+    never resolved silently.
+
     Args:
         name_or_path: what to load (see the module docstring).
         adaptors: teacher adaptor heads to attach (RADIO), e.g. ``["siglip"]``.
-        pretrained: for registry ids, load the published weights (False: random init).
+        pretrained: for registry ids, load the published weights (False: random init). A path or hub source always
+            loads its own weights: False is refused for it.
         vitdet_window_size: RADIO only: windowed attention with this window (in patches) in most blocks.
-        checkpoint: for registry ids, a local weights file to load instead of the published source.
+        checkpoint: for registry ids, a local weights file to load instead of the published source (needs
+            ``pretrained``; refused for test variants, paths and hub sources).
 
     Returns:
         The backbone in eval mode, float32, on the CPU. ``model.model_id`` is ``name_or_path``;
         ``model.weights_source`` names where its weights came from (the hub id, the resolved file path or the
-        registry entry's published source), or is None for random initialisation.
+        registry entry's published source), or is None for random initialisation and test variants.
 
     Raises:
-        ModelNotFoundError: the name is empty or resolves to nothing; WeightsError: the checkpoint is unusable.
+        ModelNotFoundError: the name or checkpoint is empty or resolves to nothing; ConfigurationError: a checkpoint
+        with ``pretrained=False``, a checkpoint for a test variant, path or hub source, or ``pretrained=False`` for a
+        path or hub source; WeightsError: the checkpoint is unusable.
     """
     adaptors = tuple(adaptors or ())
     name = str(name_or_path)
     require_model_name(name)
-    if checkpoint is not None and not str(checkpoint).strip():
-        raise ModelNotFoundError("checkpoint is empty: expected a local weights file")
-    if not name.startswith("hf-hub:") and _is_adapted_folder(name):
+    decision = decide_source(WeightsRequest("backbone", name, pretrained, checkpoint))
+    if decision.kind == ADAPTED_BACKBONE:
         from vfmkit.models.backbones.adapted import load_adapted_backbone
 
         model = load_adapted_backbone(name, adaptors=adaptors, vitdet_window_size=vitdet_window_size)
-        source = str(Path(name).expanduser().resolve())
-    elif name.startswith("hf-hub:") or Path(name).expanduser().exists():
+    elif decision.kind in (LOCAL_BACKBONE, HUB_SOURCE):
         from vfmkit.models.backbones.radio.load import load_radio_checkpoint
 
         model = load_radio_checkpoint(name, adaptors=adaptors, defaults={"vitdet_window_size": vitdet_window_size})
-        source = name if name.startswith("hf-hub:") else str(Path(name).expanduser().resolve())
-    elif find_entry(name) is not None:
-        entry = resolve_entry(name)
-        options = {"vitdet_window_size": vitdet_window_size, "checkpoint": checkpoint}
-        model = build_from_entry(entry, pretrained=pretrained, adaptors=adaptors, **options)
-        source = None
-        if pretrained and not entry.test_only:
-            source = str(Path(checkpoint).expanduser().resolve()) if checkpoint else entry.source
     else:
-        resolve_entry(name)  # raises with suggestions
-        raise AssertionError("unreachable")
+        entry = resolve_entry(name)
+        options = {"vitdet_window_size": vitdet_window_size, "checkpoint": decision.path}
+        model = build_from_entry(entry, pretrained=pretrained, adaptors=adaptors, **options)
     model.model_id = name
-    model.weights_source = source
+    model.weights_source = decision.source if decision.kind not in (TEST_VARIANT, RANDOM_INIT) else None
     return model.eval()
-
-
-def _is_adapted_folder(name: str) -> bool:
-    from vfmkit.models.backbones.adapted import is_adapted_backbone_folder
-
-    return is_adapted_backbone_folder(name)

@@ -8,9 +8,10 @@ import torch
 
 
 def weights_fingerprint(model: torch.nn.Module) -> str:
-    """sha256 (hex) over the names, shapes, dtypes and bytes of every tensor of ``model.state_dict()``."""
+    """sha256 (hex) over the names, shapes, dtypes and bytes of every tensor of ``model.state_dict()`` (0-d tensors,
+    e.g. BatchNorm's ``num_batches_tracked``, included)."""
     digest = hashlib.sha256()
     for name, tensor in sorted(model.state_dict().items()):
         digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
-        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()

@@ -1,28 +1,36 @@
 """Safe checkpoint reading: safetensors, or ``torch.load(weights_only=True)`` with only ``argparse.Namespace``
 allowed beyond tensors and containers. Nothing in a checkpoint is ever executed.
 
-Every failure is a :class:`~vfmkit.errors.WeightsError` with one line naming the file: a missing file, random bytes,
-a truncated or bit-flipped archive, and a pickle that needs a class or function outside the allow-list. For the last
-kind the message names the refused global(s), found by a static scan of the pickle opcodes (:func:`refused_globals`;
-nothing is imported or run), so it does not depend on how torch words its refusal.
+Every checkpoint vfmkit reads goes through this module. Every failure is a :class:`~vfmkit.errors.WeightsError` with
+one line naming the file and saying what was wrong: a missing or empty file, random bytes, a truncated or
+bit-flipped archive, and a pickle that needs a class or function outside the allow-list. For the last kind the
+message names the refused global(s), found by a static scan of the pickle opcodes (:func:`refused_globals`; nothing
+is imported or run), so it does not depend on how torch words its refusal. torch's own advice ("retry with
+``weights_only=False``") never reaches a message: vfmkit offers no unsafe load.
 """
 
 from __future__ import annotations
 
 import argparse
+import pickle
 import pickletools
+import re
 import warnings
 import zipfile
 from _compat_pickle import IMPORT_MAPPING, NAME_MAPPING
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import torch
 
 from vfmkit.errors import WeightsError
-from vfmkit.utils.text import error_reason
+from vfmkit.utils.text import error_reason, one_line
 
 SAFE_GLOBALS = [argparse.Namespace]
+ACCEPTED = "vfmkit reads .safetensors files and torch.save checkpoints of tensors and plain containers"
+"""What a damaged-file message says vfmkit accepts."""
+_TORCH_ADVICE = ("weights_only", "Re-running `torch.load`", "arbitrary code execution")
 
 _STRING_OPS = frozenset(
     {"STRING", "BINSTRING", "SHORT_BINSTRING", "UNICODE", "BINUNICODE", "SHORT_BINUNICODE", "BINUNICODE8"}
@@ -36,17 +44,43 @@ def load_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
     """All tensors of a ``.safetensors`` file on the CPU.
 
     Raises:
-        WeightsError: missing or unreadable file.
+        WeightsError: missing, empty or unreadable file.
     """
-    from safetensors.torch import load_file
+    return read_safetensors(path)[0]
+
+
+def read_safetensors(
+    path: str | Path, select: Callable[[str], bool] | None = None
+) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """The tensors of a ``.safetensors`` file whose key ``select`` accepts (all when None; the others are never
+    read), on the CPU, and every key of the file.
+
+    Raises:
+        WeightsError: missing, empty or unreadable file.
+    """
+    from safetensors import safe_open
 
     path = Path(path)
     if not path.is_file():
         raise WeightsError(f"weights file not found: {path}")
+    if path.stat().st_size == 0:
+        raise WeightsError(f"{path}: not a readable safetensors file (the file is empty)")
     try:
-        return load_file(str(path), device="cpu")
+        with safe_open(str(path), framework="pt", device="cpu") as handle:
+            keys = list(handle.keys())
+            return {k: handle.get_tensor(k) for k in keys if select is None or select(k)}, keys
     except Exception as err:  # SafetensorError, OSError, ValueError, ... on a damaged file (nothing is executed)
-        raise WeightsError(f"{path}: not a readable safetensors file ({error_reason(err)})") from None
+        raise WeightsError(f"{path}: not a readable safetensors file ({_damage_reason(err)})") from None
+
+
+def load_weights_file(path: str | Path) -> Any:
+    """A weights file by its suffix: ``.safetensors`` (a dict of tensors), anything else a torch pickle checkpoint
+    (:func:`load_pickle_checkpoint`; what it holds is the caller's to check).
+
+    Raises:
+        WeightsError: missing, empty, unreadable or refused file.
+    """
+    return load_safetensors(path) if Path(path).suffix == ".safetensors" else load_pickle_checkpoint(path)
 
 
 def load_pickle_checkpoint(path: str | Path) -> Any:
@@ -60,7 +94,7 @@ def load_pickle_checkpoint(path: str | Path) -> Any:
     if not path.is_file():
         raise WeightsError(f"checkpoint not found: {path}")
     if path.stat().st_size == 0:
-        raise WeightsError(f"{path}: not a readable torch checkpoint (the file is empty)")
+        raise WeightsError(f"{path}: not a readable checkpoint (the file is empty)")
     try:
         with torch.serialization.safe_globals(SAFE_GLOBALS), warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # e.g. "Detected pickle protocol 4": the error says enough
@@ -69,7 +103,21 @@ def load_pickle_checkpoint(path: str | Path) -> Any:
         refused = refused_globals(path)
         if refused:
             raise WeightsError(refused_message(path, refused)) from None
-        raise WeightsError(f"{path}: not a readable torch checkpoint ({error_reason(err)})") from None
+        raise WeightsError(f"{path}: not a readable checkpoint ({_damage_reason(err)}); {ACCEPTED}") from None
+
+
+def _damage_reason(err: BaseException) -> str:
+    """What was wrong with a damaged file, in a few words, without torch's advice about unsafe loading."""
+    text = str(err)
+    if isinstance(err, EOFError):
+        return "it ends before its data does: truncated?"
+    if isinstance(err, pickle.UnpicklingError) and "WeightsUnpickler error:" in text:
+        detail = text.split("WeightsUnpickler error:", 1)[1].split("Check the documentation", 1)[0]
+        return f"not a torch checkpoint, unpickling stopped at: {one_line(detail, 120)}"
+    if "PytorchStreamReader" in text:  # torch's zip reader: keep the first sentence, not the advice after it
+        return "a damaged zip archive: " + one_line(re.split(r"\.\s", text, maxsplit=1)[0], 160)
+    reason = error_reason(err, 200)
+    return type(err).__name__ if any(marker in reason for marker in _TORCH_ADVICE) else reason
 
 
 def refused_message(path: Path, refused: list[str]) -> str:

@@ -33,7 +33,7 @@ def test_unsafe_pickle_is_refused(tmp_path):
 def test_corrupt_checkpoint_names_the_file(tmp_path):
     path = tmp_path / "broken.pth.tar"
     path.write_bytes(b"not a zip archive at all")
-    with pytest.raises(WeightsError, match="broken.pth.tar: not a readable torch checkpoint"):
+    with pytest.raises(WeightsError, match="broken.pth.tar: not a readable checkpoint"):
         load_backbone(path)
 
 

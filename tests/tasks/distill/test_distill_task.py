@@ -27,6 +27,7 @@ from tests.tasks.distill.distill_data import (
 )
 
 import vfmkit.tasks.distill.model as distill_model
+import vfmkit.weights.rule as rule
 from vfmkit import Task, load_backbone
 from vfmkit.cli.main import main
 from vfmkit.engine.trained import load_trained
@@ -60,14 +61,19 @@ SCHEDULE = [
 
 @pytest.fixture(scope="module")
 def oracles():
-    """``distill.teacher[].backbone: pattern-oracle | colour-oracle`` load the toy teachers."""
-    original = distill_model.load_backbone
+    """``distill.teacher[].backbone: pattern-oracle | colour-oracle`` load the toy teachers (the weights rule knows
+    them as models with published weights, which is what they stand for)."""
+    original, registered = distill_model.load_backbone, rule.registered_backbone
 
     def load(name, *args, **kwargs):
         return ORACLES[str(name)]().eval() if str(name) in ORACLES else original(name, *args, **kwargs)
 
+    def known(name):
+        return rule.RegisteredModel(name, False, "toy oracle") if name in ORACLES else registered(name)
+
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(distill_model, "load_backbone", load)
+        patch.setattr(rule, "registered_backbone", known)
         yield
 
 

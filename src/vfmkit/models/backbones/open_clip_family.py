@@ -25,7 +25,7 @@ from vfmkit.models.backbones.base import Backbone, BackboneOutput, Preprocessing
 from vfmkit.models.backbones.timm_family import fetch_hub_weights, local_only_weights_error, preprocessing_from_entry
 from vfmkit.models.factory import register_family
 from vfmkit.models.registry import ModelEntry
-from vfmkit.weights.safe_load import load_pickle_checkpoint, load_safetensors
+from vfmkit.weights.safe_load import load_weights_file
 
 OPEN_CLIP_WEIGHT_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
 """Files an open_clip Hub repo publishes its weights as, in order of preference."""
@@ -206,7 +206,7 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     Raises:
         WeightsError: the file is missing, unreadable, or holds no dict of tensors.
     """
-    state = load_safetensors(path) if path.suffix == ".safetensors" else load_pickle_checkpoint(path)
+    state = load_weights_file(path)
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]

@@ -2,8 +2,9 @@
 
 This is the *main* backbone of TAO's RT-DETR (``resnet_50``, ``convnext_*``): it is trained with the detector, unlike
 the foundation models of the registry. Weights: random init, a local file (safetensors or a ``torch.save`` state
-dict, read by timm's pretrained loader, which drops the classifier), or timm's published ImageNet weights from the
-Hugging Face cache (``HF_HUB_OFFLINE`` honoured; see :mod:`vfmkit.weights.sources`).
+dict, read by :mod:`vfmkit.weights.safe_load` and handed to timm's pretrained loader, which drops the classifier), or
+timm's published ImageNet weights from the Hugging Face cache (``HF_HUB_OFFLINE`` honoured; see
+:mod:`vfmkit.weights.sources`).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from torch import nn
 
 from vfmkit.errors import ModelNotFoundError, WeightsError
 from vfmkit.models.backbones.base import Preprocessing
-from vfmkit.models.backbones.timm_family import fetch_hub_weights
+from vfmkit.models.backbones.timm_family import create_with_weights, fetch_hub_weights
 
 TIMM_PREFIX = "timm:"
 """Backbone names starting with this select a timm CNN main backbone (``timm:resnet50``)."""
@@ -35,7 +36,9 @@ class TimmCNN(nn.Module):
     Args:
         model_name: timm architecture (``resnet50``, ``convnext_tiny`` ...), with or without the ``timm:`` prefix.
         strides: output strides wanted (finest first), each one of the network's stage reductions.
-        checkpoint: a local weights file (takes precedence over ``pretrained``).
+        checkpoint: a local weights file (takes precedence over ``pretrained``; the weights rule refuses a file with
+            ``pretrained`` false where a spec or :func:`~vfmkit.models.heads.detr.build.build_feature_source` builds
+            one).
         pretrained: load timm's published weights from the Hugging Face cache (False: random init).
         freeze_norm: turn the BatchNorm layers into frozen ones (fixed statistics and affine, as RT-DETR's ResNet
             backbones); None: frozen when weights were loaded, trainable for a random init.
@@ -108,13 +111,12 @@ def _weights(name: str, config, checkpoint: str | Path | None, pretrained: bool)
 
 
 def _create(name: str, weights: Path | None) -> nn.Module:
-    """``timm.create_model(name, features_only=True)`` with ``weights`` through timm's pretrained loader."""
+    """``timm.create_model(name, features_only=True)`` with the tensors of ``weights`` (read by
+    :mod:`vfmkit.weights.safe_load`) through timm's pretrained loader.
+
+    Raises:
+        WeightsError: the file is empty, damaged, refused or does not fit; one line naming it.
+    """
     if weights is None:
         return timm.create_model(name, pretrained=False, features_only=True)
-    try:
-        return timm.create_model(
-            name, pretrained=True, pretrained_cfg_overlay={"file": str(weights)}, features_only=True
-        )
-    except (RuntimeError, KeyError, ValueError, OSError) as exc:
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise WeightsError(f"{weights} does not hold weights for timm {name}: {first_line[:500]}") from exc
+    return create_with_weights(name, weights, f"timm {name}", features_only=True)

@@ -7,7 +7,8 @@ output) and patch ``features`` with the prefix (class / register) tokens removed
 Published weights are the ``timm/<arch>.<tag>`` repos on the Hugging Face Hub. They are read from the local Hugging
 Face cache first (offline-first, through :mod:`vfmkit.weights.sources`; ``HF_HUB_OFFLINE=1`` forbids any download)
 and handed to timm's own pretrained loader, which remaps keys, drops the classifier / CLIP projection and resamples
-position embeddings. timm reads ``.bin``/``.pth`` files with ``torch.load(weights_only=True)``.
+position embeddings. The files themselves are read by :mod:`vfmkit.weights.safe_load` (safetensors, or
+``torch.load(weights_only=True)`` with a one-line error for a damaged or refused file), never by timm.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from vfmkit.models.backbones.base import Backbone, BackboneOutput, Preprocessing
 from vfmkit.models.factory import register_family
 from vfmkit.models.registry import ModelEntry
 from vfmkit.utils.text import error_reason
-from vfmkit.weights.safe_load import refused_globals, refused_message
+from vfmkit.weights.safe_load import load_weights_file
 from vfmkit.weights.sources import HubUnreachableError, fetch_hub_file, parse_hub
 
 HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
@@ -245,23 +246,48 @@ def create_timm_model(name: str, kwargs: dict[str, Any], weights: Path | None, m
     """``timm.create_model(name, num_classes=0, **kwargs)``, loading ``weights`` through timm's pretrained loader.
 
     Raises:
-        WeightsError: the file is unreadable, damaged, refused (a pickle needing globals outside the allow-list) or
-            its tensors do not fit the architecture; one line naming the file.
+        WeightsError: the file is missing, unreadable, damaged, refused (a pickle needing globals outside the
+            allow-list) or its tensors do not fit the architecture; one line naming the file.
     """
     if weights is None:
         return timm.create_model(name, pretrained=False, num_classes=0, **kwargs)
+    return create_with_weights(name, weights, f"{model_id!r} (timm {name})", num_classes=0, **kwargs)
+
+
+def read_timm_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """The state dict of a timm weights file, unwrapped as timm unwraps it (``state_dict_ema``, ``model_ema``,
+    ``state_dict`` or ``model`` entry; ``module.`` / ``_orig_mod.`` prefixes removed), read safely.
+
+    Raises:
+        WeightsError: missing, unreadable or refused file, or one that holds no tensors.
+    """
+    from timm.models import clean_state_dict
+
+    payload = load_weights_file(path)
+    if isinstance(payload, dict):
+        wrapped = ("state_dict_ema", "model_ema", "state_dict", "model")
+        key = next((k for k in wrapped if isinstance(payload.get(k), dict)), None)
+        payload = payload[key] if key else payload
+    if not isinstance(payload, dict) or not any(isinstance(v, torch.Tensor) for v in payload.values()):
+        raise WeightsError(f"{path}: holds no state dict of tensors (found {type(payload).__name__})")
+    return clean_state_dict(payload)
+
+
+def create_with_weights(name: str, weights: Path, what: str, **kwargs: Any) -> nn.Module:
+    """``timm.create_model(name, pretrained=True, **kwargs)`` with the tensors of the file ``weights`` (read by
+    :func:`read_timm_state_dict`) through timm's pretrained loader (key remapping, classifier dropped, position
+    grids resampled).
+
+    Raises:
+        WeightsError: the file is missing or unreadable, or its tensors do not fit ``what``.
+    """
     if not Path(weights).is_file():
-        raise WeightsError(f"checkpoint file {weights} for {model_id!r} does not exist")
+        raise WeightsError(f"checkpoint file {weights} for {what} does not exist")
+    state = read_timm_state_dict(Path(weights))
     try:
-        return timm.create_model(
-            name, pretrained=True, pretrained_cfg_overlay={"file": str(weights)}, num_classes=0, **kwargs
-        )
-    except Exception as exc:  # timm reads the file: a damaged or hostile one can raise anything
-        refused = refused_globals(weights) if Path(weights).suffix != ".safetensors" else []
-        if refused:
-            raise WeightsError(refused_message(weights, refused)) from None
-        reason = error_reason(exc, 500)
-        raise WeightsError(f"{weights} does not hold weights for {model_id!r} (timm {name}): {reason}") from None
+        return timm.create_model(name, pretrained=True, pretrained_cfg_overlay={"state_dict": state}, **kwargs)
+    except (RuntimeError, KeyError, ValueError, TypeError, IndexError) as exc:  # tensors that do not fit
+        raise WeightsError(f"{weights} does not hold weights for {what}: {error_reason(exc, 500)}") from None
 
 
 def build_timm(

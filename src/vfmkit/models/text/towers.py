@@ -21,9 +21,10 @@ from open_clip.model import _build_text_tower
 from open_clip.transformer import TextTransformer
 from torch import nn
 
-from vfmkit.errors import ModelNotFoundError, WeightsError
+from vfmkit.errors import ModelNotFoundError
 from vfmkit.models.backbones.open_clip_family import read_state_dict
 from vfmkit.weights.report import LoadReport
+from vfmkit.weights.safe_load import read_safetensors
 
 logger = logging.getLogger(__name__)
 
@@ -126,15 +127,7 @@ def read_text_state(path: Path) -> tuple[dict[str, torch.Tensor], list[str], dic
     """
     path = Path(path)
     if path.suffix == ".safetensors":
-        from safetensors import SafetensorError, safe_open
-
-        try:
-            with safe_open(str(path), framework="pt", device="cpu") as handle:
-                keys = list(handle.keys())
-                wanted = {k for k in keys if text_key(k) is not None or _bare(k) in LOGIT_KEYS}
-                tensors = {k: handle.get_tensor(k) for k in wanted}
-        except (SafetensorError, OSError) as err:
-            raise WeightsError(f"{path}: not a readable safetensors file ({err})") from None
+        tensors, keys = read_safetensors(path, select=_is_text_or_scalar)
     else:
         tensors = read_state_dict(path)
         keys = list(tensors)
@@ -148,6 +141,10 @@ def read_text_state(path: Path) -> tuple[dict[str, torch.Tensor], list[str], dic
         else:
             ignored.append(key)
     return state, ignored, scalars
+
+
+def _is_text_or_scalar(key: str) -> bool:
+    return text_key(key) is not None or _bare(key) in LOGIT_KEYS
 
 
 def _bare(key: str) -> str:

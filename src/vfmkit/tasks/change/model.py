@@ -13,19 +13,22 @@ from vfmkit.models.heads.changenet import (
 )
 from vfmkit.models.necks import build_neck
 from vfmkit.tasks.change.spec import ChangeSpec
+from vfmkit.weights.rule import loader_arguments
 
 ChangeModel = ChangeSegmenter | LearnableChangeClassifier | EuclideanChangeClassifier
 
 
 def build_change_model(spec: ChangeSpec, pretrained: bool | None = None) -> ChangeModel:
-    """The spec's backbone, neck and change head (``pretrained`` defaults to ``spec.model.pretrained``).
+    """The spec's backbone, neck and change head. ``pretrained`` None or True loads the backbone's weights as the
+    spec says (``model.pretrained``; a path loads its file), False loads none.
 
     Raises:
         VfmError: an unknown or unloadable backbone (from :func:`~vfmkit.models.factory.load_backbone`), or a neck
             that does not support the backbone (ConfigurationError naming ``model.neck``).
     """
     m = spec.model
-    backbone = load_backbone(m.backbone, pretrained=m.pretrained if pretrained is None else pretrained)
+    load_pretrained, _ = loader_arguments(m.backbone, m.pretrained, None, pretrained is not False)
+    backbone = load_backbone(m.backbone, pretrained=load_pretrained)
     options = {
         "out_channels": m.neck_channels,
         "summary_fusion": m.summary_fusion,

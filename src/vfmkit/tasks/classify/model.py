@@ -13,13 +13,17 @@ from vfmkit.errors import ConfigurationError
 from vfmkit.models.factory import load_backbone
 from vfmkit.models.heads.classifier import Classifier
 from vfmkit.tasks.classify.spec import ClassifySpec
+from vfmkit.weights.rule import loader_arguments
 
 Mode = Literal["linear_probe", "finetune", "partial"]
 
 
 def build_classifier(spec: ClassifySpec, meta: dict[str, Any], pretrained: bool) -> Classifier:
-    """Backbone (published weights when ``pretrained``) + linear head over ``meta["classes"]``, frozen per mode."""
-    backbone = load_backbone(spec.model.backbone, pretrained=pretrained)
+    """Backbone + linear head over ``meta["classes"]``, frozen per mode. ``pretrained`` True loads the backbone's
+    weights as the spec says (``model.pretrained``; a path loads its file), False loads none."""
+    m = spec.model
+    load_pretrained, _ = loader_arguments(m.backbone, m.pretrained, None, pretrained)
+    backbone = load_backbone(m.backbone, pretrained=load_pretrained)
     classifier = Classifier(backbone, len(meta["classes"]), spec.model.head_dropout)
     set_trainable(classifier, spec.model.mode, spec.model.partial_blocks)
     return classifier

@@ -30,12 +30,19 @@ from vfmkit.tasks.clip.data import (
 )
 from vfmkit.tasks.clip.embeddings import CachedPairDataset, cached_image_features, evaluate_retrieval
 from vfmkit.tasks.clip.export import export_plans, save_tokenizer_beside
-from vfmkit.tasks.clip.model import build_for_training, build_pretrained, model_facts, spec_resolution
+from vfmkit.tasks.clip.model import (
+    build_for_training,
+    build_pretrained,
+    model_facts,
+    spec_resolution,
+    weight_requests,
+)
 from vfmkit.tasks.clip.module import ClipModule
 from vfmkit.tasks.clip.predict import predict_embeddings
 from vfmkit.tasks.clip.spec import ClipSpec, ZeroShotSpec
 from vfmkit.tasks.clip.zeroshot import folder_class_names, zeroshot_source
 from vfmkit.utils.tensor_cache import CacheStats
+from vfmkit.weights.rule import WeightsRequest
 
 RETRIEVAL_HEADLINE = ("i2t_R@1_any", "t2i_R@1_any", "i2t_R@5_any", "t2i_R@5_any", "t2i_mAP")
 ZEROSHOT_KEYS = ("top1", "top5", "mean_per_class_recall", "images")
@@ -62,6 +69,10 @@ class ClipTask(TaskDef):
 
     def resolution(self, spec: ClipSpec) -> int:
         return spec_resolution(spec)
+
+    def weight_requests(self, spec: ClipSpec) -> list[WeightsRequest]:
+        """The image tower and the text tower, with ``model.checkpoint`` / ``model.text_checkpoint``."""
+        return weight_requests(spec)
 
     def headline_keys(self, spec: ClipSpec) -> tuple[str, ...]:
         keys = RETRIEVAL_HEADLINE
@@ -144,7 +155,7 @@ class ClipTask(TaskDef):
     # --- evaluation ------------------------------------------------------------------------------------------------
 
     def pretrained_model(self, spec: ClipSpec) -> Trained:
-        model = build_pretrained(spec, spec.model.pretrained)
+        model = build_pretrained(spec)
         weights = "pre-trained" if spec.model.pretrained else "randomly initialised"
         print(f"no checkpoint given: the {weights} model {model.model_id}")
         return Trained(model.eval(), spec, {}, None)

@@ -9,11 +9,12 @@ import torch
 
 from vfmkit.errors import ConfigurationError, ModelNotFoundError, WeightsError
 from vfmkit.models.clip import ClipModel, IncompatibleTowersError
-from vfmkit.models.clip_zoo import CLIP_MODELS, load_clip_model
+from vfmkit.models.clip_zoo import CLIP_MODELS, clip_weight_requests, load_clip_model
 from vfmkit.models.registry import find_entry
 from vfmkit.models.text.zoo import TEXT_TOWERS
 from vfmkit.tasks.clip.losses import prepare_logit_params
 from vfmkit.tasks.clip.spec import ClipSpec
+from vfmkit.weights.rule import WeightsRequest, loader_arguments
 
 LINEAR_HINT = "set model.projection=linear to train a new projection into the text tower's space"
 
@@ -43,9 +44,12 @@ def _entry(spec: ClipSpec):
 def build_pretrained(spec: ClipSpec, pretrained: bool = True, meta: dict | None = None) -> ClipModel:
     """The CLIP model of ``spec.model`` as published (eval mode): no training set-up, logit scalars untouched.
 
-    ``pretrained`` False with a RADIO adaptor head (``model.projection`` native) builds the head from
-    ``meta["adaptor"]`` (saved by training, see :func:`model_facts`); on the meta device (a dry build: shapes only,
-    nothing loaded or computed) a head of the text tower's width stands in when there is none.
+    ``pretrained`` True loads both towers' weights as the spec says (``model.pretrained``, ``model.checkpoint``,
+    ``model.text_checkpoint``, a ``model.backbone`` path); False loads none (a checkpoint holding them follows, or a
+    dry build): no file is read but a backbone path (its architecture). A RADIO adaptor head (``model.projection``
+    native) built without weights takes its architecture from ``meta["adaptor"]`` (saved by training, see
+    :func:`model_facts`); on the meta device (a dry build: shapes only, nothing loaded or computed) a head of the
+    text tower's width stands in when there is none.
 
     Raises:
         ConfigurationError: an unknown ``model.type``/``model.adaptor_name``, a ``model.backbone`` without the
@@ -54,22 +58,22 @@ def build_pretrained(spec: ClipSpec, pretrained: bool = True, meta: dict | None 
     """
     m = spec.model
     entry = _entry(spec)
-    try:
-        entry.text_id(m.adaptor_name)
-    except ModelNotFoundError as err:
-        raise ConfigurationError(f"model.adaptor_name: {err}") from None
+    _text_entry(spec, entry)
+    towers = pretrained and m.pretrained
+    backbone_pretrained = loader_arguments(m.backbone, m.pretrained, None, pretrained)[0] if m.backbone else None
     try:
         model = load_clip_model(
             m.type,
-            pretrained,
+            towers,
             m.adaptor_name,
-            m.checkpoint,
-            m.text_checkpoint,
+            m.checkpoint if pretrained else None,
+            m.text_checkpoint if pretrained else None,
             m.tokenizer_dir,
             m.canonicalize_text,
             backbone=m.backbone,
             projection=m.projection,
-            adaptor_config=_adaptor_config(spec, entry, pretrained, meta or {}),
+            adaptor_config=_adaptor_config(spec, entry, towers, meta or {}),
+            backbone_pretrained=backbone_pretrained,
         )
     except (ModelNotFoundError, WeightsError) as err:
         # an image backbone without the pre-aligned head (or of another width) pairs through a linear projection
@@ -86,6 +90,29 @@ def build_pretrained(spec: ClipSpec, pretrained: bool = True, meta: dict | None 
             f"model.image_size must be a multiple of {step} for this image tower, got {resolution}"
         )
     return model
+
+
+def weight_requests(spec: ClipSpec) -> list[WeightsRequest]:
+    """The image tower (``visual.backbone``) and the text tower (``text``) of a spec, with the ``model.*`` keys
+    that set where their weights come from (see :func:`~vfmkit.models.clip_zoo.clip_weight_requests`).
+
+    Raises:
+        ConfigurationError: an unknown ``model.type`` or ``model.adaptor_name``, or a weights file the model would
+            ignore (naming both keys).
+    """
+    m = spec.model
+    entry = _entry(spec)
+    keys = {k: f"model.{k}" for k in ("type", "pretrained", "checkpoint", "text_checkpoint", "backbone")}
+    return clip_weight_requests(
+        entry, _text_entry(spec, entry), m.pretrained, m.checkpoint, m.text_checkpoint, m.backbone, keys
+    )
+
+
+def _text_entry(spec: ClipSpec, entry):
+    try:
+        return TEXT_TOWERS.resolve(entry.text_id(spec.model.adaptor_name))
+    except ModelNotFoundError as err:
+        raise ConfigurationError(f"model.adaptor_name: {err}") from None
 
 
 def _adaptor_config(spec: ClipSpec, entry, pretrained: bool, meta: dict) -> dict | None:

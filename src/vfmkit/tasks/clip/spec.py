@@ -39,9 +39,13 @@ class ClipModelSpec(Section):
     )
     pretrained: bool = Field(True, description="load the published weights (False: random init)")
     checkpoint: SpecPath | None = Field(
-        None, description="local weights instead of the published ones (NV-CLIP: the NGC file; RADIO: the backbone)"
+        None,
+        description="local weights instead of the published ones (NV-CLIP: the NGC file; RADIO: the image backbone); "
+        "needs model.pretrained: true",
     )
-    text_checkpoint: SpecPath | None = Field(None, description="RADIO-CLIP: local CLIP checkpoint of the text tower")
+    text_checkpoint: SpecPath | None = Field(
+        None, description="RADIO-CLIP: local CLIP checkpoint of the text tower (needs model.pretrained: true)"
+    )
     tokenizer_dir: SpecPath | None = Field(None, description="local folder with tokenizer.json (SigLIP, offline)")
     freeze_vision_encoder: bool = Field(
         False,

@@ -33,6 +33,7 @@ from vfmkit.tasks.detect.model import ExportableDetector, build_task_model
 from vfmkit.tasks.detect.module import DetectModule
 from vfmkit.tasks.detect.postprocess import postprocess_detections, to_coco_results
 from vfmkit.tasks.detect.spec import DetectDataSpec, DetectSpec
+from vfmkit.weights.rule import WeightsRequest
 
 GRID_IMAGES = 8
 """Val images drawn in ``detections.png`` (predicted vs true boxes)."""
@@ -71,6 +72,21 @@ class DetectTask(TaskDef):
         m, fm = spec.model, spec.model.frozen_fm
         main = m.pretrained and not _local(m.backbone) and not (is_timm_cnn_name(m.backbone) and m.backbone_checkpoint)
         return main or (fm.enabled and fm.pretrained and not _local(fm.backbone))
+
+    def weight_requests(self, spec: DetectSpec) -> list[WeightsRequest]:
+        """The main backbone (``model.backbone`` / ``model.pretrained`` / ``model.backbone_checkpoint``) and, when
+        enabled, the frozen foundation model (``model.frozen_fm.*``)."""
+        m, fm = spec.model, spec.model.frozen_fm
+        keys = ("model.backbone", "model.pretrained", "model.backbone_checkpoint")
+        requests = [
+            WeightsRequest("backbone", m.backbone, m.pretrained, m.backbone_checkpoint, *keys, self.backbone_path)
+        ]
+        if fm.enabled:
+            keys = ("model.frozen_fm.backbone", "model.frozen_fm.pretrained", "model.frozen_fm.checkpoint")
+            requests.append(
+                WeightsRequest("frozen_fm", fm.backbone, fm.pretrained, fm.checkpoint, *keys, "frozen_fm.backbone")
+            )
+        return requests
 
     # --- training --------------------------------------------------------------------------------------------------
 
@@ -228,10 +244,9 @@ class DetectTask(TaskDef):
             "carry the dataset's original category ids",
         ]
         if m.frozen_fm.enabled:
-            weights = "published weights" if m.frozen_fm.pretrained else "random initialisation"
             notes.append(
-                f"frozen foundation model beside the main backbone: {m.frozen_fm.backbone} ({weights}), input scale "
-                f"{m.frozen_fm.input_scale:g}"
+                f"frozen foundation model beside the main backbone: {m.frozen_fm.backbone} (its weights: see Weights, "
+                f"role frozen_fm), input scale {m.frozen_fm.input_scale:g}"
             )
         return notes
 

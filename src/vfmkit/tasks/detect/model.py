@@ -16,6 +16,7 @@ from vfmkit.models.losses.detr import DetrCriterion
 from vfmkit.models.registry import find_entry
 from vfmkit.tasks.detect.postprocess import postprocess_detections
 from vfmkit.tasks.detect.spec import DetectModelSpec, DetectSpec
+from vfmkit.weights.rule import loader_arguments
 
 HEAD_FIELDS = (
     "num_queries",
@@ -52,8 +53,10 @@ def build_model(
     Args:
         model: the ``model`` section.
         num_classes: C.
-        pretrained: None: as the spec says (``model.pretrained``, ``model.frozen_fm.pretrained``); False: random
-            init for both backbones (e.g. before loading a checkpoint that holds them); True: published weights.
+        pretrained: None or True: every backbone's weights as the spec says (``model.pretrained`` /
+            ``model.backbone_checkpoint``, ``model.frozen_fm.*``); False: none (a checkpoint that holds them is loaded
+            next, or a dry build): no checkpoint file is read. A timm CNN gets the BatchNorm layout of its weights
+            either way (frozen when ``model.pretrained``).
 
     Raises:
         VfmError / ModelNotFoundError / WeightsError: unknown backbone, bad options, unusable weights.
@@ -61,21 +64,25 @@ def build_model(
     overrides = head_overrides(model)
     fm = model.frozen_fm
     _check_windows(model)
+    load = pretrained is not False
+    main = loader_arguments(model.backbone, model.pretrained, model.backbone_checkpoint, load)
+    fm_pretrained, fm_checkpoint = loader_arguments(fm.backbone, fm.pretrained, fm.checkpoint, load)
     return build_detector(
         num_classes,
         head=model.head,
         backbone=model.backbone,
         neck=model.neck,
         neck_channels=model.neck_channels,
-        pretrained=model.pretrained if pretrained is None else pretrained,
-        backbone_checkpoint=model.backbone_checkpoint,
+        pretrained=main[0],
+        backbone_checkpoint=main[1],
         freeze_backbone=model.freeze_backbone,
         neck_options={"summary_fusion": model.summary_fusion},
         frozen_fm=fm.backbone if fm.enabled else None,
         frozen_fm_input_scale=fm.input_scale,
-        frozen_fm_pretrained=fm.pretrained if pretrained is None else pretrained,
-        frozen_fm_checkpoint=fm.checkpoint,
+        frozen_fm_pretrained=fm_pretrained,
+        frozen_fm_checkpoint=fm_checkpoint,
         vitdet_window_size=model.vitdet_window_size,
+        freeze_norm=model.pretrained if is_timm_cnn_name(model.backbone) else None,
         **overrides,
     )
 
@@ -109,8 +116,8 @@ def build_task_model(spec: DetectSpec, meta: dict[str, Any], pretrained: bool) -
         spec: the detect spec.
         meta: task facts; ``classes`` (names in label order) sets C.
         pretrained: True loads weights as the spec says (``model.pretrained`` / ``backbone_checkpoint`` for the
-            main backbone, ``model.frozen_fm.*`` for the frozen foundation model); False builds every backbone with
-            random weights (a checkpoint that holds them is loaded next, or a dry build on the meta device).
+            main backbone, ``model.frozen_fm.*`` for the frozen foundation model); False loads none (a checkpoint
+            that holds them is loaded next, or a dry build on the meta device).
 
     Raises:
         ConfigurationError: a DETR option (naming the ``model.*`` key), or ``dataset.augment.multi_scales`` the main

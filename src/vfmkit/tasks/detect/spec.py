@@ -29,7 +29,9 @@ class FrozenFMSpec(Section):
         "c-radio-v3-b", min_length=1, description="registry id/alias (`vfm models`), hf-hub:<repo> or a path"
     )
     pretrained: bool = Field(True, description="load its published weights (False: random init, for tests)")
-    checkpoint: SpecPath | None = Field(None, description="local weights file for it (instead of the published source)")
+    checkpoint: SpecPath | None = Field(
+        None, description="local weights file for it, loaded instead of the published source (needs pretrained: true)"
+    )
     input_scale: float = Field(0.5, gt=0, le=4, description="its input is the image resized by this factor (TAO 0.5)")
 
 
@@ -53,7 +55,11 @@ class DetectModelSpec(Section):
         "for a trainable timm CNN without a neck",
     )
     pretrained: bool = Field(True, description="load the backbone's published weights (False: random init)")
-    backbone_checkpoint: SpecPath | None = Field(None, description="local weights file for the main backbone")
+    backbone_checkpoint: SpecPath | None = Field(
+        None,
+        description="local weights file for the main backbone, loaded instead of its published weights (needs "
+        "model.pretrained: true; not with a test variant or a backbone given as a path)",
+    )
     freeze_backbone: bool | None = Field(
         None, description="null: frozen for foundation models (neck and head train), trained for timm CNNs"
     )

@@ -28,6 +28,7 @@ from vfmkit.data.sampling import EpochSeededSampler
 from vfmkit.engine.run_dir import atomic_write_text
 from vfmkit.engine.runs import make_eval_loader, make_loader
 from vfmkit.engine.taskdef import ExportPlan, PredictResult, TaskData, TaskDef, Trained, format_metric
+from vfmkit.engine.train import require_multiple_of_step
 from vfmkit.errors import DataError, VfmError
 from vfmkit.models.registry import find_entry
 from vfmkit.tasks.distill.data import DistillImages, collate_distill
@@ -43,6 +44,7 @@ from vfmkit.tasks.distill.model import (
 )
 from vfmkit.tasks.distill.module import MONITOR, DistillModule
 from vfmkit.tasks.distill.spec import DistillSpec
+from vfmkit.weights.rule import WeightsRequest
 
 HEADLINE = ("knn_top1", "knn_top1_before", "control_knn_top1", "control_knn_top1_before")
 BEFORE_SEED = 0
@@ -74,6 +76,26 @@ class DistillTask(TaskDef):
                 "known preferred resolution)"
             )
         return int(entry.preferred_resolution)
+
+    def weight_requests(self, spec: DistillSpec) -> list[WeightsRequest]:
+        """The student (role ``backbone``) and every teacher (``teacher:<name>``, with its
+        ``pretrained_teacher_model_path``)."""
+        requests = super().weight_requests(spec)
+        for index, teacher in enumerate(spec.distill.teacher):
+            key = f"distill.teacher[{index}]"
+            requests.append(
+                WeightsRequest(
+                    f"teacher:{teacher.head_name}",
+                    teacher.backbone,
+                    teacher.pretrained,
+                    teacher.pretrained_teacher_model_path,
+                    f"{key}.backbone",
+                    f"{key}.pretrained",
+                    f"{key}.pretrained_teacher_model_path",
+                    f"teachers.{teacher.head_name}.backbone",
+                )
+            )
+        return requests
 
     # --- training --------------------------------------------------------------------------------------------------
 
@@ -108,6 +130,20 @@ class DistillTask(TaskDef):
     def build_model(self, spec: DistillSpec, meta: dict[str, Any], pretrained: bool) -> DistillModel:
         cache_dir = spec.distill.cache_dir or Path(spec.results_dir) / ".cache" / "distill"
         return build_distill_model(spec, cache_dir=cache_dir, pretrained=pretrained)
+
+    def check_model(self, spec: DistillSpec, model: DistillModel) -> None:
+        """A teacher ``input_size`` must be a multiple of the teacher's step (patch size), as ``model.resolution``
+        must be of the student's (``match_student_resolution`` rounds the student's size to it, as documented).
+
+        Raises:
+            ConfigurationError: naming ``distill.teacher[i].input_size``, the step and the nearest valid values.
+        """
+        for index, teacher in enumerate(spec.distill.teacher):
+            if teacher.input_size is None or teacher.match_student_resolution:
+                continue
+            step = model.teachers[teacher.head_name].backbone.preprocessing.resolution_step
+            key = f"distill.teacher[{index}].input_size"
+            require_multiple_of_step(key, teacher.input_size, step, teacher.backbone)
 
     def loaders(self, spec: DistillSpec, data: TaskData, model: DistillModel) -> tuple[DataLoader, DataLoader | None]:
         size = student_resolution(model.student, spec.model.resolution)

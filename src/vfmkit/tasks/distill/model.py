@@ -38,6 +38,7 @@ from vfmkit.tasks.distill.heads import head_config, resolve_token_slot, set_trai
 from vfmkit.tasks.distill.spec import DistillSpec, TeacherSpec
 from vfmkit.tasks.distill.teachers import FrozenTeacher, TeacherCache, TeacherTargets
 from vfmkit.utils.tensor_cache import CacheStats
+from vfmkit.weights.rule import loader_arguments
 
 TEACHER_PREFIX = "teachers."
 
@@ -227,9 +228,11 @@ so one rebuilt from the spec must come out identical."""
 
 
 def build_student(spec: DistillSpec, pretrained: bool = True) -> Backbone:
-    """The student backbone (no heads yet), float32 on the CPU; published weights when ``pretrained`` and
-    ``model.pretrained`` (a local checkpoint path always loads its file)."""
-    return load_backbone(spec.model.backbone, pretrained=pretrained and spec.model.pretrained)
+    """The student backbone (no heads yet), float32 on the CPU. ``pretrained`` True loads its weights as the spec
+    says (``model.pretrained``; a path loads its file), False loads none (a checkpoint holding them follows)."""
+    m = spec.model
+    load_pretrained, _ = loader_arguments(m.backbone, m.pretrained, None, pretrained)
+    return load_backbone(m.backbone, pretrained=load_pretrained)
 
 
 def on_meta_device() -> bool:
@@ -242,18 +245,23 @@ def build_teacher(
 ) -> FrozenTeacher:
     """A frozen teacher from its spec (``backbone`` given: use that module instead of loading one).
 
-    Teachers are never part of a checkpoint, so they load their weights whenever ``teacher.pretrained`` (except in
-    a dry build on the meta device); a random one is initialised from ``TEACHER_SEED + index``, without touching the
-    global random stream.
+    Teachers are never part of a checkpoint, so they load their weights as the spec says (``pretrained``,
+    ``pretrained_teacher_model_path``) whenever they are built, except in a dry build on the meta device; a random
+    one is initialised from ``TEACHER_SEED + index``, without touching the global random stream (a registry test
+    variant is always its own seeded random init).
     """
     if backbone is None:
+        load = not on_meta_device()
+        pretrained, checkpoint = loader_arguments(
+            teacher.backbone, teacher.pretrained, teacher.pretrained_teacher_model_path, load
+        )
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(TEACHER_SEED + index)
             backbone = load_backbone(
                 teacher.backbone,
                 adaptors=[teacher.adaptor] if teacher.adaptor else None,
-                pretrained=teacher.pretrained and not on_meta_device(),
-                checkpoint=teacher.pretrained_teacher_model_path,
+                pretrained=pretrained,
+                checkpoint=checkpoint,
             )
     size = student_size if teacher.match_student_resolution else None
     if size is None and teacher.input_size is not None:
@@ -279,7 +287,7 @@ def build_distill_model(
         teacher_backbones: head name -> backbone to use instead of loading that teacher's ``backbone``.
         cache_dir: teacher-output cache folder when ``distill.cache_teacher_outputs`` (default
             ``distill.cache_dir``; one of them is required then).
-        pretrained: False builds the student without its published weights (they come from a checkpoint).
+        pretrained: False builds the student without loading weights (they come from a checkpoint).
 
     Raises:
         VfmError: a cache without a folder, or heads that do not fit the student (cls slots, names).

@@ -35,7 +35,9 @@ class TeacherSpec(Section):
     )
     pretrained: bool = Field(True, description="load the teacher's published weights (False: random init, tests only)")
     pretrained_teacher_model_path: SpecPath | None = Field(
-        None, description="local weights file for a registry teacher, used instead of its published source"
+        None,
+        description="local weights file for a registry teacher, loaded instead of its published source (needs "
+        "pretrained: true)",
     )
     adaptor: str | None = Field(
         None, description="distill this adaptor head of the teacher (e.g. siglip2-g of C-RADIO), not its backbone"

@@ -11,14 +11,17 @@ from torch import nn
 from vfmkit.models.factory import load_backbone
 from vfmkit.models.heads.segformer import Segmenter, upsample_logits
 from vfmkit.tasks.segment.spec import SegmentSpec
+from vfmkit.weights.rule import loader_arguments
 
 __all__ = ["ExportableSegmenter", "Segmenter", "build_segmenter", "upsample_logits"]
 
 
 def build_segmenter(spec: SegmentSpec, meta: dict[str, Any], pretrained: bool) -> Segmenter:
-    """Backbone (published weights when ``pretrained``) + neck + SegFormer head over ``meta["classes"]``."""
+    """Backbone + neck + SegFormer head over ``meta["classes"]``. ``pretrained`` True loads the backbone's weights
+    as the spec says (``model.pretrained``; a path loads its file), False loads none."""
     m = spec.model
-    backbone = load_backbone(m.backbone, pretrained=pretrained)
+    load_pretrained, _ = loader_arguments(m.backbone, m.pretrained, None, pretrained)
+    backbone = load_backbone(m.backbone, pretrained=load_pretrained)
     return Segmenter(
         backbone,
         len(meta["classes"]),

@@ -7,6 +7,7 @@ from vfmkit.models.heads.mask2former import UniversalHeadConfig, UniversalSegmen
 from vfmkit.models.losses.mask import MaskSetCriterion
 from vfmkit.models.necks import build_neck
 from vfmkit.tasks.universal.spec import UniversalModelSpec
+from vfmkit.weights.rule import loader_arguments
 
 
 def head_config(spec: UniversalModelSpec) -> UniversalHeadConfig:
@@ -40,14 +41,16 @@ def head_config(spec: UniversalModelSpec) -> UniversalHeadConfig:
 
 
 def build_universal_model(spec: UniversalModelSpec, num_classes: int, pretrained: bool = True) -> UniversalSegmenter:
-    """Backbone (published weights when ``pretrained`` and ``spec.pretrained``) -> neck -> head.
+    """Backbone -> neck -> head.
 
     Args:
         spec: the ``model`` section.
         num_classes: K categories (the dataset's, contiguous).
-        pretrained: False builds the backbone without loading weights (a checkpoint is loaded afterwards).
+        pretrained: True loads the backbone's weights as ``spec`` says (``pretrained``; a path loads its file);
+            False loads none (a checkpoint is loaded afterwards).
     """
-    backbone = load_backbone(spec.backbone, pretrained=pretrained and spec.pretrained)
+    load_pretrained, _ = loader_arguments(spec.backbone, spec.pretrained, None, pretrained)
+    backbone = load_backbone(spec.backbone, pretrained=load_pretrained)
     neck = build_neck(
         spec.neck,
         backbone,

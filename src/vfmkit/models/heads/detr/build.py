@@ -16,6 +16,7 @@ from vfmkit.models.heads.detr.detector import DETRDetector
 from vfmkit.models.heads.detr.sources import FrozenFoundationBranch, NeckLevels
 from vfmkit.models.losses.detr import DetrCriterion
 from vfmkit.models.necks import build_neck
+from vfmkit.weights.rule import WeightsRequest, decide_source
 
 
 def build_feature_source(
@@ -28,6 +29,7 @@ def build_feature_source(
     freeze_backbone: bool | None = None,
     neck_options: dict[str, Any] | None = None,
     vitdet_window_size: int | None = None,
+    freeze_norm: bool | None = None,
 ) -> nn.Module:
     """The main feature source.
 
@@ -43,14 +45,20 @@ def build_feature_source(
         neck_options: further keyword arguments of the neck (``summary_fusion``, ``norm``, ``indices`` ...).
         vitdet_window_size: RADIO backbones (v2, v2.5, v4) through the simple pyramid: windowed attention with this
             window (in patches) in all but the global blocks; input sides must be multiples of patch x window.
+        freeze_norm: timm CNN: frozen BatchNorm layers (see :class:`TimmCNN`; None: frozen when weights load).
+
+    Where the weights come from follows :func:`vfmkit.weights.rule.decide_source` (a timm CNN's ``checkpoint``
+    needs ``pretrained``; foundation backbones through :func:`load_backbone`).
 
     Raises:
         ValueError: ``vitdet_window_size`` with a timm CNN or with another neck than ``simple_pyramid``.
+        ConfigurationError: a checkpoint that would be ignored (``pretrained`` false).
     """
     if vitdet_window_size and (neck != "simple_pyramid" or (isinstance(backbone, str) and is_timm_cnn_name(backbone))):
         raise ValueError("ViTDet windowed attention needs a RADIO backbone through the simple pyramid")
     if isinstance(backbone, str) and is_timm_cnn_name(backbone):
-        cnn = TimmCNN(backbone, strides, checkpoint=checkpoint, pretrained=pretrained)
+        decide_source(WeightsRequest("backbone", backbone, pretrained, checkpoint))
+        cnn = TimmCNN(backbone, strides, checkpoint=checkpoint, pretrained=pretrained, freeze_norm=freeze_norm)
         if freeze_backbone:
             for param in cnn.parameters():
                 param.requires_grad_(False)
@@ -80,6 +88,7 @@ def build_detector(
     frozen_fm_pretrained: bool = True,
     frozen_fm_checkpoint: str | Path | None = None,
     vitdet_window_size: int | None = None,
+    freeze_norm: bool | None = None,
     **overrides: Any,
 ) -> tuple[DETRDetector, DetrCriterion]:
     """A detector and its matching set criterion.
@@ -93,6 +102,7 @@ def build_detector(
         frozen_fm_input_scale: the branch's input resize factor (TAO 0.5).
         frozen_fm_pretrained, frozen_fm_checkpoint: how to load the branch's backbone.
         vitdet_window_size: windowed attention in the main RADIO backbone (see :func:`build_feature_source`).
+        freeze_norm: frozen BatchNorm layers in a timm CNN main backbone (see :func:`build_feature_source`).
         **overrides: :class:`DetrConfig` / :class:`DetrLossConfig` fields (TAO names); None keeps the preset value.
 
     Returns:
@@ -109,6 +119,7 @@ def build_detector(
         freeze_backbone=freeze_backbone,
         neck_options=neck_options,
         vitdet_window_size=vitdet_window_size,
+        freeze_norm=freeze_norm,
     )
     branch = None
     if frozen_fm is not None:
