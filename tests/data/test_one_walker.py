@@ -18,6 +18,7 @@ NOT_DATA_FOLDERS = {
     "export/cache.py": "the ONNX cache folder",
     "models/text/tokenizers.py": "the tokenizer download staging folder",
     "models/backbones/radio/load.py": "a checkpoint folder (weights, not data)",
+    "weights/record.py": "a checkpoint folder (the weights files it hashes)",
     "utils/atomic.py": "temp files of an atomic write",
     "features/demo.py": "the package's own demo assets (importlib.resources)",
     "export/backbone.py": "the package's own demo assets (importlib.resources)",

@@ -482,7 +482,8 @@ def expected_dropped_fraction(pairs: CaptionPairs, batch_size: int) -> float:
         return 0.0
     _, text = np.unique(np.asarray(pairs.captions, dtype=object).astype(str), return_inverse=True)
     per_image = np.bincount(pairs.caption_image, minlength=count)[pairs.caption_image]
-    log_absent = np.bincount(text, weights=np.log1p(-(size / count) / per_image))
+    with np.errstate(divide="ignore"):  # a caption in every batch: log(0) = -inf, exp(-inf) = 0 as intended
+        log_absent = np.bincount(text, weights=np.log1p(-(size / count) / per_image))
     return float(max(0.0, 1.0 - (1.0 - np.exp(log_absent)).sum() / size))
 
 
