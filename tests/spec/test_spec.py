@@ -118,3 +118,11 @@ def test_paths_inside_lists_of_sections_resolve_against_the_spec_file(tmp_path, 
     assert [s.image_dir for s in spec.sources] == [(tmp_path / "images").resolve(), Path("/abs/images")]
     spec = load_spec(ListSpec, None, ["sources=[{image_dir: rel}]"])
     assert spec.sources[0].image_dir == (tmp_path.parent / "rel").resolve()  # overrides: against the cwd
+
+
+def test_precision_32_given_as_a_number_is_the_string() -> None:
+    from vfmkit.spec.base import TrainSpec
+
+    assert TrainSpec.model_validate({"precision": 32}).precision == "32"
+    with pytest.raises(ValueError, match="bf16-mixed"):
+        TrainSpec.model_validate({"precision": 16})

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class PathMarker:
@@ -56,6 +56,13 @@ class TrainSpec(Section):
     scheduler: SchedulerSpec = Field(default_factory=SchedulerSpec)
     ema: EmaSpec = Field(default_factory=EmaSpec)
     precision: Literal["32", "bf16-mixed", "16-mixed"] = Field("32", description="16-mixed needs a GPU")
+
+    @field_validator("precision", mode="before")
+    @classmethod
+    def _precision_as_text(cls, value: object) -> object:
+        """``train.precision=32`` (YAML reads an int) means the string ``"32"``."""
+        return str(value) if type(value) is int else value
+
     accelerator: Literal["auto", "cpu", "gpu"] = Field("auto", description="where to train")
     devices: int | str = Field("auto", description="devices per node (int or 'auto')")
     num_nodes: int = Field(1, ge=1, description="machines")
