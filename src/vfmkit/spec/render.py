@@ -10,7 +10,8 @@ from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
 
-def _scalar(value: Any) -> str:
+def yaml_scalar(value: Any) -> str:
+    """One value as flow-style YAML on one line (paths as strings, tuples as lists)."""
     if isinstance(value, Path):
         value = str(value)
     if isinstance(value, tuple):
@@ -38,7 +39,7 @@ def render_commented(model: type[BaseModel], indent: int = 0, overrides: dict[st
             lines += render_commented(annotation, indent + 2, overrides.get(name) or {})
             continue
         value = overrides.get(name, _field_default(field))
-        lines.append(f"{pad}{name}: {_scalar(value)}")
+        lines.append(f"{pad}{name}: {yaml_scalar(value)}")
     return lines
 
 
