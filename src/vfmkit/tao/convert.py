@@ -285,6 +285,10 @@ class _Walk:
             for key, value in node.items():
                 self.walk(value, [*path, str(key)], rows, fallback, ctx)
             return
+        if isinstance(node, list) and node and deeper:  # rows name list items (e.g. datasets.0.image_dir)
+            for index, value in enumerate(node):
+                self.walk(value, [*path, str(index)], rows, fallback, ctx)
+            return
         key = (ctx[0] + ".".join(path)).rstrip(".")
         self.result.leaves.append(key)
         if fallback is not None:
@@ -293,7 +297,9 @@ class _Walk:
             self.result.unmapped.append(Unmapped(key, node, "unknown", "not converted: check the spelling"))
 
     def _when(self, row: MapRow, item: Any) -> bool:
-        return all(_holds(self.get(key, item), wanted) for key, wanted in row.when.items())
+        """Whether every ``when`` key holds one of its values (a missing key counts as null)."""
+        values = {key: self.get(key, item) for key in row.when}
+        return all(_holds(None if values[key] is MISSING else values[key], wanted) for key, wanted in row.when.items())
 
     def _skip(self, node: Any, path: list[str], row: MapRow, ctx: tuple) -> None:
         key = ctx[0] + ".".join(path)
@@ -361,5 +367,6 @@ def convert(data: dict[str, Any], task: str | TaoTask) -> Conversion:
             result.values[key] = PLACEHOLDER
     for key in [k for k in result.sources if k not in result.values]:  # folded into a key that was not converted
         for source in result.sources.pop(key):
-            result.unmapped.append(Unmapped(source.tao_key, source.value, "default", f"nothing converted into {key}"))
+            note = f"nothing of its own to write: vfmkit's default {key} applies"
+            result.unmapped.append(Unmapped(source.tao_key, source.value, "default", note))
     return result

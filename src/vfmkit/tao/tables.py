@@ -31,7 +31,10 @@ COMMON_TABLE = PACKAGE_ROOT / "spec" / "tao_map.yaml"
 TASK_TABLES = PACKAGE_ROOT / "tasks"
 TABLE_NAME = "tao_map.yaml"
 
-Transform = Literal["rename", "enum", "backbone", "ratio", "item", "same_as", "subfolder", "each", "palette", "append"]
+Transform = Literal[
+    "rename", "enum", "backbone", "ratio", "item", "square", "pair", "same_as", "subfolder", "each", "palette",
+    "lights", "append",
+]  # fmt: skip
 Reason = Literal["gpu-only", "not-applicable", "not-supported-yet"]
 UNSET = object()
 """``example`` / ``expect`` not given."""
@@ -49,9 +52,11 @@ class MapRow(BaseModel):
         keep: TAO values that mean "vfmkit's default": nothing is written (e.g. TAO's ``-1`` = automatic).
         fold: TAO values with nothing of their own to write: another key carries the setting (e.g. an ``enable:
             true`` whose probability key is mapped).
-        of: ``ratio``: the TAO key divided by; ``same_as``: the TAO key that must hold the same value;
-            ``subfolder``: the TAO folder the value must be directly under.
-        index: ``item``: the list position taken (negative counts from the end).
+        of: ``ratio``: the TAO key divided by; ``pair``: the TAO key holding the other end of the range;
+            ``same_as``: the TAO key that must hold the same value; ``subfolder``: the folder the value is under.
+        factor: ``palette``: the mask ids are the TAO label ids times this (255 for TAO's ``label_transform: norm``).
+        index: ``item``: the list position taken (negative counts from the end); ``pair``: this value's position (0
+            or 1) in the range.
         only_one: ``item``: a list of several values cannot be converted (vfmkit takes one).
         namespace: ``backbone``: the registry the name resolves in (``backbone`` or ``clip``).
         rows: ``each``: the rows of one list item (keys relative to the item).
@@ -72,6 +77,7 @@ class MapRow(BaseModel):
     keep: list[Any] = Field(default_factory=list)
     fold: list[Any] = Field(default_factory=list)
     of: str | None = None
+    factor: int = Field(1, ge=1)
     index: int = 0
     only_one: bool = False
     namespace: Literal["backbone", "clip"] = "backbone"
@@ -89,7 +95,7 @@ class MapRow(BaseModel):
             raise ValueError(f"row {self.tao!r}: give either vfm (mapped) or reason (unmappable), not both")
         if self.reason and not self.note:
             raise ValueError(f"row {self.tao!r}: an unmappable row needs a note saying why / what to do")
-        if self.transform in ("ratio", "same_as", "subfolder") and not self.of:
+        if self.transform in ("ratio", "pair", "same_as", "subfolder") and not self.of:
             raise ValueError(f"row {self.tao!r}: transform {self.transform} needs 'of'")
         if self.transform == "enum" and not self.values:
             raise ValueError(f"row {self.tao!r}: transform enum needs 'values'")
@@ -128,7 +134,10 @@ class TaoTask(BaseModel):
         absent: TAO keys that must be unset (missing or null) for the inference to pick this task.
         set: vfmkit keys this TAO task fixes (e.g. ``model.head: rtdetr``).
         required: vfmkit keys the converted spec must have: ``???`` when nothing in the TAO spec fills them.
-        rows: this task's rows (the shared rows come first when the table is assembled).
+        aliases: other ``--task`` names of it (e.g. ``nvclip``).
+        extends: a TAO task of the same table whose rows this one inherits (its own rows replace them by key).
+        rows: this task's rows.
+        shared: the rows it inherits (shared rows, then the ``extends`` task's), minus those its own rows replace.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -141,12 +150,14 @@ class TaoTask(BaseModel):
     absent: list[str] = Field(default_factory=list)
     set: dict[str, Any] = Field(default_factory=dict)
     required: list[str] = Field(default_factory=list)
+    aliases: list[str] = Field(default_factory=list)
+    extends: str | None = None
     rows: list[MapRow]
-    shared: list[MapRow] = Field(default_factory=list, description="the shared rows this task does not replace")
+    shared: list[MapRow] = Field(default_factory=list)
 
     @property
     def all_rows(self) -> list[MapRow]:
-        """The shared rows this task does not replace, then its own."""
+        """The inherited rows this task does not replace, then its own (the order rows are tried and written in)."""
         return [*self.shared, *self.rows]
 
 
@@ -165,10 +176,15 @@ def _read(path: Path) -> dict[str, Any]:
 
 
 def _rows(data: Any, where: Path) -> list[MapRow]:
-    try:
-        return [MapRow.model_validate(row) for row in data or []]
-    except ValidationError as err:
-        raise TableError(f"{where}: {err.errors()[0]['msg']} at {err.errors()[0]['loc']}") from None
+    rows = []
+    for row in data or []:
+        try:
+            rows.append(MapRow.model_validate(row))
+        except ValidationError as err:
+            first = err.errors()[0]
+            name = row.get("tao") if isinstance(row, dict) else row
+            raise TableError(f"{where}: row {name!r}: {first['msg']} at {first['loc']}") from None
+    return rows
 
 
 def _row_key(row: MapRow) -> tuple[str, str]:
@@ -191,10 +207,16 @@ def tao_tasks() -> dict[str, TaoTask]:
                 raise TableError(f"{path}: TAO task {name!r} is also defined in another table")
             section = dict(section or {})
             own = _rows(section.pop("rows", None), path)
+            parent = section.get("extends")
+            if parent is not None and parent not in tasks:
+                raise TableError(f"{path}: {name!r} extends {parent!r}, which must come before it in the same file")
+            inherited = [*shared_rows(), *(tasks[parent].rows if parent else [])]
             replaced = {_row_key(row) for row in own}
-            shared = [row for row in shared_rows() if _row_key(row) not in replaced]
+            kept = [row for row in inherited if _row_key(row) not in replaced]
+            if parent:  # the parent's own rows replace shared ones too
+                kept = [row for row in kept if row in tasks[parent].all_rows]
             try:
-                tasks[name] = TaoTask(name=name, vfm_task=path.parent.name, rows=own, shared=shared, **section)
+                tasks[name] = TaoTask(name=name, vfm_task=path.parent.name, rows=own, shared=kept, **section)
             except ValidationError as err:
                 raise TableError(f"{path}: TAO task {name!r}: {err.errors()[0]['msg']}") from None
     return tasks
@@ -207,6 +229,7 @@ def tao_task(name: str) -> TaoTask:
         VfmError: unknown name (with the known ones).
     """
     tasks = tao_tasks()
-    if name not in tasks:
-        raise VfmError(f"unknown TAO task {name!r}; vfm spec from-tao converts: {', '.join(tasks)}")
-    return tasks[name]
+    for task in tasks.values():
+        if name in (task.name, *task.aliases):
+            return task
+    raise VfmError(f"unknown TAO task {name!r}; vfm spec from-tao converts: {', '.join(tasks)}")

@@ -8,11 +8,17 @@ backbone     a TAO backbone name -> the vfmkit registry id (``values`` first, th
 ratio        ``value / <of>`` (e.g. TAO's ``lr_backbone / lr`` -> ``backbone_lr_scale``)
 item         ``value[index]`` of a list (a scalar stays as it is; an empty list writes nothing; ``only_one``: more
              than one value is not supported)
+square       a ``[height, width]`` pair of equal sides -> the side (vfmkit trains square inputs)
+pair         ``[value, <of>]`` (``index: 1``: ``[<of>, value]``): two TAO keys -> one range (``min_scale``,
+             ``max_scale`` -> ``scale_range``)
 same_as      nothing of its own: the value must equal ``<of>``'s, which is mapped (e.g. ``input_width`` vs
              ``input_height`` -> one square ``resolution``)
 subfolder    a folder directly under the folder ``<of>`` -> its name (TAO's ``${root_dir}/train`` -> ``train``)
 each         a list of sections (one dict is a list of one), every item converted by the row's own ``rows``
 palette      TAO's segmentation palette ``[{label_id, rgb, seg_class, mapping_class}]`` -> ``[{name, id, color}]``
+             (``id = label_id * factor``)
+lights       ChangeNet's ``input_map {LightName: index}`` -> the file-name suffixes ``["_LightName", ...]`` in index
+             order
 append       ``values[value]`` appended to the list ``base`` (several TAO keys add to one vfmkit list)
 ===========  ==========================================================================================================
 
@@ -120,6 +126,21 @@ def _item(row: MapRow, value: Any, lookup: Lookup) -> Any:
     return value[row.index]
 
 
+def _square(row: MapRow, value: Any, lookup: Lookup) -> Any:
+    if not isinstance(value, list):
+        return value
+    if len(value) == 2 and value[0] == value[1]:
+        return value[0]
+    raise NotMapped("not-supported-yet", f"vfmkit trains square inputs, got {value}. {row.note}")
+
+
+def _pair(row: MapRow, value: Any, lookup: Lookup) -> Any:
+    other = lookup(row.of)
+    if other is MISSING or other is None:
+        raise NotMapped("not-supported-yet", f"needs {row.of} as the other end of the range. {row.note}")
+    return [other, value] if row.index == 1 else [value, other]
+
+
 def _same_as(row: MapRow, value: Any, lookup: Lookup) -> Any:
     other = lookup(row.of)
     if other is MISSING or other is None or same_value(other, value):
@@ -144,11 +165,18 @@ def _palette(row: MapRow, value: Any, lookup: Lookup) -> Any:
         mapping = entry.get("mapping_class")
         if mapping not in (None, name):
             raise NotMapped("not-supported-yet", f"class {name!r} is merged into {mapping!r}. {row.note}")
-        item = {"name": name, "id": entry.get("label_id")}
+        label = entry.get("label_id")
+        item = {"name": name, "id": label * row.factor if isinstance(label, int) else label}
         if entry.get("rgb") is not None:
             item["color"] = list(entry["rgb"])
         palette.append(item)
     return palette
+
+
+def _lights(row: MapRow, value: Any, lookup: Lookup) -> Any:
+    if not isinstance(value, dict) or not all(isinstance(index, int) for index in value.values()):
+        raise NotMapped("not-supported-yet", f"expected {{light name: index}}, got {value!r}")
+    return [f"_{name}" for name, _ in sorted(value.items(), key=lambda item: item[1])]
 
 
 def _append(row: MapRow, value: Any, lookup: Lookup) -> Any:
@@ -164,9 +192,12 @@ TRANSFORMS: dict[str, Callable[[MapRow, Any, Lookup], Any]] = {
     "backbone": _backbone,
     "ratio": _ratio,
     "item": _item,
+    "square": _square,
+    "pair": _pair,
     "same_as": _same_as,
     "subfolder": _subfolder,
     "palette": _palette,
+    "lights": _lights,
     "append": _append,
 }
 """Transform name -> function(row, TAO value, lookup) -> what :func:`apply` returns; raises
