@@ -268,6 +268,7 @@ class _Walk:
 
     def walk(self, node: Any, path: list[str], rows: list[MapRow], fallback: MapRow | None, ctx: tuple) -> None:
         """Convert ``node`` (at TAO ``path``) with ``rows``; ``ctx`` = (TAO prefix, vfmkit prefix, list item)."""
+        rows = [row for row in rows if row.matches(path) or row.is_under(path)]  # those that matter below here
         exact = [row for row in rows if row.matches(path)]
         deeper = any(row.is_under(path) for row in rows)
         if exact:
@@ -328,6 +329,10 @@ class _Walk:
         target = ctx[1] + row.vfm
         if node is None or (row.transform == "each" and not node):
             self.result.unmapped.append(Unmapped(key, node, "default", f"unset in the TAO spec (-> {target})"))
+            return
+        if row.transform == "each":
+            note = f"expected a list of sections, got {node!r}"
+            self.result.unmapped.append(Unmapped(key, node, "not-supported-yet", note))
             return
         if holds_placeholder(node):
             if row.of:  # derived from another key: nothing to fill here

@@ -8,17 +8,42 @@ would otherwise pass as a string and fail later with a less clear message).
 
 from __future__ import annotations
 
+import typing
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
 
-from vfmkit.spec.loader import SpecError, schema_paths
+from vfmkit.spec.loader import SpecError
 from vfmkit.tao.convert import candidate_tasks, flatten, holds_placeholder
 from vfmkit.tao.tables import MapRow, shared_rows, tao_tasks
 
 SHOWN = 3
 """TAO keys quoted in the message."""
+
+
+def _sections(annotation: Any) -> list[type[BaseModel]]:
+    """The spec sections a field's type holds (through ``X | None``, ``list[X]`` ...)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [model for arg in typing.get_args(annotation) for model in _sections(arg)]
+
+
+def spec_accepts(schema: type[BaseModel], dotted: str) -> bool:
+    """Whether ``dotted`` is a key of the spec ``schema`` (a section, a field, or a key inside a mapping field)."""
+    model, parts = schema, dotted.split(".")
+    for index, part in enumerate(parts):
+        field = model.model_fields.get(part)
+        if field is None:
+            return False
+        if index == len(parts) - 1:
+            return True
+        sections = _sections(field.annotation)
+        if not sections:  # a value: only a mapping-typed field has keys below it
+            return typing.get_origin(field.annotation) is dict or field.annotation is Any
+        rest = ".".join(parts[index + 1 :])
+        return any(spec_accepts(section, rest) for section in sections)
+    return True
 
 
 def _all_rows() -> list[MapRow]:
@@ -52,11 +77,10 @@ def _interpolations(data: Any, prefix: str = "") -> list[str]:
 
 def tao_signs(data: dict[str, Any], schemas: list[type[BaseModel]]) -> list[str]:
     """Keys that mark ``data`` as a TAO spec: TAO keys none of ``schemas`` accepts, then ``${...}`` values."""
-    accepted = {path for schema in schemas for path in schema_paths(schema)}
     rows = _all_rows()
-    signs = []
+    signs: list[str] = []
     for key in _prefixes(data):
-        if key in accepted or any(key.startswith(sign + ".") for sign in signs):
+        if any(spec_accepts(schema, key) for schema in schemas) or any(key.startswith(s + ".") for s in signs):
             continue
         path = key.split(".")
         if any(row.matches(path) for row in rows):

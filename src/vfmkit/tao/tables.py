@@ -40,6 +40,11 @@ UNSET = object()
 """``example`` / ``expect`` not given."""
 
 
+@functools.cache
+def _split(dotted: str) -> tuple[str, ...]:
+    return tuple(dotted.split("."))
+
+
 class MapRow(BaseModel):
     """One TAO key and what it becomes.
 
@@ -66,6 +71,7 @@ class MapRow(BaseModel):
         note: one sentence for the user: what to do instead, or what differs.
         example: a TAO value for the round-trip test and the documentation.
         expect: the vfmkit value ``example`` becomes (default: ``example``).
+        context: other TAO values the example assumes (the key a ``ratio``, ``pair`` or ``subfolder`` reads).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -88,6 +94,7 @@ class MapRow(BaseModel):
     note: str = ""
     example: Any = Field(default_factory=lambda: UNSET)
     expect: Any = Field(default_factory=lambda: UNSET)
+    context: dict[str, Any] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _check(self) -> MapRow:
@@ -104,22 +111,23 @@ class MapRow(BaseModel):
         return self
 
     @property
-    def segments(self) -> list[str]:
-        return self.tao.split(".")
+    def segments(self) -> tuple[str, ...]:
+        return _split(self.tao)
 
     def matches(self, path: list[str]) -> bool:
         """Whether this row's key names ``path`` (``*`` matches any one segment)."""
-        return len(path) == len(self.segments) and all(s in ("*", p) for s, p in zip(self.segments, path, strict=True))
+        segments = _split(self.tao)
+        return len(path) == len(segments) and all(s in ("*", p) for s, p in zip(segments, path, strict=True))
 
     def is_under(self, path: list[str]) -> bool:
         """Whether this row names a key strictly below ``path``."""
-        head = self.segments[: len(path)]
-        return len(self.segments) > len(path) and all(s in ("*", p) for s, p in zip(head, path, strict=True))
+        segments = _split(self.tao)
+        return len(segments) > len(path) and all(s in ("*", p) for s, p in zip(segments, path, strict=False))
 
     @property
     def specificity(self) -> int:
         """Literal (non-``*``) segments: the most specific matching row wins."""
-        return sum(s != "*" for s in self.segments)
+        return sum(s != "*" for s in _split(self.tao))
 
 
 class TaoTask(BaseModel):
