@@ -370,3 +370,16 @@ def test_a_vfmkit_spec_with_a_tao_key_is_not_mistaken_for_tao(tmp_path: Path) ->
     spec = tmp_path / "det.yaml"
     spec.write_text("dataset:\n  train_data_sources: [{image_dir: a, json_file: b.json}]\n")
     assert Task("detect", spec).spec.dataset.train_data_sources[0].json_file.name == "b.json"
+
+
+def test_one_tao_like_key_in_a_vfmkit_spec_gets_the_normal_error(capsys, tmp_path: Path) -> None:
+    """A single such key is more likely a typo: the validation error names it and the closest vfmkit key."""
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("dataset:\n  root: data\ntrain:\n  num_epochs: 3\n")
+    code, _, err = run_cli(capsys, "classify", "train", "-c", spec)
+    line = one_line_error(code, err)
+    assert "unknown key 'train.num_epochs'" in line and "TAO" not in line
+    spec.write_text("dataset:\n  root: data\ntrain:\n  num_epochs: 3\n  num_gpus: 2\n")
+    assert "looks like a TAO spec (train.num_epochs, train.num_gpus)" in one_line_error(
+        *run_cli(capsys, "classify", "train", "-c", spec)[::2]
+    )

@@ -80,7 +80,7 @@ class Conversion:
 
     @property
     def placeholders(self) -> list[str]:
-        """vfmkit keys whose value is, or holds, ``???``."""
+        """vfmkit keys whose value is, or holds, ``???`` (in the order they were converted)."""
         return [key for key, value in self.values.items() if holds_placeholder(value)]
 
     def apply_overrides(self, overrides: list[str]) -> None:
@@ -365,7 +365,7 @@ def convert(data: dict[str, Any], task: str | TaoTask) -> Conversion:
     walker = _Walk(result, data)
     for key, value in data.items():
         walker.walk(value, [str(key)], task.all_rows, None, ("", "", None))
-    for key, value in task.set.items():
+    for key, value in {"task": task.vfm_task, **task.set}.items():
         result.contribute(key, value, Source(f"TAO task {task.name}", value))
     for key in task.required:
         if not any(k == key or k.startswith(key + ".") for k in result.values):

@@ -1,9 +1,9 @@
 """Refuse an unconverted TAO spec given to ``vfm <task> ...`` (or :class:`vfmkit.Task`), saying how to convert it.
 
-A spec looks like TAO's when it has keys that only TAO specs have (keys of the mapping tables that the vfmkit task's
-spec does not accept, e.g. ``train.num_epochs``, ``model.backbone.type``, ``gen_trt_engine``) or OmegaConf
-``${...}`` interpolations. A converted spec with ``???`` left is refused too, naming the key to fill in (``???``
-would otherwise pass as a string and fail later with a less clear message).
+A spec looks like TAO's when it has keys that only TAO specs have (at least two keys of the mapping tables that the
+vfmkit task's spec does not accept, e.g. ``train.num_epochs``, ``model.backbone.type``, ``gen_trt_engine``) or
+OmegaConf ``${...}`` interpolations. A converted spec with ``???`` left is refused too, naming the key to fill in
+(``???`` would otherwise pass as a string and fail later with a less clear message).
 """
 
 from __future__ import annotations
@@ -20,6 +20,9 @@ from vfmkit.tao.tables import MapRow, shared_rows, tao_tasks
 
 SHOWN = 3
 """TAO keys quoted in the message."""
+MIN_SIGNS = 2
+"""TAO keys it takes (without ``${...}``) to call a spec TAO's: one is more likely a typo in a vfmkit spec, which the
+normal validation error names with the closest vfmkit key."""
 
 
 def _sections(annotation: Any) -> list[type[BaseModel]]:
@@ -112,7 +115,7 @@ def refuse_tao_spec(
             ``???`` key to fill in.
     """
     signs = tao_signs(data, schemas)
-    if signs:
+    if len(signs) >= MIN_SIGNS or any(sign.endswith("${...}") for sign in signs):
         shown = ", ".join(signs[:SHOWN]) + (f" and {len(signs) - SHOWN} more" if len(signs) > SHOWN else "")
         raise SpecError(
             f"{path} looks like a TAO spec ({shown}), not a vfmkit spec: convert it first with "

@@ -136,7 +136,7 @@ def render_conversion(conversion: Conversion, schema: type[BaseModel], source: P
     ]
     holes = conversion.placeholders
     if holes:
-        header.append("# Fill in before training (here, or as key=value after `vfm spec from-tao ...` or `... train`):")
+        header.append("# Fill in before training (edit them here, or convert again with key=value for each):")
         header += [f"#   {key}" for key in holes]
         header.append("#")
     if conversion.unmapped:
