@@ -317,11 +317,12 @@ def test_a_value_of_the_tao_spec_that_does_not_validate_names_its_tao_key(capsys
         ("a: 1\na: 2\n", "not valid YAML"),
         ("- 1\n", "the top level must be a mapping"),
         ("results_dir: /r\n", "cannot tell which TAO task"),
+        ("a: \udcff\n", "not a UTF-8 text file"),
     ],
 )
 def test_unreadable_tao_specs(tmp_path: Path, text: str, message: str) -> None:
     spec = tmp_path / "tao.yaml"
-    spec.write_text(text)
+    spec.write_bytes(text.encode("utf-8", "surrogateescape"))
     with pytest.raises(VfmError, match=message.replace("[", r"\[").replace("$", r"\$")):
         convert_tao_file(spec)
 

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from vfmkit.errors import VfmError
 from vfmkit.spec.loader import SpecError, parse_overrides
 from vfmkit.spec.render import yaml_scalar
 from vfmkit.tao.tables import MapRow, TaoTask, tao_task, tao_tasks
-from vfmkit.tao.transforms import FOLDED, KEEP, MISSING, Append, NotMapped, apply, same_value
+from vfmkit.tao.transforms import FOLDED, KEEP, MISSING, Append, NotMapped, same_value
+from vfmkit.tao.transforms import apply as apply_transform
 
 PLACEHOLDER = "???"
 CATEGORIES = {
@@ -56,14 +57,12 @@ class Conversion:
         values: vfmkit dotted key -> value (``???`` where the user must fill in); integer segments index lists.
         sources: vfmkit dotted key -> the TAO keys it came from.
         unmapped: every TAO key not converted, with its category and note.
-        leaves: every TAO leaf key of the input (dotted), for the never-dropped check.
     """
 
     task: TaoTask
     values: dict[str, Any] = field(default_factory=dict)
     sources: dict[str, list[Source]] = field(default_factory=dict)
     unmapped: list[Unmapped] = field(default_factory=list)
-    leaves: list[str] = field(default_factory=list)
 
     def contribute(self, key: str, value: Any, source: Source) -> None:
         """Record ``source`` for ``key`` and write ``value`` (the last written value wins; FOLDED writes nothing)."""
@@ -158,7 +157,9 @@ def resolve_tao_spec(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise SpecError(f"TAO spec file not found: {path}")
     try:
-        config = OmegaConf.create(path.read_text())
+        config = OmegaConf.create(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as err:
+        raise SpecError(f"{path}: not a UTF-8 text file ({err.reason} at byte {err.start})") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" line {mark.line + 1}, column {mark.column + 1}:" if mark else ""
@@ -254,6 +255,17 @@ def _options(wanted: Any) -> str:
     return " or ".join(yaml_scalar(option) for option in options)
 
 
+class _Where(NamedTuple):
+    """Where a walk is: the prefix of TAO keys and of vfmkit keys, and the list item it is inside (or None)."""
+
+    tao: str = ""
+    vfm: str = ""
+    item: Any = None
+
+
+TOP = _Where()
+
+
 @dataclass
 class _Walk:
     """One conversion pass: the table, the data (for ``of`` / ``when`` look-ups) and the result."""
@@ -266,32 +278,31 @@ class _Walk:
         value = lookup(item, dotted) if item is not None else MISSING
         return value if value is not MISSING else lookup(self.root, dotted)
 
-    def walk(self, node: Any, path: list[str], rows: list[MapRow], fallback: MapRow | None, ctx: tuple) -> None:
-        """Convert ``node`` (at TAO ``path``) with ``rows``; ``ctx`` = (TAO prefix, vfmkit prefix, list item)."""
+    def walk(self, node: Any, path: list[str], rows: list[MapRow], fallback: MapRow | None, where: _Where) -> None:
+        """Convert ``node`` (at TAO ``path``) with ``rows``; ``where``: the prefixes and the list item."""
         rows = [row for row in rows if row.matches(path) or row.is_under(path)]  # those that matter below here
         exact = [row for row in rows if row.matches(path)]
         deeper = any(row.is_under(path) for row in rows)
         if exact:
             best = max(row.specificity for row in exact)
             exact = [row for row in exact if row.specificity == best]
-            chosen = next((row for row in exact if self._when(row, ctx[2])), None)
+            chosen = next((row for row in exact if self._when(row, where.item)), None)
             if chosen is None:
-                self._skip(node, path, exact[0], ctx)
+                self._skip(node, path, exact[0], where)
                 return
             if not (chosen.reason and deeper):
-                self.apply(chosen, node, path, ctx)
+                self.apply(chosen, node, path, where)
                 return
             fallback = chosen
         if isinstance(node, dict) and node:
             for key, value in node.items():
-                self.walk(value, [*path, str(key)], rows, fallback, ctx)
+                self.walk(value, [*path, str(key)], rows, fallback, where)
             return
         if isinstance(node, list) and node and deeper:  # rows name list items (e.g. datasets.0.image_dir)
             for index, value in enumerate(node):
-                self.walk(value, [*path, str(index)], rows, fallback, ctx)
+                self.walk(value, [*path, str(index)], rows, fallback, where)
             return
-        key = (ctx[0] + ".".join(path)).rstrip(".")
-        self.result.leaves.append(key)
+        key = (where.tao + ".".join(path)).rstrip(".")
         if fallback is not None:
             self.result.unmapped.append(Unmapped(key, node, fallback.reason, fallback.note))
         else:
@@ -302,31 +313,22 @@ class _Walk:
         values = {key: self.get(key, item) for key in row.when}
         return all(_holds(None if values[key] is MISSING else values[key], wanted) for key, wanted in row.when.items())
 
-    def _skip(self, node: Any, path: list[str], row: MapRow, ctx: tuple) -> None:
-        key = ctx[0] + ".".join(path)
-        self._leaves(node, key)
+    def _skip(self, node: Any, path: list[str], row: MapRow, where: _Where) -> None:
+        key = where.tao + ".".join(path)
         condition = " and ".join(f"{k} is {_options(v)}" for k, v in row.when.items())
         note = f"converted only when {condition}"
         self.result.unmapped.append(Unmapped(key, node, "not-applicable", note))
 
-    def _leaves(self, node: Any, key: str) -> None:
-        if isinstance(node, dict) and node:
-            for sub, value in node.items():
-                self._leaves(value, f"{key}.{sub}")
-        else:
-            self.result.leaves.append(key)
-
-    def apply(self, row: MapRow, node: Any, path: list[str], ctx: tuple) -> None:
+    def apply(self, row: MapRow, node: Any, path: list[str], where: _Where) -> None:
         """Apply one row to the value at ``path`` (a whole section when the row names one)."""
-        key = (ctx[0] + ".".join(path)).rstrip(".")
+        key = (where.tao + ".".join(path)).rstrip(".")
         if row.transform == "each" and row.vfm and isinstance(node, dict | list) and node:
-            self._each(row, node, key, ctx)
+            self._each(row, node, key, where)
             return
-        self._leaves(node, key)
         if row.reason:
             self.result.unmapped.append(Unmapped(key, node, row.reason, row.note))
             return
-        target = ctx[1] + row.vfm
+        target = where.vfm + row.vfm
         if node is None or (row.transform == "each" and not node):
             self.result.unmapped.append(Unmapped(key, node, "default", f"unset in the TAO spec (-> {target})"))
             return
@@ -342,7 +344,7 @@ class _Walk:
                 self.result.contribute(target, PLACEHOLDER, Source(key, node))
             return
         try:
-            value = apply(row, node, lambda dotted: self.get(dotted, ctx[2]))
+            value = apply_transform(row, node, lambda dotted: self.get(dotted, where.item))
         except NotMapped as err:
             self.result.unmapped.append(Unmapped(key, node, err.reason, err.note.strip()))
             return
@@ -351,11 +353,11 @@ class _Walk:
             return
         self.result.contribute(target, value, Source(key, node))
 
-    def _each(self, row: MapRow, node: Any, key: str, ctx: tuple) -> None:
+    def _each(self, row: MapRow, node: Any, key: str, where: _Where) -> None:
         items = [node] if isinstance(node, dict) else node
         for index, item in enumerate(items):
             item_key = f"{key}.{index}." if isinstance(node, list) else f"{key}."
-            self.walk(item, [], row.rows, None, (item_key, f"{ctx[1]}{row.vfm}.{index}.", item))
+            self.walk(item, [], row.rows, None, _Where(item_key, f"{where.vfm}{row.vfm}.{index}.", item))
 
 
 def convert(data: dict[str, Any], task: str | TaoTask) -> Conversion:
@@ -364,7 +366,7 @@ def convert(data: dict[str, Any], task: str | TaoTask) -> Conversion:
     result = Conversion(task)
     walker = _Walk(result, data)
     for key, value in data.items():
-        walker.walk(value, [str(key)], task.all_rows, None, ("", "", None))
+        walker.walk(value, [str(key)], task.all_rows, None, TOP)
     for key, value in {"task": task.vfm_task, **task.set}.items():
         result.contribute(key, value, Source(f"TAO task {task.name}", value))
     for key in task.required:

@@ -110,10 +110,6 @@ class MapRow(BaseModel):
             raise ValueError(f"row {self.tao!r}: transform each needs 'rows'")
         return self
 
-    @property
-    def segments(self) -> tuple[str, ...]:
-        return _split(self.tao)
-
     def matches(self, path: list[str]) -> bool:
         """Whether this row's key names ``path`` (``*`` matches any one segment)."""
         segments = _split(self.tao)
