@@ -23,18 +23,20 @@ EVERYTHING = (
     "vfmkit.task",
     "vfmkit.features",
     "vfmkit.export",
+    "vfmkit.tao",
 )
 
 FORBIDDEN = {
     "utils": EVERYTHING,  # the lowest layer: atomic writes, strict YAML, error text
-    "models": ("vfmkit.spec", "vfmkit.engine", "vfmkit.tasks", "vfmkit.cli", "vfmkit.task"),
-    "weights": ("vfmkit.spec", "vfmkit.engine", "vfmkit.tasks", "vfmkit.cli", "vfmkit.task"),
-    "data": ("vfmkit.spec", "vfmkit.engine", "vfmkit.tasks", "vfmkit.cli", "vfmkit.task"),
-    "metrics": ("vfmkit.spec", "vfmkit.engine", "vfmkit.tasks", "vfmkit.cli", "vfmkit.task"),
-    "engine": ("vfmkit.tasks", "vfmkit.cli", "vfmkit.task"),
-    "spec": ("vfmkit.engine", "vfmkit.tasks", "vfmkit.cli", "vfmkit.task"),
-    "features": ("vfmkit.engine", "vfmkit.tasks", "vfmkit.cli", "vfmkit.task"),
-    "export": ("vfmkit.engine", "vfmkit.tasks", "vfmkit.cli", "vfmkit.task"),
+    "models": ("vfmkit.spec", "vfmkit.engine", "vfmkit.tasks", "vfmkit.cli", "vfmkit.task", "vfmkit.tao"),
+    "weights": ("vfmkit.spec", "vfmkit.engine", "vfmkit.tasks", "vfmkit.cli", "vfmkit.task", "vfmkit.tao"),
+    "data": ("vfmkit.spec", "vfmkit.engine", "vfmkit.tasks", "vfmkit.cli", "vfmkit.task", "vfmkit.tao"),
+    "metrics": ("vfmkit.spec", "vfmkit.engine", "vfmkit.tasks", "vfmkit.cli", "vfmkit.task", "vfmkit.tao"),
+    "engine": ("vfmkit.tasks", "vfmkit.cli", "vfmkit.task", "vfmkit.tao"),
+    "spec": ("vfmkit.engine", "vfmkit.tasks", "vfmkit.cli", "vfmkit.task", "vfmkit.tao"),
+    "features": ("vfmkit.engine", "vfmkit.tasks", "vfmkit.cli", "vfmkit.task", "vfmkit.tao"),
+    "export": ("vfmkit.engine", "vfmkit.tasks", "vfmkit.cli", "vfmkit.task", "vfmkit.tao"),
+    "tao": ("vfmkit.cli", "vfmkit.engine"),  # the converter reads specs and task tables; it runs nothing
 }
 
 

@@ -48,6 +48,8 @@ def infer_task(spec_path: str | Path | None, overrides: Sequence[str] = ()) -> s
         declared = read_yaml(Path(spec_path)).get("task")
     if declared:
         return canonical_task(str(declared))
+    if spec_path:
+        _refuse_tao(Path(spec_path), None, overrides, [spec_class(task) for task in task_names()])
     errors, matches = [], []
     for task in task_names():
         try:
@@ -60,6 +62,15 @@ def infer_task(spec_path: str | Path | None, overrides: Sequence[str] = ()) -> s
     if not matches:
         raise errors[0]
     raise SpecError(f"the spec is valid for several tasks ({', '.join(matches)}); add task: <name> or use --task")
+
+
+def _refuse_tao(spec: Path | dict, task: str | None, overrides: Sequence[str], schemas: list[type[BaseModel]]) -> None:
+    """Stop on an unconverted TAO spec (naming ``vfm spec from-tao``) or a ``???`` left to fill in."""
+    from vfmkit.tao.detect import refuse_tao_spec
+
+    data = spec if isinstance(spec, dict) else read_yaml(spec)
+    merged = deep_merge(data, parse_overrides(list(overrides)))
+    refuse_tao_spec(Path("the spec") if isinstance(spec, dict) else spec, data, merged, task, schemas)
 
 
 class Task:
@@ -77,6 +88,8 @@ class Task:
         schema = self.family.spec_class
         if isinstance(spec, BaseModel):
             spec = spec.model_dump(mode="json")
+        elif spec is not None:
+            _refuse_tao(spec if isinstance(spec, dict) else Path(spec), self.name, overrides, [schema])
         if isinstance(spec, dict):
             merged = deep_merge(spec, parse_overrides(list(overrides)))
             self.spec = validate_spec(schema, merged, {})

@@ -73,6 +73,39 @@ def spec_show(
     typer.echo(render_resolved(Task(task, config, ctx.args).spec), nl=False)
 
 
+@spec_app.command("from-tao", context_settings=EXTRA)
+def spec_from_tao(
+    ctx: typer.Context,
+    tao_spec: Path = typer.Argument(..., help="TAO experiment spec (YAML; ${...} interpolations and ??? allowed)"),
+    task: str | None = typer.Option(
+        None, "--task", "-t", help="TAO task: classification_pyt, rtdetr, dino, segformer, ... (default: inferred)"
+    ),
+    out: Path | None = typer.Option(None, "--out", "-o", help="write the vfmkit spec here instead of printing it"),
+    force: bool = typer.Option(False, "--force", help="overwrite an existing file"),
+) -> None:
+    """Convert a TAO spec into a commented vfmkit spec; vfmkit key=value settings follow (they fill ???)."""
+    from vfmkit.tao import convert_tao_file
+
+    result = convert_tao_file(tao_spec, task, ctx.args, out, force)
+    conversion = result.conversion
+    if out is None:
+        typer.echo(result.text, nl=False)
+    summary = (
+        f"converted the TAO {conversion.task.name} spec into a vfmkit {conversion.task.vfm_task} spec: "
+        f"{len(conversion.values)} key(s) set, {len(conversion.unmapped)} TAO key(s) or section(s) not converted "
+        "(listed at the top with the reason)"
+    )
+    typer.echo(f"wrote {out}" if out else summary, err=out is None)
+    if out is not None:
+        typer.echo(summary)
+    holes = conversion.placeholders
+    if holes:
+        where = f"in {out} " if out else ""
+        typer.echo(f"fill in {where}before training (or pass key=value): {', '.join(holes)}", err=out is None)
+    elif out is not None:
+        typer.echo(f"next: vfm {conversion.task.vfm_task} train -c {out}")
+
+
 def register(app: typer.Typer) -> None:
     """Add ``spec`` and one group per task to the ``vfm`` app."""
     from vfmkit.tasks import ALIASES, task_names

@@ -151,11 +151,23 @@ def validate_spec(model: type[BaseModel], data: dict[str, Any], origin: dict[str
     try:
         return model.model_validate(data)
     except ValidationError as err:
-        errors = sorted(err.errors(), key=lambda e: not (e["type"] == "extra_forbidden" and _glued_key_value(e)))
-        problems = list(dict.fromkeys(_format_error(error, model, origin) for error in errors))
-        if len({source for source, _ in problems}) == 1:
-            raise SpecError(f"{problems[0][0]}: " + "; ".join(text for _, text in problems)) from None
-        raise SpecError("; ".join(f"{source}: {text}" for source, text in problems)) from None
+        raise SpecError(format_validation_errors(err.errors(), model, origin)) from None
+
+
+def format_validation_errors(errors: list[dict[str, Any]], model: type[BaseModel], origin: dict[str, str]) -> str:
+    """Every problem of a pydantic validation as one line (``; ``-separated, the source named once when they share
+    it, a ``key:value`` written without its space first, since it causes the others).
+
+    Args:
+        errors: ``ValidationError.errors()``.
+        model: the schema (for key suggestions).
+        origin: dotted key -> where its value came from (a file, ``command-line override`` ...).
+    """
+    errors = sorted(errors, key=lambda e: not (e["type"] == "extra_forbidden" and _glued_key_value(e)))
+    problems = list(dict.fromkeys(_format_error(error, model, origin) for error in errors))
+    if len({source for source, _ in problems}) == 1:
+        return f"{problems[0][0]}: " + "; ".join(text for _, text in problems)
+    return "; ".join(f"{source}: {text}" for source, text in problems)
 
 
 def _is_spec_path(field) -> bool:

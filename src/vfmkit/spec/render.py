@@ -11,7 +11,8 @@ from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
 
-def _scalar(value: Any) -> str:
+def yaml_scalar(value: Any) -> str:
+    """One value as flow-style YAML on one line (paths as strings, tuples as lists)."""
     if isinstance(value, Path):
         value = str(value)
     if isinstance(value, tuple):
@@ -62,10 +63,10 @@ def render_commented(model: type[BaseModel], indent: int = 0, overrides: dict[st
         elif section is not None:
             block = render_commented(section, indent + 2, value or {})
         else:
-            lines.append(f"{pad}{name}: {_scalar(value)}")
+            lines.append(f"{pad}{name}: {yaml_scalar(value)}")
             continue
         if value is None or value == []:  # an optional section or empty list: the keys it takes, commented out
-            lines += [f"{pad}{name}: {_scalar(value)}", f"{pad}# {name}:"]
+            lines += [f"{pad}{name}: {yaml_scalar(value)}", f"{pad}# {name}:"]
             lines += [f"{pad}# {line[indent:]}" for line in block]
         else:
             lines += [f"{pad}{name}:", *block]
