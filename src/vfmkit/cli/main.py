@@ -23,11 +23,13 @@ import typer
 from typer.exceptions import TyperException
 
 from vfmkit.cli import tasks
+from vfmkit.cli.docs_links import add_doc_links
 from vfmkit.errors import VfmError
 
 app = typer.Typer(
     name="vfm",
-    help="Vision foundation models: backbones, features, probes.",
+    help="Vision foundation models (C-RADIO, DINOv2, CLIP towers): feature extraction, k-NN and PCA; seven trainable "
+    "tasks (classify, segment, change, detect, universal, clip, distill); ONNX, int8 and TensorRT export.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -372,9 +374,16 @@ def _fail(message: str, code: int = 2, prefix: str = "error: ") -> None:
     sys.exit(code)
 
 
+def build_command():
+    """The ``vfm`` click command of the typer app, every command's help ending with the link to its page."""
+    command = typer.main.get_command(app)
+    add_doc_links(command)
+    return command
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """The ``vfm`` console script: run the CLI, turning user errors into one ``error:`` line and exit code 2."""
-    command = typer.main.get_command(app)
+    command = build_command()
     try:
         result = command.main(args=list(argv) if argv is not None else None, prog_name="vfm", standalone_mode=False)
     except VfmError as exc:
