@@ -80,10 +80,12 @@ def _param_rows(command: Any) -> list[list[str]]:
     return rows
 
 
-def cli_page(root: Any, page_of: Callable[[tuple[str, ...]], str], docs_line: str) -> str:
+def cli_page(
+    root: Any, page_of: Callable[[tuple[str, ...]], str], docs_line: str, title_of: Callable[[str], str]
+) -> str:
     """The CLI page: one section per command (``## vfm models export``, id ``vfm-models-export``) with its usage
-    line, help, parameter table and a link to the guide ``page_of(path)`` (a ``docs/`` page; this page is
-    ``reference/cli.md``)."""
+    line, help, parameter table and a link to its page ``page_of(path)`` (a ``docs/`` page, titled ``title_of(page)``;
+    this page is ``reference/cli.md``)."""
     lines = [
         "# Command line reference",
         "",
@@ -106,5 +108,6 @@ def cli_page(root: Any, page_of: Callable[[tuple[str, ...]], str], docs_line: st
         if subcommands:
             links = ", ".join(f"[`{name}`](#{anchor((*path, name))})" for name in subcommands)
             lines += [f"Commands: {links}.", ""]
-        lines.append(f"Guide: [{page_of(path).removesuffix('.md')}](../{page_of(path)})")
+        page = page_of(path)
+        lines.append(f"Documented in: [{text(title_of(page))}](../{page})")
     return "\n".join(lines) + "\n"

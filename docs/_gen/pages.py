@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
+
+DOCS_DIR = Path(__file__).resolve().parents[1]
+
 
 def spec_pages() -> dict[str, str]:
     """``reference/spec/<task>.md`` for every registered task."""
@@ -19,14 +24,23 @@ def spec_pages() -> dict[str, str]:
     return pages
 
 
-def cli_pages() -> dict[str, str]:
-    """``reference/cli.md``, from the ``vfm`` command as the console script builds it."""
+def cli_pages(titles: Callable[[str], str]) -> dict[str, str]:
+    """``reference/cli.md``, from the ``vfm`` command as the console script builds it; ``titles`` names the guide
+    page of each command."""
     from vfmkit.cli.docs_links import DOCS_LINE, command_page
     from vfmkit.cli.main import build_command
 
     from .cli_reference import cli_page
 
-    return {"reference/cli.md": cli_page(build_command(), command_page, DOCS_LINE)}
+    return {"reference/cli.md": cli_page(build_command(), command_page, DOCS_LINE, titles)}
+
+
+def page_title(page: str, generated: dict[str, str]) -> str:
+    """The first ``# `` heading of a ``docs/`` page (written or generated), without Markdown code marks."""
+    source = DOCS_DIR / page
+    lines = (source.read_text() if source.is_file() else generated.get(page, "")).splitlines()
+    heading = next((line[2:] for line in lines if line.startswith("# ")), page)
+    return heading.replace("`", "").strip()
 
 
 def tao_pages() -> dict[str, str]:
@@ -55,4 +69,5 @@ def other_pages() -> dict[str, str]:
 
 def generated_pages() -> dict[str, str]:
     """Every generated page."""
-    return {**spec_pages(), **cli_pages(), **tao_pages(), **other_pages()}
+    pages = {**spec_pages(), **tao_pages(), **other_pages()}
+    return {**pages, **cli_pages(lambda page: page_title(page, pages))}

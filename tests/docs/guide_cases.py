@@ -38,12 +38,15 @@ class GuideCase:
         append: command path prefix (``("classify",)``) -> overrides appended to those commands.
         replace: whole words replaced in the commands and the written files.
         slow: the page's run takes long (marked ``slow``).
+        own_processes: run each command as its own ``vfm`` process (DDP launches its workers by re-running the
+            command line, which the one-process batch of the other pages is not).
     """
 
     setup: Callable[[Path], None]
     append: dict[tuple[str, ...], list[str]] = field(default_factory=dict)
     replace: dict[str, str] = field(default_factory=lambda: dict(TINY_MODELS))
     slow: bool = True
+    own_processes: bool = False
 
 
 def _task(task: str, variant: str | None = None) -> list[str]:
@@ -57,7 +60,7 @@ def _shapes(root: Path) -> None:
 
 def _classify_spec(root: Path) -> None:
     _shapes(root)
-    (root / "cls.yaml").write_text("task: classify\nmodel: {backbone: c-radio-v3-b}\ndataset: {root: data}\n")
+    (root / "cls.yaml").write_text(f"task: classify\nmodel: {{backbone: {TINY}}}\ndataset: {{root: data}}\n")
 
 
 def _segment(root: Path) -> None:
@@ -120,9 +123,9 @@ GUIDES: dict[str, GuideCase] = {
     "guides/embedding.md": GuideCase(_shapes),
     "guides/fast-inference.md": GuideCase(_shapes, append={("models", "export"): ["--resolution", "64"]}),
     "guides/distributed.md": GuideCase(
-        _classify_spec, append={("classify",): [*_task("classify"), "train.accelerator=cpu"]}
+        _classify_spec, append={("classify",): [*_task("classify"), "train.accelerator=cpu"]}, own_processes=True
     ),
-    "guides/reliability.md": GuideCase(_classify_spec, slow=False),
+    "guides/reliability.md": GuideCase(_classify_spec),
 }
 """Guide page (relative to ``docs/``) -> its case."""
 

@@ -3,6 +3,8 @@ every runnable block runs on generated data with tiny models (one subprocess per
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import typing
 from pathlib import Path
 
@@ -11,7 +13,7 @@ from docs._gen.runnable import commands, page_blocks
 from pydantic import BaseModel
 from tests.conftest import REPO_ROOT
 from tests.docs.guide_cases import GUIDES, appended, replaced, replaced_text
-from tests.reliability.helpers import run_vfm_batch
+from tests.reliability.helpers import CliResult, cli_env, run_vfm_batch
 
 from vfmkit.cli.main import build_command
 from vfmkit.task import ACTIONS, spec_class
@@ -108,6 +110,12 @@ def test_the_static_check_catches_what_it_should() -> None:
     assert check_command(["detect", "train", "dataset.train_data_sources.0.image_dir=x"]) == []
 
 
+def _run_alone(argv: list[str], work: Path) -> CliResult:
+    command = [sys.executable, "-m", "vfmkit.cli.main", *argv]
+    done = subprocess.run(command, env=cli_env(), cwd=work, capture_output=True, text=True, timeout=1200, check=False)
+    return CliResult(argv, done.returncode, done.stdout, done.stderr)
+
+
 def _run_page(page: str, work: Path) -> None:
     case = GUIDES[page]
     case.setup(work)
@@ -122,7 +130,10 @@ def _run_page(page: str, work: Path) -> None:
             words = [replaced(case, word) for word in argv]
             runs.append((block, [*words, *appended(case, words)]))
     assert runs, f"{page} has no runnable commands"
-    results = run_vfm_batch([argv for _, argv in runs], work / ".vfm-batch", cwd=work, timeout=1200)
+    if case.own_processes:
+        results = [_run_alone(argv, work) for _, argv in runs]
+    else:
+        results = run_vfm_batch([argv for _, argv in runs], work / ".vfm-batch", cwd=work, timeout=1200)
     for (block, _), result in zip(runs, results, strict=True):
         assert result.code == block.exit_code, (
             f"{page}:{block.line}: vfm {' '.join(result.argv)} exited {result.code} (expected {block.exit_code})\n"
