@@ -99,6 +99,10 @@ def test_the_site_builds_strict_with_every_internal_link_and_anchor_resolving(si
     for page in ("index.html", "reference/cli/index.html", "reference/spec/detect/index.html"):
         assert (site / page).is_file(), page
     assert broken_links(site) == []
+    leaked = [
+        p.name for p in site.rglob("*.html") if "TODO(lead)" in (text := p.read_text()) or "<!-- runnable" in text
+    ]
+    assert leaked == []  # source comments stay in the Markdown
 
 
 def test_the_generated_pages_hold_the_code_s_facts(site: Path) -> None:

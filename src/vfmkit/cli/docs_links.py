@@ -15,11 +15,16 @@ COMMAND_PAGES: dict[tuple[str, ...], str] = {
     (): "index.md",
     ("demo",): "getting-started.md",
     ("spec",): "reference/spec/index.md",
+    ("spec", "from-tao"): "guides/tao.md",
     ("models",): "reference/models.md",
     ("models", "export"): "guides/fast-inference.md",
     ("embed",): "guides/embedding.md",
     ("pca",): "guides/embedding.md",
     ("knn",): "guides/embedding.md",
+    ("index",): "guides/embedding.md",
+    ("search",): "guides/embedding.md",
+    ("dedup",): "guides/embedding.md",
+    ("serve",): "guides/embedding.md",
     ("classify",): "tasks/classify.md",
     ("segment",): "tasks/segment.md",
     ("change",): "tasks/change.md",
@@ -30,7 +35,8 @@ COMMAND_PAGES: dict[tuple[str, ...], str] = {
     ("distill",): "tasks/distill.md",
 }
 """Command path (after ``vfm``) -> its page in ``docs/``; a command not listed takes its closest listed parent's page
-(``vfm classify train`` -> ``tasks/classify.md``)."""
+(``vfm classify train`` -> ``tasks/classify.md``). ``spec from-tao``, ``index``, ``search``, ``dedup`` and ``serve``
+come with other branches (issues 19 and 20); their pages are listed ahead."""
 
 
 def command_page(path: tuple[str, ...]) -> str:
