@@ -8,7 +8,7 @@ import subprocess
 import pytest
 from tests.conftest import REPO_ROOT
 
-PATHS = ["src", "tests", "benchmarks"]
+PATHS = ["src", "tests", "benchmarks", "docs"]
 
 
 @pytest.mark.parametrize("command", [["check"], ["format", "--check"]], ids=["check", "format"])

@@ -138,14 +138,19 @@ class CliResult:
     err: str
 
 
-def run_vfm_batch(cases: list[list[str]], folder: Path, env: dict[str, str] | None = None) -> list[CliResult]:
-    """Run several `vfm` commands through the CLI's ``main`` in ONE subprocess (imports are paid once); each
-    command's stdout/stderr are captured at the file-descriptor level, so stray prints and warnings show up."""
+def run_vfm_batch(
+    cases: list[list[str]], folder: Path, env: dict[str, str] | None = None, cwd: Path | None = None, timeout=300
+) -> list[CliResult]:
+    """Run several `vfm` commands through the CLI's ``main`` in ONE subprocess (imports are paid once), in ``cwd``
+    (default: this process's); each command's stdout/stderr are captured at the file-descriptor level, so stray
+    prints and warnings show up."""
+    folder = Path(folder).resolve()
     folder.mkdir(parents=True, exist_ok=True)
     cases = [[str(a) for a in argv] for argv in cases]
     (folder / "cases.json").write_text(json.dumps(cases))
     command = [sys.executable, "-c", _DRIVER, str(folder / "cases.json"), str(folder)]
-    done = subprocess.run(command, env=env or cli_env(), capture_output=True, text=True, timeout=300, check=False)
+    env = env or cli_env()
+    done = subprocess.run(command, env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False)
     assert done.returncode == 0, done.stdout + done.stderr
     codes = json.loads((folder / "codes.json").read_text())
     return [

@@ -22,13 +22,15 @@ from pathlib import Path
 import typer
 
 from vfmkit.cli import tasks
+from vfmkit.cli.docs_links import add_doc_links
 from vfmkit.cli.failures import run_command, user_message
 
-__all__ = ["app", "main", "user_message"]
+__all__ = ["app", "build_command", "main", "user_message"]
 
 app = typer.Typer(
     name="vfm",
-    help="Vision foundation models: backbones, features, probes.",
+    help="Vision foundation models (C-RADIO, DINOv2, CLIP towers): feature extraction, k-NN and PCA; seven trainable "
+    "tasks (classify, segment, change, detect, universal, clip, distill); ONNX, int8 and TensorRT export.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -330,12 +332,19 @@ def demo(
 # --- entry point --------------------------------------------------------------------------------------------------
 
 
+def build_command():
+    """The ``vfm`` click command of the typer app, every command's help ending with the link to its page."""
+    command = typer.main.get_command(app)
+    add_doc_links(command)
+    return command
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Run ``vfm`` with ``argv`` (default: the process arguments) and exit through the one error path
     (:func:`vfmkit.cli.failures.run_command`: user errors exit 2 with one ``error:`` line, Ctrl-C 130, anything
     unexpected 1 with its traceback in a file)."""
     args = [str(a) for a in argv] if argv is not None else sys.argv[1:]
-    run_command(lambda: typer.main.get_command(app), args)
+    run_command(build_command, args)
 
 
 if __name__ == "__main__":
