@@ -86,3 +86,19 @@ def test_the_scan_catches_upward_imports(tmp_path) -> None:
     assert any("probe.py:2 (models) imports vfmkit.engine" in v for v in found), found
     assert any("probe.py:1 (data) imports vfmkit.spec" in v for v in found), found
     assert len(found) == 2
+
+
+def test_the_lazy_public_names_match_their_type_checking_imports() -> None:
+    """``vfmkit/__init__.py`` imports its public names on first use; the ``TYPE_CHECKING`` imports (what type
+    checkers and the API docs see) must name the same modules."""
+    import vfmkit
+
+    tree = ast.parse((PACKAGE / "__init__.py").read_text())
+    guarded = {
+        alias.name: node.module
+        for block in tree.body
+        if isinstance(block, ast.If) and getattr(block.test, "id", "") == "TYPE_CHECKING"
+        for node in block.body
+        for alias in node.names
+    }
+    assert guarded == vfmkit._EXPORTS and vfmkit.__all__ == ["__version__", *vfmkit._EXPORTS]

@@ -7,8 +7,17 @@ answer Ctrl-C during its imports with "interrupted") does not import torch until
 from __future__ import annotations
 
 import importlib
+from typing import TYPE_CHECKING
 
 from vfmkit._version import __version__
+
+if TYPE_CHECKING:  # for type checkers and the API docs (griffe reads these); at run time see __getattr__
+    from vfmkit.data.images import list_image_files, load_image_rgb
+    from vfmkit.data.preprocess import preprocess_image_groups, preprocess_images
+    from vfmkit.models.backbones.base import AdaptorOutput, Backbone, BackboneOutput, Preprocessing
+    from vfmkit.models.factory import load_backbone
+    from vfmkit.models.registry import ModelEntry, list_backbones, resolve_entry
+    from vfmkit.task import Task
 
 _EXPORTS = {
     "Task": "vfmkit.task",
@@ -27,7 +36,22 @@ _EXPORTS = {
 }
 """Public name -> the module that defines it."""
 
-__all__ = ["__version__", *_EXPORTS]
+__all__ = [
+    "__version__",
+    "Task",
+    "AdaptorOutput",
+    "Backbone",
+    "BackboneOutput",
+    "Preprocessing",
+    "ModelEntry",
+    "list_backbones",
+    "resolve_entry",
+    "list_image_files",
+    "load_image_rgb",
+    "load_backbone",
+    "preprocess_image_groups",
+    "preprocess_images",
+]
 
 
 def __getattr__(name: str):
