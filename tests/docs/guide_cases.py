@@ -99,6 +99,25 @@ def _distill(root: Path) -> None:
     shutil.copytree(root / "data" / "images" / "val", root / "photos")
 
 
+def _tao(root: Path) -> None:
+    _detect(root)
+    shutil.copy(Path(__file__).parents[1] / "spec" / "tao_specs" / "rtdetr.yaml", root / "tao_rtdetr.yaml")
+
+
+TAO_DATA = [
+    f"dataset.{split}_data_sources.0.{key}=data/{folder}/{value}"
+    for split, folder in (("train", "train"), ("val", "val"))
+    for key, value in (("image_dir", "images"), ("json_file", "annotations.json"))
+]
+"""The ``???`` data paths of TAO's rtdetr spec, given to ``vfm spec from-tao`` as the guide says."""
+TAO_DETECT_TINY = [
+    *CASES[("detect", None)].extra,
+    *SHORT,
+    f"model.backbone={TINY}",
+    "model.pretrained=false",
+    "model.frozen_fm.enabled=false",
+]
+
 CLIP_TINY = ["model.type=test-radio-clip-tiny", "model.image_size=32"]
 
 GUIDES: dict[str, GuideCase] = {
@@ -126,6 +145,7 @@ GUIDES: dict[str, GuideCase] = {
         _classify_spec, append={("classify",): [*_task("classify"), "train.accelerator=cpu"]}, own_processes=True
     ),
     "guides/reliability.md": GuideCase(_classify_spec),
+    "guides/tao.md": GuideCase(_tao, append={("spec", "from-tao"): TAO_DATA, ("detect",): TAO_DETECT_TINY}),
 }
 """Guide page (relative to ``docs/``) -> its case."""
 
