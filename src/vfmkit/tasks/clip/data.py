@@ -30,11 +30,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 from vfmkit.data.augment import EpochSeededDataset, TrainAugment, sample_seed
-from vfmkit.data.images import load_image_rgb, to_rgb
 from vfmkit.data.preprocess import pil_to_tensor, resize
+from vfmkit.data.webdataset import WDS_IMAGE_SUFFIXES, ImageRef
 from vfmkit.errors import DataError
 from vfmkit.models.text.tokenizers import TextTokenizer
 from vfmkit.tasks.classify.spec import AugmentSpec
@@ -49,39 +48,7 @@ SOURCE_KEYS = {
 }
 """The paths each layout needs."""
 CUSTOM_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
-WDS_IMAGE_SUFFIXES = ("jpg", "jpeg", "png", "webp")
 WDS_TEXT_SUFFIXES = ("txt", "text")
-
-
-@dataclass(frozen=True)
-class ImageRef:
-    """An image file, or a member of a WebDataset shard (``path`` is the ``.tar``; bytes at ``offset``)."""
-
-    path: Path
-    member: str | None = None
-    offset: int = 0
-    size: int = 0
-
-    def __str__(self) -> str:
-        return f"{self.path}/{self.member}" if self.member else str(self.path)
-
-    def load(self) -> Image.Image:
-        """The decoded 8-bit RGB image.
-
-        Raises:
-            DataError: missing or undecodable (the message names the file or shard member).
-        """
-        if self.member is None:
-            return load_image_rgb(self.path)
-        try:
-            with open(self.path, "rb") as handle:
-                handle.seek(self.offset)
-                data = handle.read(self.size)
-            with Image.open(io.BytesIO(data)) as image:
-                image.load()
-                return to_rgb(image)
-        except (OSError, SyntaxError, ValueError) as err:
-            raise DataError(f"cannot read image {self}: {err}") from None
 
 
 @dataclass
