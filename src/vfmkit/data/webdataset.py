@@ -102,10 +102,10 @@ def list_shard_images(shard: str | Path) -> ShardImages:
                     break
                 if member.isfile() and member_extension(member.name) in WDS_IMAGE_SUFFIXES:
                     ref = ImageRef(shard, member.name, member.offset_data, member.size)
-                    if member.offset_data + member.size > file_size:
+                    if member.offset_data + member.size > file_size:  # the file ends here: nothing follows
                         found.problems.append((str(ref), f"cannot read image {ref}: the shard ends inside this member"))
-                    else:
-                        found.images.append(ref)
+                        break
+                    found.images.append(ref)
     except (OSError, tarfile.TarError, EOFError) as err:
         reason = " ".join(str(err).split()) or type(err).__name__
         listed = f" after {len(found.images)} image member(s)" if found.images else ""

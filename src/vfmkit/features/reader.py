@@ -131,7 +131,7 @@ def _as_float32(part: _Part, low: int, high: int) -> np.ndarray:
 def _float32(values: np.ndarray, bf16: bool) -> np.ndarray:
     """Stored rows as float32 (bfloat16 bits arrive as uint16)."""
     if bf16:
-        return torch.from_numpy(np.ascontiguousarray(values)).view(torch.bfloat16).float().numpy()
+        return torch.from_numpy(np.array(values, dtype=np.uint16)).view(torch.bfloat16).float().numpy()
     return values.astype(np.float32, copy=False)
 
 

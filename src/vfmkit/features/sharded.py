@@ -177,10 +177,10 @@ def _embed_rank(
         try:
             reused = prepare_folder(out, facts, overwrite)
         except VfmError as exc:
-            problem = str(exc)
+            problem = exc
     problem, main_listing, reused = ranks.broadcast((problem, facts.listing, reused))
     if problem:
-        raise VfmError(problem)
+        raise problem
     if main_listing != facts.listing:
         raise DataError(f"rank {ranks.rank} lists other images than rank 0 in {source} (did the source change?)")
     num_shards = -(-len(items) // shard_size)
@@ -197,10 +197,10 @@ def _embed_rank(
         try:
             finish_folder(out, facts, num_shards)
         except VfmError as exc:
-            problem = str(exc)
+            problem = exc
     problem = ranks.broadcast(problem)
     if problem:
-        raise VfmError(problem)
+        raise problem
     return folder_result(out, shards_written=num_shards - reused, reused=reused)
 
 
