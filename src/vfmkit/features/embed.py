@@ -40,6 +40,7 @@ from vfmkit.features.runners import BackboneRunner, RuntimeOptions, make_runner
 from vfmkit.features.sources import EmbedItem, ListingProblem
 from vfmkit.models.backbones.base import Backbone, BackboneOutput, Preprocessing
 from vfmkit.utils.atomic import atomic_output, atomic_write_text
+from vfmkit.weights.fingerprint import weights_fingerprint
 
 WHAT_CHOICES = ("summary", "spatial", "both")
 
@@ -260,11 +261,18 @@ def index_path_for(out: str | Path) -> Path:
 
 
 def save_embeddings(
-    embeddings: Embeddings, out: str | Path, model_id: str, what: str, runtime: str = "torch-fp32"
+    embeddings: Embeddings,
+    out: str | Path,
+    model_id: str,
+    what: str,
+    runtime: str = "torch-fp32",
+    model_facts: dict | None = None,
 ) -> Path:
     """Write ``embeddings`` to ``out`` (safetensors) and its index JSON; returns the index path.
 
-    ``runtime`` names what computed the features (a runner's ``cache_tag``, e.g. ``onnxruntime-int8-opset17``).
+    ``runtime`` names what computed the features (a runner's ``cache_tag``, e.g. ``onnxruntime-int8-opset17``);
+    ``model_facts`` (``weights_fingerprint``, ``adaptors``) are added to the index record, so searches can load and
+    check the same model.
 
     Raises:
         DataError: the output folder cannot be created or written.
@@ -285,6 +293,7 @@ def save_embeddings(
         "format": "vfmkit.embeddings/1",
         **{key: metadata[key] for key in ("model", "what", "runtime", "vfmkit_version")},
         "resolution": [height, width],
+        **(model_facts or {}),
         "features_file": out.name,
         "tensors": {key: list(value.shape) for key, value in embeddings.tensors.items()},
         "files": [str(path) for path in embeddings.files],
@@ -350,5 +359,7 @@ def embed_source(
     embeddings = extract_embeddings(
         runner, files, resolution, batch_size, what, progress=progress, on_progress=on_progress
     )
-    index = save_embeddings(embeddings, out, model_id, what, runtime_tag(runner))
+    loaded = list(adaptors) if not isinstance(model, Backbone) else list(getattr(backbone, "adaptors", {}))
+    facts = {"weights_fingerprint": weights_fingerprint(backbone), "adaptors": loaded}
+    index = save_embeddings(embeddings, out, model_id, what, runtime_tag(runner), facts)
     return EmbedResult(Path(out), index, embeddings)
