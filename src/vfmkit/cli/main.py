@@ -1,7 +1,8 @@
 """The ``vfm`` command line: a thin shim over the library functions.
 
 Commands: ``vfm models`` / ``vfm models show ID`` / ``vfm models export ID``, ``vfm embed``, ``vfm pca``,
-``vfm knn``, ``vfm demo``. Task
+``vfm knn``, ``vfm demo``; ``vfm index build``, ``vfm search``, ``vfm dedup`` and ``vfm serve`` (in
+:mod:`vfmkit.cli.collection`). Task
 commands of the form ``vfm <task> <action> -c spec.yaml key=value`` are added as one typer group per task
 (``app.add_typer(group, name=task)``).
 
@@ -22,7 +23,7 @@ from pathlib import Path
 import typer
 from typer.exceptions import TyperException
 
-from vfmkit.cli import tasks
+from vfmkit.cli import collection, tasks
 from vfmkit.errors import VfmError
 
 app = typer.Typer(
@@ -38,6 +39,7 @@ models_app = typer.Typer(
 )
 app.add_typer(models_app, name="models")
 tasks.register(app)
+collection.register(app)
 
 MODEL_HELP = "registry id or alias (see `vfm models`), hf-hub:<repo>, or a local checkpoint file/folder"
 RESOLUTION_HELP = "resize every image to N x N (a multiple of the patch size); default: the model's preferred size"
