@@ -1,9 +1,11 @@
 """``vfm index build``: a FAISS index over embeddings, cosine similarity through L2-normalised vectors.
 
 Kinds: ``flat`` (exact inner product), ``hnsw`` (HNSW graph, M = 32, over the full vectors), ``ivf-pq`` (inverted
-lists + product quantization: ``m`` bytes per vector, trained on a sample of at most 256 x nlist rows, as autofaiss
-does). ``auto`` takes ``flat`` up to 200,000 rows (when the vectors fit ``memory``), then ``hnsw`` when the vectors
-and its graph fit, else ``ivf-pq`` with the largest code that fits.
+lists + product quantization: nlist = sqrt(rows) lists, ``m`` bytes per vector (the largest divisor of the width up
+to 96 that fits, at least 2 dimensions per sub-vector), trained on a sample of max(64 x nlist, 10,000) rows as
+autofaiss trains on a sample; at query time its 8 x k candidates are re-scored with the exact vectors, read from the
+memory-mapped embeddings). ``auto`` takes ``flat`` up to 200,000 rows (when the vectors fit ``memory``), then
+``hnsw`` when the vectors and its graph fit, else ``ivf-pq`` with the largest code that fits.
 
 Files: ``<name>.faiss`` (the index) and ``<name>.json`` beside it: kind and search parameters, the vectors' tensor
 name and width, the embeddings' model facts (model, weights fingerprint, resolution, what, adaptors, runtime), the
@@ -33,6 +35,8 @@ EXACT_LIMIT = 200_000
 HNSW_M = 32
 HNSW_EF_CONSTRUCTION = 80
 HNSW_EF_SEARCH = 128
+RERANK_FACTOR = 8
+"""IVF-PQ: candidates per result re-scored with the exact vectors (when the embeddings are readable)."""
 DEFAULT_MEMORY = "4GB"
 FACT_KEYS = ("model", "weights_fingerprint", "resolution", "what", "adaptors", "runtime")
 TEXT_ADAPTORS = ("siglip2-g", "clip", "siglip")
@@ -97,9 +101,9 @@ def plan_index(num_rows: int, dim: int, kind: str = "auto", memory: int | None =
 
 
 def _plan_ivf_pq(num_rows: int, dim: int, memory: int, strict: bool) -> IndexPlan:
-    nlist = int(min(max(16, 4 * math.sqrt(num_rows)), max(1, num_rows // 39)))
+    nlist = int(min(max(16, math.sqrt(num_rows)), max(1, num_rows // 39)))
     fixed = nlist * dim * 4
-    candidates = [m for m in range(min(dim, 96), 0, -1) if dim % m == 0]
+    candidates = [m for m in range(min(max(dim // 2, 1), 96), 0, -1) if dim % m == 0]  # >= 2 dims per sub-vector
     for m in candidates:
         size = fixed + num_rows * (m + 8)
         if size <= memory or (m == candidates[-1] and not strict):
@@ -194,7 +198,7 @@ def _make_index(faiss, plan: IndexPlan, dim: int):
 def _train(index, vectors: RowArray, plan: IndexPlan, seed: int) -> None:
     if plan.kind != "ivf-pq":
         return
-    sample_size = min(len(vectors), max(256 * plan.params["nlist"], 10_000))
+    sample_size = min(len(vectors), max(64 * plan.params["nlist"], 10_000))
     rows = np.sort(np.random.default_rng(seed).choice(len(vectors), sample_size, replace=False))
     index.train(normalized(vectors[rows]))
 
@@ -268,7 +272,7 @@ def build_index(
         )
         num_queries = len(queries)
         _, exact = exact_search(rows, rows[queries], 10, chunk)
-        _, approximate = index.search(normalized(rows[queries]), 10)
+        _, approximate = search_index(index, plan.kind, rows[queries], 10, rows)
         recall = recall_at_k(approximate, exact, 10)
     index_path, meta_path = index_paths_for(embeddings, out)
     data = faiss.serialize_index(index)
@@ -303,14 +307,36 @@ class LoadedIndex:
 
     index: object
     meta: dict
+    rerank_rows: RowArray | None = None
 
     @property
     def paths(self) -> list[str]:
         return self.meta["paths"]
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """float32 (q, k) cosine scores and int64 (q, k) rows (-1: none) of normalised ``queries`` (q, d)."""
-        return self.index.search(normalized(queries), min(k, len(self.paths)))
+        """float32 (q, k) cosine scores and int64 (q, k) rows (-1: none) of ``queries`` (q, d) (normalised here)."""
+        return search_index(self.index, self.meta["kind"], queries, min(k, len(self.paths)), self.rerank_rows)
+
+
+def search_index(index, kind: str, queries: np.ndarray, k: int, rerank_rows: RowArray | None = None):
+    """Search a FAISS index; for ``ivf-pq`` with the vectors at hand, ``RERANK_FACTOR`` x k candidates are re-scored
+    with the exact vectors (read from the memory-mapped embeddings, not held in RAM) and the best k kept.
+
+    Returns:
+        float32 (q, k) scores (descending) and int64 (q, k) rows (-1 where fewer than k).
+    """
+    queries = normalized(queries)
+    if kind != "ivf-pq" or rerank_rows is None:
+        return index.search(queries, k)
+    _, candidates = index.search(queries, min(k * RERANK_FACTOR, index.ntotal))
+    scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
+    rows = np.full((len(queries), k), -1, dtype=np.int64)
+    for position, found in enumerate(candidates):
+        found = np.unique(found[found >= 0])
+        exact = normalized(rerank_rows[found]) @ queries[position]
+        best = np.argsort(-exact, kind="stable")[:k]
+        scores[position, : len(best)], rows[position, : len(best)] = exact[best], found[best]
+    return scores, rows
 
 
 def load_index(path: str | Path) -> LoadedIndex:
@@ -333,4 +359,14 @@ def load_index(path: str | Path) -> LoadedIndex:
     if index.ntotal != len(meta.get("paths", [])):
         raise DataError(f"{index_path} holds {index.ntotal} vectors but {meta_path.name} lists {len(meta['paths'])}")
     set_search_params(index, meta["kind"], meta["params"])
-    return LoadedIndex(index, meta)
+    return LoadedIndex(index, meta, _rerank_rows(meta) if meta["kind"] == "ivf-pq" else None)
+
+
+def _rerank_rows(meta: dict) -> RowArray | None:
+    """The indexed vectors, memory-mapped from the embeddings the index was built on; None when they are gone or
+    changed (then IVF-PQ answers from its codes alone)."""
+    try:
+        rows = open_embeddings(meta["embeddings"])[meta["vectors"]]
+    except VfmError:
+        return None
+    return rows if len(rows) == meta["num_rows"] else None
