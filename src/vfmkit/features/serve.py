@@ -12,10 +12,12 @@ Endpoints:
 
 Results: ``{"query": ..., "kind": ..., "results": [{"rank", "score", "path", "row", "thumbnail"}]}``.
 It binds to 127.0.0.1 unless told otherwise.
+
+(No ``from __future__ import annotations`` here: FastAPI reads the endpoint annotations, which name classes imported
+inside :func:`create_app`.)
 """
 
-from __future__ import annotations
-
+import importlib.util
 import io
 from collections.abc import Callable
 from functools import lru_cache
@@ -37,10 +39,11 @@ def require_serve():
     """``(fastapi, uvicorn)``; a :class:`VfmError` naming the extra when they are missing."""
     try:
         import fastapi
-        import multipart  # noqa: F401  (python-multipart: FastAPI's form parser for uploads)
         import uvicorn
     except ImportError:
-        raise VfmError(f"vfm serve needs FastAPI, uvicorn and python-multipart: {INSTALL_HINT}") from None
+        fastapi = None
+    if fastapi is None or importlib.util.find_spec("python_multipart") is None:  # FastAPI's parser of uploads
+        raise VfmError(f"vfm serve needs FastAPI, uvicorn and python-multipart: {INSTALL_HINT}")
     return fastapi, uvicorn
 
 
