@@ -1,11 +1,12 @@
 """``vfm index build``: a FAISS index over embeddings, cosine similarity through L2-normalised vectors.
 
 Kinds: ``flat`` (exact inner product), ``hnsw`` (HNSW graph, M = 32, over the full vectors), ``ivf-pq`` (inverted
-lists + product quantization: nlist = sqrt(rows) lists, ``m`` bytes per vector (the largest divisor of the width up
-to 96 that fits, at least 2 dimensions per sub-vector), trained on a sample of max(64 x nlist, 10,000) rows as
-autofaiss trains on a sample; at query time its 8 x k candidates are re-scored with the exact vectors, read from the
-memory-mapped embeddings). ``auto`` takes ``flat`` up to 200,000 rows (when the vectors fit ``memory``), then
-``hnsw`` when the vectors and its graph fit, else ``ivf-pq`` with the largest code that fits.
+lists + product quantization: nlist = sqrt(rows) lists; ``m`` bytes per vector, the largest divisor of the width that
+fits, up to 96 and to width / 16 (FAISS trains sub-vectors narrower than 16 dimensions very slowly); trained on a
+sample of max(64 x nlist, 10,000) rows, as autofaiss trains on a sample; at query time its 8 x k candidates are
+re-scored with the exact vectors, read from the memory-mapped embeddings). ``auto`` takes ``flat`` up to 200,000
+rows (when the vectors fit ``memory``), then ``hnsw`` when the vectors and its graph fit, else ``ivf-pq`` with the
+largest code that fits.
 
 Files: ``<name>.faiss`` (the index) and ``<name>.json`` beside it: kind and search parameters, the vectors' tensor
 name and width, the embeddings' model facts (model, weights fingerprint, resolution, what, adaptors, runtime), the
@@ -103,7 +104,8 @@ def plan_index(num_rows: int, dim: int, kind: str = "auto", memory: int | None =
 def _plan_ivf_pq(num_rows: int, dim: int, memory: int, strict: bool) -> IndexPlan:
     nlist = int(min(max(16, math.sqrt(num_rows)), max(1, num_rows // 39)))
     fixed = nlist * dim * 4
-    candidates = [m for m in range(min(max(dim // 2, 1), 96), 0, -1) if dim % m == 0]  # >= 2 dims per sub-vector
+    widest = max(1, dim // 16 if dim >= 64 else dim // 2)  # FAISS trains sub-vectors of < 16 dims very slowly
+    candidates = [m for m in range(min(widest, 96), 0, -1) if dim % m == 0]
     for m in candidates:
         size = fixed + num_rows * (m + 8)
         if size <= memory or (m == candidates[-1] and not strict):
