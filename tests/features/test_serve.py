@@ -157,7 +157,7 @@ def test_the_page_in_a_real_headless_browser(collection: Collection) -> None:
             page = browser.new_page()
             page.goto(f"http://127.0.0.1:{port}/")
             page.fill("#text", "img004")
-            page.click("text=Search")
+            page.press("#text", "Enter")
             page.wait_for_selector("img.thumb", timeout=30_000)
             page.wait_for_function(
                 "[...document.querySelectorAll('img.thumb')].every(i => i.complete && i.naturalWidth > 0)"

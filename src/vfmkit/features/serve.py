@@ -165,7 +165,7 @@ form{display:flex;gap:.5rem;margin-bottom:.8rem} input[type=text]{flex:1;font-si
 #drop.over{background:#eef}
 #results{display:grid;grid-template-columns:repeat(auto-fill,minmax(200px,1fr));gap:.8rem}
 figure{margin:0;background:#f6f6f6;padding:.4rem;border-radius:6px}
-figure img{max-width:100%;display:block;margin:auto}
+figure img{width:100%;height:170px;object-fit:contain;display:block}
 figcaption{font-size:.8rem;word-break:break-all} .score{font-weight:bold}
 #status{color:#555;margin-bottom:.6rem}
 </style></head><body>
