@@ -251,3 +251,24 @@ def test_text_search_with_a_trained_tiny_clip_ranks_the_matching_image_first(tmp
     assert before != [str(f) for f in files]  # untrained, text and images do not meet yet
     _train_text_tower(clip, preprocess_images(files, clip.visual.backbone), captions)
     assert first_hits(TextQueries(collection, clip)) == [str(f) for f in files]
+
+
+def test_text_towers_from_the_registry_and_mismatches(radio_folder, tmp_path: Path, capsys) -> None:
+    images, radio_summary = radio_folder
+    siglip = embed_to_folder(images, "test-radio-v2-tiny", tmp_path / "sig", 32, adaptors=["siglip"], progress=False)
+    collection = Collection(siglip.out)
+    assert collection.vectors == "adaptor.siglip.summary"
+    vectors = TextQueries(collection)(["a red circle", "a green square"])  # test-radio-clip-tiny's text tower
+    assert vectors.shape == (2, collection.dim) == (2, 40)
+    nvclip = embed_to_folder(images, "test-nvclip-tiny", tmp_path / "nv", progress=False).out
+    command = ["search", str(nvclip), "--text", "a red circle", "-k", "3", "--json"]
+    with pytest.raises(SystemExit) as exit_info:
+        main([*command, "--text-model", "test-nvclip-clip-tiny"])
+    assert exit_info.value.code == 0
+    assert len(json.loads(capsys.readouterr().out)["results"]) == 3
+    with pytest.raises(SystemExit) as exit_info:
+        main(["search", str(radio_summary), "--text", "a red circle", "--text-model", "test-nvclip-clip-tiny"])
+    assert exit_info.value.code == 2
+    assert "has other weights than test-radio-v2-tiny" in capsys.readouterr().err
+    with pytest.raises(VfmError, match="pairs text with adaptor siglip, but the index holds summary"):
+        TextQueries(Collection(radio_summary), load_clip_model("test-radio-clip-tiny"))

@@ -198,3 +198,33 @@ def test_cli_folder_output_and_refusals(images: Path, tmp_path: Path, capsys) ->
     assert "--shard-size: only with --out FOLDER" in capsys.readouterr().err
     with pytest.raises(VfmError, match="--shard-size must be at least 1"):
         embed(images, tmp_path / "bad", shard_size=0)
+
+
+def test_open_embeddings_from_the_package_and_progress_lines(reference: Path, capsys) -> None:
+    from vfmkit.features import open_embeddings as exported
+    from vfmkit.features.progress import Progress
+
+    assert len(exported(reference)) == 10
+    bar = Progress(40, "embed", interval_s=0.0)
+    bar.update(10)
+    bar.close()
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0].startswith("embed: 10/40 images (25%), ") and ", ETA " in lines[0]
+
+
+@pytest.mark.slow
+def test_torchrun_two_ranks_equal_one_process(images: Path, reference: Path, tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO_ROOT
+
+    out = tmp_path / "torchrun"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+               "-m", "vfmkit.cli", "embed", str(images), "-m", MODEL, "-r", "32", "--what", "both", "--out", str(out),
+               "--shard-size", "4", "-b", "4"]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT / "src"), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert_same_rows(out, reference)

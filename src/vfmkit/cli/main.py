@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import errno
 import json
+import os
 import sys
 from collections.abc import Sequence
 from enum import Enum
@@ -265,6 +266,8 @@ def embed(
             source, model, out, resolution, batch_size, what.value, adaptor or (), shard_size or DEFAULT_SHARD_SIZE,
             (store_dtype or StoreDType.fp32).value, overwrite, devices, runtime=options,
         )  # fmt: skip
+        if int(os.environ.get("RANK", "0") or 0) != 0:
+            return  # under torchrun, rank 0 reports
         shapes = ", ".join(f"{key} {tuple(shape)}" for key, shape in result.tensors.items())
         typer.echo(f"embedded {result.num_rows} images at {_size(result.resolution)} (per row: {shapes})")
         typer.echo(f"shards:   {result.shards_written} written, {result.shards_reused} already complete")
@@ -286,8 +289,6 @@ def embed(
 
 def _refuse_folder_options(out: Path, shard_size, store_dtype, overwrite: bool, devices: int) -> None:
     """The single-file layout has no shards, resume or ranks: those options need --out FOLDER."""
-    import os
-
     given = [
         name
         for name, on in (

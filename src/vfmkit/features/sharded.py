@@ -288,17 +288,20 @@ def folder_result(out: Path, shards_written: int, reused: int = 0) -> ShardedEmb
 
 
 class _ShardBuffer:
-    """Rows and item records of one shard being computed."""
+    """Rows and item records of one shard being computed; the rows go into tensors allocated once per shard (at
+    most ``count`` rows: the shard's peak memory, whatever the collection's size)."""
 
     def __init__(self, index: int, first: int, count: int) -> None:
         self.index, self.first, self.count = index, first, count
         self.records: list[dict | None] = [None] * count
-        self.rows: dict[str, list[torch.Tensor]] = {}
+        self.rows: dict[str, torch.Tensor] = {}
         self.num_rows = self.seen = 0
 
     def add_row(self, local: int, name: str, tensors: dict[str, torch.Tensor], size: tuple[int, int]) -> None:
         for key, value in tensors.items():
-            self.rows.setdefault(key, []).append(value)
+            if key not in self.rows:
+                self.rows[key] = torch.empty((self.count, *value.shape), dtype=torch.float32)
+            self.rows[key][self.num_rows] = value
         self.records[local] = {
             "path": name, "row": self.num_rows, "width": size[0], "height": size[1], "skipped": False, "reason": None,
         }  # fmt: skip
@@ -317,7 +320,7 @@ class _ShardBuffer:
         self.seen += 1
 
     def write(self, out: Path, facts: RunFacts) -> ShardRecord:
-        tensors = {key: torch.stack(values) for key, values in self.rows.items()}
+        tensors = {key: rows[: self.num_rows] for key, rows in self.rows.items()}
         return write_shard(out, self.index, self.first, tensors, self.records, facts)
 
 
@@ -342,7 +345,7 @@ def _embed_shards(runner, items: list[EmbedItem], todo: list[int], facts: RunFac
                 }
                 for j, (position, image_size) in enumerate(zip(batch.indices, batch.sizes, strict=True)):
                     index, local = owner[position]
-                    row = {key: value[j].clone() for key, value in outputs.items()}
+                    row = {key: value[j] for key, value in outputs.items()}
                     buffers[index].add_row(local, item_name(work[position]), row, image_size)
             for position, error in batch.failed:
                 index, local = owner[position]

@@ -31,11 +31,11 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
-from safetensors.torch import save
+from safetensors.torch import save_file
 
 from vfmkit._version import __version__
 from vfmkit.errors import DataError
-from vfmkit.utils.atomic import atomic_write_bytes, atomic_write_text
+from vfmkit.utils.atomic import atomic_output, atomic_write_text
 
 FORMAT = "vfmkit.embeddings-shards/1"
 MANIFEST = "manifest.json"
@@ -150,18 +150,18 @@ def write_shard(
     dtype = STORE_DTYPES[facts.store_dtype]
     stored = {key: value.to(dtype).contiguous() for key, value in tensors.items()}
     metadata = {"vfmkit_format": FORMAT, "shard": str(index), "facts": json.dumps(facts.to_json())}
-    data = save(stored, metadata=metadata)
     num_rows = next(iter(stored.values())).shape[0] if stored else 0
-    record = ShardRecord(index, first_item, len(items), num_rows, hashlib.sha256(data).hexdigest(), len(data))
-    table = pa.Table.from_pylist(items, schema=PARQUET_SCHEMA)
-    table = table.replace_schema_metadata({"vfmkit": json.dumps({**asdict(record), "facts": facts.to_json()})})
-    sink = pa.BufferOutputStream()
-    pq.write_table(table, sink)
+    target = folder / f"{shard_stem(index)}.safetensors"
     try:
-        atomic_write_bytes(folder / f"{record.stem}.safetensors", data)
-        atomic_write_bytes(folder / f"{record.stem}.parquet", sink.getvalue().to_pybytes())
+        with atomic_output(target) as tmp:
+            save_file(stored, str(tmp), metadata=metadata)
+        record = ShardRecord(index, first_item, len(items), num_rows, file_sha256(target), target.stat().st_size)
+        table = pa.Table.from_pylist(items, schema=PARQUET_SCHEMA)
+        table = table.replace_schema_metadata({"vfmkit": json.dumps({**asdict(record), "facts": facts.to_json()})})
+        with atomic_output(folder / f"{record.stem}.parquet") as tmp:
+            pq.write_table(table, tmp)
     except OSError as exc:
-        raise DataError(f"cannot write shard {folder / record.stem}: {exc.strerror or exc}") from exc
+        raise DataError(f"cannot write shard {folder / shard_stem(index)}: {exc.strerror or exc}") from exc
     return record
 
 
