@@ -91,6 +91,7 @@ def child_index(folder: str, kind: str, queries: str) -> None:
     own, _ = _peak_mb()
     print(json.dumps({
         "kind": build.kind, "params": build.params, "build_s": build.seconds, "recall": build.recall_at_10,
+        "codes_recall": build.recall_codes_only,
         "bytes": build.bytes, "rss_mb": own, "p50_ms": statistics.median(latencies),
         "p95_ms": float(np.percentile(latencies, 95)),
     }))  # fmt: skip
@@ -171,6 +172,8 @@ def index_table(work: Path, sizes: list[int], hnsw_max: int, queries: int = 200)
             r = _run_child("index", str(folder), kind, str(queries))
             params = ", ".join(f"{k}={v}" for k, v in r["params"].items()) or "-"
             recall = "1 (exact)" if r["recall"] is None else f"{r['recall']:.3f}"
+            if r["codes_recall"] is not None:
+                recall += f" ({r['codes_recall']:.3f} codes only)"
             print(f"| {count:,} | {r['kind']} | {params} | {r['build_s']:.1f} | {r['bytes'] / 2**20:.0f} | "
                   f"{r['rss_mb']:.0f} | {recall} | {r['p50_ms']:.2f} | {r['p95_ms']:.2f} |", flush=True)  # fmt: skip
 

@@ -50,6 +50,10 @@ def index_build(
         typer.echo("recall@10: 1.0 (exact search)")
     else:
         typer.echo(f"recall@10 vs exact search: {result.recall_at_10:.4f} on {result.recall_queries} queries")
+        if result.recall_codes_only is not None:
+            typer.echo(
+                f"  (IVF-PQ codes alone, before re-scoring with the exact vectors: {result.recall_codes_only:.4f})"
+            )
     typer.echo(f"built in {result.seconds:.1f} s, {result.bytes / 2**20:.1f} MiB: {result.index_path}")
 
 

@@ -3,7 +3,7 @@
 Kinds: ``flat`` (exact inner product), ``hnsw`` (HNSW graph, M = 32, over the full vectors), ``ivf-pq`` (inverted
 lists + product quantization: nlist = sqrt(rows) lists; ``m`` bytes per vector, the largest divisor of the width that
 fits, up to 96 and to width / 16 (FAISS trains sub-vectors narrower than 16 dimensions very slowly); trained on a
-sample of max(64 x nlist, 10,000) rows, as autofaiss trains on a sample; at query time its 8 x k candidates are
+sample of max(64 x nlist, 10,000) rows, as autofaiss trains on a sample; at query time its 32 x k candidates are
 re-scored with the exact vectors, read from the memory-mapped embeddings). ``auto`` takes ``flat`` up to 200,000
 rows (when the vectors fit ``memory``), then ``hnsw`` when the vectors and its graph fit, else ``ivf-pq`` with the
 largest code that fits.
@@ -36,7 +36,7 @@ EXACT_LIMIT = 200_000
 HNSW_M = 32
 HNSW_EF_CONSTRUCTION = 80
 HNSW_EF_SEARCH = 128
-RERANK_FACTOR = 8
+RERANK_FACTOR = 32
 """IVF-PQ: candidates per result re-scored with the exact vectors (when the embeddings are readable)."""
 DEFAULT_MEMORY = "4GB"
 FACT_KEYS = ("model", "weights_fingerprint", "resolution", "what", "adaptors", "runtime")
@@ -183,6 +183,8 @@ class IndexBuild:
     recall_queries: int
     seconds: float
     bytes: int
+    recall_codes_only: float | None = None
+    """IVF-PQ: recall@10 of the compressed codes alone, before re-scoring with the exact vectors."""
 
 
 def _make_index(faiss, plan: IndexPlan, dim: int):
@@ -267,7 +269,7 @@ def build_index(
     bar.close()
     set_search_params(index, plan.kind, plan.params)
     seconds = time.monotonic() - started
-    recall, num_queries = None, 0
+    recall, codes_recall, num_queries = None, None, 0
     if plan.kind != "flat":
         queries = np.sort(
             np.random.default_rng(seed + 1).choice(len(rows), min(recall_queries, len(rows)), replace=False)
@@ -276,6 +278,8 @@ def build_index(
         _, exact = exact_search(rows, rows[queries], 10, chunk)
         _, approximate = search_index(index, plan.kind, rows[queries], 10, rows)
         recall = recall_at_k(approximate, exact, 10)
+        if plan.kind == "ivf-pq":
+            codes_recall = recall_at_k(index.search(normalized(rows[queries]), 10)[1], exact, 10)
     index_path, meta_path = index_paths_for(embeddings, out)
     data = faiss.serialize_index(index)
     meta = {
@@ -288,6 +292,7 @@ def build_index(
         "embeddings": str(embeddings),
         "facts": {name: view.facts.get(name) for name in FACT_KEYS},
         "recall_at_10": recall,
+        "recall_at_10_codes_only": codes_recall,
         "recall_queries": num_queries,
         "build_seconds": round(seconds, 3),
         "bytes": int(data.nbytes),
@@ -300,7 +305,7 @@ def build_index(
     except OSError as exc:
         raise DataError(f"cannot write the index {index_path}: {exc.strerror or exc}") from exc
     return IndexBuild(index_path, meta_path, plan.kind, plan.params, len(rows), int(rows.shape[1]), key, recall,
-                      num_queries, seconds, int(data.nbytes))  # fmt: skip
+                      num_queries, seconds, int(data.nbytes), codes_recall)  # fmt: skip
 
 
 @dataclass
