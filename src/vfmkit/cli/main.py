@@ -40,7 +40,6 @@ models_app = typer.Typer(
 )
 app.add_typer(models_app, name="models")
 tasks.register(app)
-collection.register(app)
 
 MODEL_HELP = "registry id or alias (see `vfm models`), hf-hub:<repo>, or a local checkpoint file/folder"
 RESOLUTION_HELP = "resize every image to N x N (a multiple of the patch size); default: the model's preferred size"
@@ -379,6 +378,9 @@ def demo(
     typer.echo(f"  k-NN:         top-1 {result.knn.top1:.2f}%  top-5 {result.knn.top5:.2f}% -> {result.knn_file}")
     if result.random_init:
         typer.echo("  (random-init test model: the k-NN score reflects colour and texture statistics only)")
+
+
+collection.register(app)  # index build, search, dedup, serve: listed after the feature commands above
 
 
 # --- entry point --------------------------------------------------------------------------------------------------
