@@ -77,6 +77,8 @@ def test_layout_manifest_and_parquet_columns(images: Path, reference: Path) -> N
     manifest = json.loads((reference / "manifest.json").read_text())
     assert manifest["complete"] and manifest["num_items"] == 11 and manifest["num_shards"] == 3
     assert (manifest["num_rows"], manifest["num_skipped"]) == (10, 1)
+    assert [item["path"] for item in manifest["skipped"]] == [str(images / "img004b.png")]
+    assert "img004b.png" in manifest["skipped"][0]["reason"]
     assert manifest["resolution"] == [SIZE, SIZE] and manifest["what"] == "both" and manifest["model"] == MODEL
     assert manifest["runtime"] == "torch-fp32" and manifest["store_dtype"] == "fp32"
     assert [s["rows"] for s in manifest["shards"]] == [4, 3, 3]

@@ -24,7 +24,7 @@ from vfmkit.data.webdataset import parse_image_ref
 from vfmkit.errors import DataError, VfmError
 from vfmkit.features.index import normalized, require_faiss
 from vfmkit.features.progress import Progress
-from vfmkit.features.reader import open_embeddings
+from vfmkit.features.reader import RowArray, open_embeddings
 from vfmkit.features.search import Collection
 from vfmkit.utils.atomic import atomic_write_text, save_image_atomically
 
@@ -75,7 +75,7 @@ class UnionFind:
         self.size[root_a] += self.size[root_b]
 
 
-def _vectors(collection: Collection) -> np.ndarray | object:
+def _vectors(collection: Collection) -> RowArray:
     """The collection's vectors as a lazy row view (from the embeddings the index was built on)."""
     if collection.index is None:
         return collection.view[collection.vectors]

@@ -177,7 +177,7 @@ def iter_image_batches(
         yield batch.indices, batch.images, batch.failed
 
 
-def _output_tensors(output: BackboneOutput, what: str) -> dict[str, torch.Tensor]:
+def output_tensors(output: BackboneOutput, what: str) -> dict[str, torch.Tensor]:
     """The tensors to store from one forward: float32, NCHW for spatial features."""
     tensors = {}
     heads = [("", output)] + [(f"adaptor.{name}.", head) for name, head in output.adaptors.items()]
@@ -235,7 +235,7 @@ def extract_embeddings(
         for indices, batch, failed in iter_image_batches(files, preprocessing, size, batch_size, num_workers):
             failures.extend(failed)
             if batch is not None:
-                for key, value in _output_tensors(model(batch), what).items():
+                for key, value in output_tensors(model(batch), what).items():
                     if key not in buffers:
                         buffers[key] = torch.empty((len(files), *value.shape[1:]), dtype=torch.float32)
                     buffers[key][len(rows) : len(rows) + len(indices)] = value

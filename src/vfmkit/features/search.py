@@ -21,7 +21,7 @@ from PIL import Image
 
 from vfmkit.data.preprocess import preprocess_image
 from vfmkit.errors import DataError, VfmError
-from vfmkit.features.embed import _output_tensors, resolve_model
+from vfmkit.features.embed import output_tensors, resolve_model
 from vfmkit.features.index import LoadedIndex, default_vectors_key, exact_search, index_paths_for, load_index
 from vfmkit.features.reader import open_embeddings
 from vfmkit.features.runners import RuntimeOptions, make_runner
@@ -142,7 +142,7 @@ class ImageQueries:
     def __call__(self, images: Sequence[str | Path | Image.Image]) -> np.ndarray:
         batch = torch.stack([preprocess_image(image, self.runner.preprocessing, self.size) for image in images])
         with torch.inference_mode():
-            outputs = _output_tensors(self.runner(batch), self.what)
+            outputs = output_tensors(self.runner(batch), self.what)
         return outputs[self.key].float().cpu().numpy()
 
 

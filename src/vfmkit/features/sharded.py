@@ -25,9 +25,9 @@ from vfmkit.features import distributed
 from vfmkit.features.embed import (
     WHAT_CHOICES,
     SkippedImage,
-    _output_tensors,
     default_num_workers,
     iter_decoded_batches,
+    output_tensors,
     resolve_model,
     runtime_tag,
 )
@@ -44,6 +44,7 @@ from vfmkit.features.shards import (
     read_shard_record,
     remove_shards,
     shard_files,
+    skipped_items,
     write_manifest,
     write_shard,
 )
@@ -273,7 +274,8 @@ def finish_folder(out: Path, facts: RunFacts, num_shards: int) -> Path:
             parts = map_safetensors(out / f"{record.stem}.safetensors")
             tensors = {key: list(part.array.shape[1:]) for key, part in parts.items()}
             break
-    return write_manifest(out, facts, records, tensors)
+    skipped = [item for record in records for item in skipped_items(out, record)]
+    return write_manifest(out, facts, records, tensors, skipped)
 
 
 def folder_result(out: Path, shards_written: int, reused: int = 0) -> ShardedEmbedResult:
@@ -341,7 +343,7 @@ def _embed_shards(runner, items: list[EmbedItem], todo: list[int], facts: RunFac
         for batch in iter_decoded_batches(work, preprocessing, size, batch_size, num_workers):
             if batch.images is not None:
                 outputs = {
-                    key: value.float().cpu() for key, value in _output_tensors(runner(batch.images), facts.what).items()
+                    key: value.float().cpu() for key, value in output_tensors(runner(batch.images), facts.what).items()
                 }
                 for j, (position, image_size) in enumerate(zip(batch.indices, batch.sizes, strict=True)):
                     index, local = owner[position]

@@ -11,9 +11,10 @@ items alike), so a shard's content depends only on the listing and the settings,
   skipped), ``skipped`` (bool), ``reason`` (string, null when read). Its schema metadata ``vfmkit`` is a JSON record
   of the shard: number, first item, item and row counts, the sha256 and byte size of the safetensors file, and the
   run facts.
-- ``manifest.json``: the run facts (model id, weights fingerprints, resolution, ``what``, adaptors, runtime, storage
+- ``manifest.json``: the run facts (model id, weights fingerprint, resolution, ``what``, adaptors, runtime, storage
   dtype, shard size, source listing fingerprint, item count), ``complete`` and, once complete, the shard list (file
-  names, first item, items, rows, sha256, bytes), the per-row tensor shapes, totals and the vfmkit version.
+  names, first item, items, rows, sha256, bytes), the per-row tensor shapes, totals, the left-out items
+  (``skipped``: path and reason) and the vfmkit version.
 
 Every file is written atomically (:mod:`vfmkit.utils.atomic`): the safetensors file first, then the parquet file
 that vouches for it, then (at the end of a run) the manifest; so a parquet file exists only beside a complete shard,
@@ -226,8 +227,15 @@ def read_manifest(folder: Path) -> dict | None:
     return manifest
 
 
-def write_manifest(folder: Path, facts: RunFacts, shards: list[ShardRecord] | None = None, tensors=None) -> Path:
-    """Write ``manifest.json``: the facts, and (``shards`` given) the complete shard list, shapes and totals."""
+def write_manifest(
+    folder: Path,
+    facts: RunFacts,
+    shards: list[ShardRecord] | None = None,
+    tensors: dict | None = None,
+    skipped: list[dict] | None = None,
+) -> Path:
+    """Write ``manifest.json``: the facts, and (``shards`` given) the complete shard list, per-row tensor shapes,
+    totals and the left-out items (``[{"path", "reason"}]``)."""
     manifest: dict = {"format": FORMAT, "vfmkit_version": __version__, "complete": shards is not None}
     manifest.update(facts.to_json())
     manifest["num_shards"] = -(-facts.num_items // facts.shard_size)
@@ -235,6 +243,7 @@ def write_manifest(folder: Path, facts: RunFacts, shards: list[ShardRecord] | No
         manifest["num_rows"] = sum(s.num_rows for s in shards)
         manifest["num_skipped"] = sum(s.num_items - s.num_rows for s in shards)
         manifest["tensors"] = tensors or {}
+        manifest["skipped"] = skipped or []
         manifest["shards"] = [
             {
                 "safetensors": f"{s.stem}.safetensors",
@@ -253,6 +262,15 @@ def write_manifest(folder: Path, facts: RunFacts, shards: list[ShardRecord] | No
     except OSError as exc:
         raise DataError(f"cannot write {path}: {exc.strerror or exc}") from exc
     return path
+
+
+def skipped_items(folder: Path, record: ShardRecord) -> list[dict]:
+    """``[{"path", "reason"}]`` of the items a complete shard left out (read from its parquet file)."""
+    if record.num_rows == record.num_items:
+        return []
+    table = pq.read_table(folder / f"{record.stem}.parquet", columns=["path", "skipped", "reason"]).to_pydict()
+    entries = zip(table["path"], table["skipped"], table["reason"], strict=True)
+    return [{"path": path, "reason": reason} for path, gone, reason in entries if gone]
 
 
 def remove_shards(folder: Path) -> None:
