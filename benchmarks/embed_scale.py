@@ -1,15 +1,15 @@
 """Embeddings at scale: memory and speed of `vfm embed --out FOLDER`, one process vs `--devices 2`, and FAISS indexes.
 
-    python benchmarks/embed_scale.py [--tables embed index] [--sizes 2000 20000] [--index-sizes 100000 1000000]
-                                     [--work DIR] [--hnsw-max 100000]
+    python benchmarks/embed_scale.py [--tables embed index] [--sizes 2000 20000] [--rounds 3]
+                                     [--index-sizes 100000 1000000] [--hnsw-max 100000] [--work DIR]
 
 Tables:
 - ``embed``: ``vfm embed`` of N generated 64 x 64 PNGs with the tiny test model (``test-radio-v2-tiny``, 64 px,
   ``--what both``) in three ways: streaming into a shard folder (1 process), the same with ``--devices 2`` (two gloo
   ranks), and today's single ``.safetensors`` file (rows held in memory). Each run is a fresh process; peak RSS is
   the process's own maximum resident set (``ru_maxrss``; for ``--devices 2`` the largest rank), throughput is
-  images / wall seconds of the whole command (model load included). The runs alternate so that load on a shared
-  machine hits them alike.
+  images / wall seconds of the whole command (model load included). The modes alternate for ``--rounds`` rounds
+  (median seconds, largest peak RSS reported) so that load on a shared machine hits them alike.
 - ``index``: generated clustered vectors (d = 768, 1,000 Gaussian clusters, noise std 0.5 per dimension around
   centres of std 1) stored as a shard folder; for each kind a fresh process builds the index, reports build time,
   recall@10 against exact search (1,000 queries) and its peak RSS, then answers 200 single queries through
@@ -111,31 +111,38 @@ def make_images(folder: Path, count: int) -> Path:
     return folder
 
 
-def embed_table(work: Path, sizes: list[int]) -> None:
-    print("\n| images | output | processes | peak RSS (MB) | seconds | img/s |")
+EMBED_MODES = (("folder", "1"), ("single file", "1"), ("folder", "2"))
+
+
+def embed_table(work: Path, sizes: list[int], rounds: int) -> None:
+    """Each size: ``rounds`` rounds of the three modes in turn; the median seconds and the largest peak RSS."""
+    print(f"\n| images | output | processes | peak RSS (MB) | seconds (median of {rounds}) | img/s |")
     print("|---|---|---|---|---|---|")
     rows = {}
     for count in sizes:
         images = make_images(work / f"images-{count}", count)
-        for name, out, devices in (
-            ("folder", work / f"emb-{count}", "1"),
-            ("single file", work / f"emb-{count}.safetensors", "1"),
-            ("folder", work / f"emb2-{count}", "2"),
-        ):
-            subprocess.run(["rm", "-rf", str(out)], check=True)
-            result = _run_child("embed", str(images), str(out), devices)
-            rss = result["rss_mb"] if devices == "1" else result["children_rss_mb"]
-            rows[(count, name, devices)] = (rss, result["seconds"])
-            print(f"| {count:,} | {name} | {devices} | {rss:.0f} | {result['seconds']:.1f} | "
-                  f"{count / result['seconds']:.0f} |", flush=True)  # fmt: skip
+        runs: dict[tuple[str, str], list[tuple[float, float]]] = {mode: [] for mode in EMBED_MODES}
+        for _ in range(rounds):
+            for name, devices in EMBED_MODES:
+                out = work / (f"emb{devices}-{count}" + (".safetensors" if name == "single file" else ""))
+                subprocess.run(["rm", "-rf", str(out)], check=True)
+                result = _run_child("embed", str(images), str(out), devices)
+                rss = result["rss_mb"] if devices == "1" else result["children_rss_mb"]
+                runs[(name, devices)].append((rss, result["seconds"]))
+        for name, devices in EMBED_MODES:
+            rss = max(r for r, _ in runs[(name, devices)])
+            seconds = statistics.median(s for _, s in runs[(name, devices)])
+            rows[(count, name, devices)] = (rss, seconds)
+            print(f"| {count:,} | {name} | {devices} | {rss:.0f} | {seconds:.1f} | {count / seconds:.0f} |", flush=True)
     if len(sizes) >= 2:
         small, large = sizes[0], sizes[-1]
-        for name, devices in (("folder", "1"), ("single file", "1"), ("folder", "2")):
+        for name, devices in EMBED_MODES:
             ratio = rows[(large, name, devices)][0] / rows[(small, name, devices)][0]
             print(f"peak RSS {large:,} / {small:,} images, {name} x{devices}: {ratio:.2f}")
-        for count in sizes:
-            speed = rows[(count, "single file", "1")][1] / rows[(count, "folder", "1")][1]
-            print(f"throughput streaming / in-memory at {count:,}: {speed:.2f}x")
+    for count in sizes:
+        speed = rows[(count, "single file", "1")][1] / rows[(count, "folder", "1")][1]
+        two = rows[(count, "folder", "1")][1] / rows[(count, "folder", "2")][1]
+        print(f"{count:,} images: throughput streaming / in-memory {speed:.2f}x; --devices 2 / 1 process {two:.2f}x")
 
 
 def write_vector_folder(folder: Path, count: int, dim: int = 768, chunk: int = 100_000) -> Path:
@@ -187,12 +194,13 @@ def main() -> None:
     parser.add_argument("--sizes", nargs="+", type=int, default=[2000, 20000])
     parser.add_argument("--index-sizes", nargs="+", type=int, default=[100_000, 1_000_000])
     parser.add_argument("--hnsw-max", type=int, default=100_000)
+    parser.add_argument("--rounds", type=int, default=3, help="embed table: runs of each mode (median reported)")
     parser.add_argument("--work", type=Path, default=Path("/tmp/vfm-embed-scale"))
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     print(f"machine: {os.cpu_count()} CPU cores, load average {os.getloadavg()[0]:.2f} at start")
     if "embed" in args.tables:
-        embed_table(args.work, args.sizes)
+        embed_table(args.work, args.sizes, args.rounds)
     if "index" in args.tables:
         index_table(args.work, args.index_sizes, args.hnsw_max)
     print(f"load average {os.getloadavg()[0]:.2f} at the end")
