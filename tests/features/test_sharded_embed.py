@@ -230,3 +230,17 @@ def test_torchrun_two_ranks_equal_one_process(images: Path, reference: Path, tmp
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert_same_rows(out, reference)
+
+
+def test_recorded_shard_members_read_back(tmp_path: Path) -> None:
+    from vfmkit.data.webdataset import parse_image_ref
+    from vfmkit.errors import UnreadableFileError
+
+    folder = make_images(tmp_path / "folder", 2)
+    files = sorted(folder.iterdir())
+    shard = _write_tar(tmp_path / "s.tar", [(f"k{i}.png", p.read_bytes()) for i, p in enumerate(files)])
+    image = parse_image_ref(f"{shard}/k1.png").load()
+    assert np.array_equal(np.asarray(image), np.asarray(Image.open(files[1]).convert("RGB")))
+    assert parse_image_ref(str(files[0])).member is None
+    with pytest.raises(UnreadableFileError, match="no member 'k9.png'"):
+        parse_image_ref(f"{shard}/k9.png")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import io
 import tarfile
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 
 from PIL import Image
@@ -116,16 +117,26 @@ def list_shard_images(shard: str | Path) -> ShardImages:
 def parse_image_ref(text: str) -> ImageRef:
     """The :class:`ImageRef` a recorded string names: ``<shard>.tar/<member>`` or a file path.
 
-    The member's offset and size are looked up in the shard's headers (raises :class:`UnreadableFileError` when
-    the shard or the member cannot be found).
+    The member's offset and size come from the shard's headers, listed once per shard and kept (for the shard's
+    current size and modification time) for later look-ups. Raises :class:`UnreadableFileError` when the shard or
+    the member cannot be found.
     """
     marker = text.rfind(".tar/")
     if marker < 0:
         return ImageRef(Path(text))
     shard, member = Path(text[: marker + 4]), text[marker + 5 :]
     try:
-        with tarfile.open(shard, "r:") as tar:
-            info = tar.getmember(member)
-    except (OSError, tarfile.TarError, KeyError, EOFError) as err:
+        stat = shard.stat()
+        offset, size = _member_table(shard, stat.st_size, stat.st_mtime_ns)[member]
+    except (OSError, tarfile.TarError, EOFError) as err:
         raise UnreadableFileError(f"cannot read image {text}: {' '.join(str(err).split())}") from None
-    return ImageRef(shard, member, info.offset_data, info.size)
+    except KeyError:
+        raise UnreadableFileError(f"cannot read image {text}: no member {member!r} in {shard}") from None
+    return ImageRef(shard, member, offset, size)
+
+
+@lru_cache(maxsize=64)
+def _member_table(shard: Path, size: int, mtime_ns: int) -> dict[str, tuple[int, int]]:
+    """member name -> (data offset, size) of every file member of a shard (``size``/``mtime_ns`` key the cache)."""
+    with tarfile.open(shard, "r:") as tar:
+        return {m.name: (m.offset_data, m.size) for m in tar.getmembers() if m.isfile()}
