@@ -299,16 +299,20 @@ class _ShardBuffer:
         self.rows: dict[str, torch.Tensor] = {}
         self.num_rows = self.seen = 0
 
-    def add_row(self, local: int, name: str, tensors: dict[str, torch.Tensor], size: tuple[int, int]) -> None:
+    def add_rows(self, entries: list[tuple[int, str, tuple[int, int]]], tensors: dict[str, torch.Tensor]) -> None:
+        """Append rows: ``entries`` (position in the shard, path, original (W, H)) and their outputs
+        ``tensors[key]`` (len(entries), ...), copied in one slice per key."""
+        start, stop = self.num_rows, self.num_rows + len(entries)
         for key, value in tensors.items():
             if key not in self.rows:
-                self.rows[key] = torch.empty((self.count, *value.shape), dtype=torch.float32)
-            self.rows[key][self.num_rows] = value
-        self.records[local] = {
-            "path": name, "row": self.num_rows, "width": size[0], "height": size[1], "skipped": False, "reason": None,
-        }  # fmt: skip
-        self.num_rows += 1
-        self.seen += 1
+                self.rows[key] = torch.empty((self.count, *value.shape[1:]), dtype=torch.float32)
+            self.rows[key][start:stop] = value
+        for row, (local, name, (width, height)) in enumerate(entries, start=start):
+            self.records[local] = {
+                "path": name, "row": row, "width": width, "height": height, "skipped": False, "reason": None,
+            }  # fmt: skip
+        self.num_rows = stop
+        self.seen += len(entries)
 
     def add_failure(self, local: int, name: str, error: str) -> None:
         self.records[local] = {
@@ -345,10 +349,7 @@ def _embed_shards(runner, items: list[EmbedItem], todo: list[int], facts: RunFac
                 outputs = {
                     key: value.float().cpu() for key, value in output_tensors(runner(batch.images), facts.what).items()
                 }
-                for j, (position, image_size) in enumerate(zip(batch.indices, batch.sizes, strict=True)):
-                    index, local = owner[position]
-                    row = {key: value[j] for key, value in outputs.items()}
-                    buffers[index].add_row(local, item_name(work[position]), row, image_size)
+                _route_rows(batch, outputs, owner, work, buffers)
             for position, error in batch.failed:
                 index, local = owner[position]
                 buffers[index].add_failure(local, item_name(work[position]), error)
@@ -357,3 +358,20 @@ def _embed_shards(runner, items: list[EmbedItem], todo: list[int], facts: RunFac
             bar.update(len(batch.indices) + len(batch.failed))
     if buffers:
         raise VfmError(f"internal error: shards {sorted(buffers)} were not completed")
+
+
+def _route_rows(batch, outputs: dict[str, torch.Tensor], owner, work, buffers: dict[int, _ShardBuffer]) -> None:
+    """Hand a batch's rows to their shards: the rows of one shard are consecutive in the batch (shards cover
+    consecutive items and batches keep the item order), so each shard takes one slice per tensor."""
+    start = 0
+    while start < len(batch.indices):
+        index = owner[batch.indices[start]][0]
+        stop = start
+        while stop < len(batch.indices) and owner[batch.indices[stop]][0] == index:
+            stop += 1
+        entries = [
+            (owner[position][1], item_name(work[position]), size)
+            for position, size in zip(batch.indices[start:stop], batch.sizes[start:stop], strict=True)
+        ]
+        buffers[index].add_rows(entries, {key: value[start:stop] for key, value in outputs.items()})
+        start = stop
