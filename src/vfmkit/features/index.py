@@ -269,19 +269,8 @@ def build_index(
     bar.close()
     set_search_params(index, plan.kind, plan.params)
     seconds = time.monotonic() - started
-    recall, codes_recall, num_queries = None, None, 0
-    if plan.kind != "flat":
-        queries = np.sort(
-            np.random.default_rng(seed + 1).choice(len(rows), min(recall_queries, len(rows)), replace=False)
-        )
-        num_queries = len(queries)
-        _, exact = exact_search(rows, rows[queries], 10, chunk)
-        _, approximate = search_index(index, plan.kind, rows[queries], 10, rows)
-        recall = recall_at_k(approximate, exact, 10)
-        if plan.kind == "ivf-pq":
-            codes_recall = recall_at_k(index.search(normalized(rows[queries]), 10)[1], exact, 10)
+    recall, codes_recall, num_queries = _measure_recall(index, plan, rows, recall_queries, chunk, seed)
     index_path, meta_path = index_paths_for(embeddings, out)
-    data = faiss.serialize_index(index)
     meta = {
         "format": "vfmkit.index/1",
         "kind": plan.kind,
@@ -295,17 +284,39 @@ def build_index(
         "recall_at_10_codes_only": codes_recall,
         "recall_queries": num_queries,
         "build_seconds": round(seconds, 3),
-        "bytes": int(data.nbytes),
         "paths": view.paths,
     }
+    size = _write_index(faiss, index, index_path, meta_path, meta)
+    return IndexBuild(index_path, meta_path, plan.kind, plan.params, len(rows), int(rows.shape[1]), key, recall,
+                      num_queries, seconds, size, codes_recall)  # fmt: skip
+
+
+def _measure_recall(index, plan: IndexPlan, rows: RowArray, queries: int, chunk: int, seed: int):
+    """``(recall@10, IVF-PQ codes-only recall@10 or None, queries used)`` of an approximate index against exact
+    search, with rows as queries; ``(None, None, 0)`` for ``flat`` (exact by construction)."""
+    if plan.kind == "flat":
+        return None, None, 0
+    picks = np.sort(np.random.default_rng(seed + 1).choice(len(rows), min(queries, len(rows)), replace=False))
+    _, exact = exact_search(rows, rows[picks], 10, chunk)
+    _, approximate = search_index(index, plan.kind, rows[picks], 10, rows)
+    codes = None
+    if plan.kind == "ivf-pq":
+        codes = recall_at_k(index.search(normalized(rows[picks]), 10)[1], exact, 10)
+    return recall_at_k(approximate, exact, 10), codes, len(picks)
+
+
+def _write_index(faiss, index, index_path: Path, meta_path: Path, meta: dict) -> int:
+    """Write the index (straight to its file, no copy in memory) and then its JSON, atomically; the index bytes."""
     try:
         with atomic_output(index_path) as tmp:
-            data.tofile(tmp)
-        atomic_write_text(meta_path, json.dumps(meta) + "\n")
+            faiss.write_index(index, str(tmp))
+        size = index_path.stat().st_size
+        atomic_write_text(meta_path, json.dumps({**meta, "bytes": size}) + "\n")
     except OSError as exc:
         raise DataError(f"cannot write the index {index_path}: {exc.strerror or exc}") from exc
-    return IndexBuild(index_path, meta_path, plan.kind, plan.params, len(rows), int(rows.shape[1]), key, recall,
-                      num_queries, seconds, int(data.nbytes), codes_recall)  # fmt: skip
+    except RuntimeError as exc:  # FAISS's own I/O errors
+        raise DataError(f"cannot write the index {index_path}: {' '.join(str(exc).split())[:300]}") from None
+    return size
 
 
 @dataclass
