@@ -1,7 +1,8 @@
 """The ``vfm`` command line: a thin shim over the library functions.
 
 Commands: ``vfm models`` / ``vfm models show ID`` / ``vfm models export ID``, ``vfm embed``, ``vfm pca``,
-``vfm knn``, ``vfm demo``. Task
+``vfm knn``, ``vfm demo``; ``vfm index build``, ``vfm search``, ``vfm dedup`` and ``vfm serve`` (in
+:mod:`vfmkit.cli.collection`). Task
 commands of the form ``vfm <task> <action> -c spec.yaml key=value`` are added as one typer group per task
 (``app.add_typer(group, name=task)``).
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import sys
 from collections.abc import Sequence
 from enum import Enum
@@ -21,7 +23,7 @@ from pathlib import Path
 
 import typer
 
-from vfmkit.cli import tasks
+from vfmkit.cli import collection, tasks
 from vfmkit.cli.docs_links import add_doc_links
 from vfmkit.cli.failures import run_command, user_message
 
@@ -222,15 +224,33 @@ def _print_skipped(skipped: Sequence) -> None:
             typer.echo(f"  {item.error}")
 
 
+class StoreDType(str, Enum):
+    """How `vfm embed --out FOLDER` stores rows."""
+
+    fp32 = "fp32"
+    fp16 = "fp16"
+    bf16 = "bf16"
+
+
 @app.command()
 def embed(
-    source: str = typer.Argument(..., help="image folder (recursive), glob pattern, or text file of image paths"),
+    source: str = typer.Argument(
+        ..., help="image folder (recursive), glob pattern, text file of image paths, or WebDataset .tar shard(s)"
+    ),
     model: str = typer.Option(..., "--model", "-m", help=MODEL_HELP, callback=_model_name),
     resolution: int | None = typer.Option(None, "--resolution", "-r", help=RESOLUTION_HELP),
     batch_size: int = typer.Option(32, "--batch-size", "-b", min=1, help="images per forward pass"),
-    out: Path = typer.Option(Path("embeddings.safetensors"), "--out", "-o", help="safetensors file to write"),
+    out: Path = typer.Option(
+        Path("embeddings.safetensors"), "--out", "-o", help="a folder (sharded, resumable) or one .safetensors file"
+    ),
     what: What = typer.Option(What.summary, "--what", help="summary (N,C), spatial (N,D,h,w), or both"),
     adaptor: list[str] | None = typer.Option(None, "--adaptor", help="also store this adaptor head (repeatable)"),
+    shard_size: int | None = typer.Option(None, "--shard-size", min=1, help="folder output: images per shard [10000]"),
+    store_dtype: StoreDType | None = typer.Option(
+        None, "--store-dtype", help="folder output: fp32 (default), fp16 or bf16"
+    ),
+    overwrite: bool = typer.Option(False, "--overwrite", help="folder output: delete its shards and start over"),
+    devices: int = typer.Option(1, "--devices", min=1, help="folder output: processes on this machine (1 per GPU)"),
     runtime: Runtime = typer.Option(Runtime.torch, "--runtime", help=RUNTIME_HELP),
     int8: bool = typer.Option(False, "--int8", help=INT8_HELP),
     min_cosine: float = typer.Option(0.995, "--min-cosine", help=MIN_COSINE_HELP),
@@ -238,10 +258,27 @@ def embed(
     dtype: DType = typer.Option(DType.fp32, "--dtype", help="torch: fp32, or bf16 / fp16 autocast (fp16: GPU only)"),
     compile_: bool = typer.Option(False, "--compile", help="torch: torch.compile the backbone"),
 ) -> None:
-    """Extract features of every image of SOURCE into a safetensors file plus an index of files."""
+    """Extract features of every image of SOURCE: into a folder of shards (resumable; torchrun or --devices N for
+    several processes), or into one safetensors file plus an index of files."""
+    options = _runtime(runtime, int8, min_cosine, device, dtype, compile_)
+    if out.suffix != ".safetensors":
+        from vfmkit.features.sharded import DEFAULT_SHARD_SIZE, embed_to_folder
+
+        result = embed_to_folder(
+            source, model, out, resolution, batch_size, what.value, adaptor or (), shard_size or DEFAULT_SHARD_SIZE,
+            (store_dtype or StoreDType.fp32).value, overwrite, devices, runtime=options,
+        )  # fmt: skip
+        if int(os.environ.get("RANK", "0") or 0) != 0:
+            return  # under torchrun, rank 0 reports
+        shapes = ", ".join(f"{key} {tuple(shape)}" for key, shape in result.tensors.items())
+        typer.echo(f"embedded {result.num_rows} images at {_size(result.resolution)} (per row: {shapes})")
+        typer.echo(f"shards:   {result.shards_written} written, {result.shards_reused} already complete")
+        typer.echo(f"manifest: {result.manifest}")
+        _print_skipped(result.skipped)
+        return
+    _refuse_folder_options(out, shard_size, store_dtype, overwrite, devices)
     from vfmkit.features.embed import embed_source
 
-    options = _runtime(runtime, int8, min_cosine, device, dtype, compile_)
     result = embed_source(
         source, model, out, resolution, batch_size, what.value, adaptors=adaptor or (), runtime=options
     )
@@ -250,6 +287,23 @@ def embed(
     typer.echo(f"features: {result.out}")
     typer.echo(f"index:    {result.index} (rows in this order)")
     _print_skipped(result.embeddings.skipped)
+
+
+def _refuse_folder_options(out: Path, shard_size, store_dtype, overwrite: bool, devices: int) -> None:
+    """The single-file layout has no shards, resume or ranks: those options need --out FOLDER."""
+    given = [
+        name
+        for name, on in (
+            ("--shard-size", shard_size is not None),
+            ("--store-dtype", store_dtype is not None),
+            ("--overwrite", overwrite),
+            ("--devices", devices > 1),
+            ("torchrun", int(os.environ.get("WORLD_SIZE", "1") or 1) > 1),
+        )
+        if on
+    ]
+    if given:
+        raise VfmError(f"{', '.join(given)}: only with --out FOLDER (sharded output), not a .safetensors file")
 
 
 def _size(size: tuple[int, int]) -> str:
@@ -327,6 +381,9 @@ def demo(
     typer.echo(f"  k-NN:         top-1 {result.knn.top1:.2f}%  top-5 {result.knn.top5:.2f}% -> {result.knn_file}")
     if result.random_init:
         typer.echo("  (random-init test model: the k-NN score reflects colour and texture statistics only)")
+
+
+collection.register(app)  # index build, search, dedup, serve: listed after the feature commands above
 
 
 # --- entry point --------------------------------------------------------------------------------------------------

@@ -22,28 +22,27 @@ from __future__ import annotations
 
 import json
 import os
-import sys
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
 from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
 
 from vfmkit._version import __version__
-from vfmkit.data.images import list_image_files
+from vfmkit.data.images import list_image_files, load_image_rgb
 from vfmkit.data.preprocess import get_preprocessing, preprocess_image, target_size
-from vfmkit.errors import DataError, VfmError
+from vfmkit.data.webdataset import ImageRef
+from vfmkit.errors import DataError, UnreadableFileError, VfmError
+from vfmkit.features.progress import Progress, ProgressCallback
 from vfmkit.features.runners import BackboneRunner, RuntimeOptions, make_runner
+from vfmkit.features.sources import EmbedItem, ListingProblem
 from vfmkit.models.backbones.base import Backbone, BackboneOutput, Preprocessing
 from vfmkit.utils.atomic import atomic_output, atomic_write_text
+from vfmkit.weights.fingerprint import weights_fingerprint
 
 WHAT_CHOICES = ("summary", "spatial", "both")
-ProgressCallback = Callable[[int, int], None]
-"""``callback(done, total)``: images processed so far (embedded or skipped) out of the total."""
 
 
 @dataclass(frozen=True)
@@ -81,74 +80,77 @@ class EmbedResult:
     embeddings: Embeddings
 
 
-class Progress:
-    """Progress over a known number of images: a tqdm bar on a terminal, plain periodic lines otherwise.
+class _ImageItems(Dataset):
+    """Decodes and resizes image files / shard members; a failure is returned (not raised) so the caller can report
+    it. Items: ``(position, image float32 (3, H, W) or None, error message, original (W, H) or None)``."""
 
-    Both go to stderr. Without a terminal a line is printed at most every ``interval_s`` seconds and at the end.
-    """
-
-    def __init__(
-        self,
-        total: int,
-        desc: str,
-        enabled: bool = True,
-        callback: ProgressCallback | None = None,
-        interval_s: float = 10.0,
-    ) -> None:
-        self.total, self.desc, self.done = total, desc, 0
-        self.enabled, self.callback, self.interval_s = enabled, callback, interval_s
-        self.start = self.last_line = time.monotonic()
-        self.bar = tqdm(total=total, desc=desc, unit="img", file=sys.stderr) if enabled and _stderr_is_tty() else None
-
-    def update(self, count: int) -> None:
-        """Record ``count`` more processed images."""
-        self.done += count
-        if self.callback is not None:
-            self.callback(self.done, self.total)
-        if self.bar is not None:
-            self.bar.update(count)
-        elif self.enabled and time.monotonic() - self.last_line >= self.interval_s:
-            self._line()
-
-    def close(self) -> None:
-        """Finish the bar, or print the final line."""
-        if self.bar is not None:
-            self.bar.close()
-        elif self.enabled:
-            self._line()
-
-    def _line(self) -> None:
-        self.last_line = time.monotonic()
-        rate = self.done / max(self.last_line - self.start, 1e-9)
-        percent = 100.0 * self.done / max(self.total, 1)
-        print(f"{self.desc}: {self.done}/{self.total} images ({percent:.0f}%), {rate:.1f} img/s", file=sys.stderr)
-
-
-def _stderr_is_tty() -> bool:
-    return hasattr(sys.stderr, "isatty") and sys.stderr.isatty()
-
-
-class _ImageFiles(Dataset):
-    """Decodes and resizes image files; a failure is returned (not raised) so the caller can report it."""
-
-    def __init__(self, files: Sequence[Path], preprocessing: Preprocessing, size: tuple[int, int]) -> None:
-        self.files, self.preprocessing, self.size = list(files), preprocessing, size
+    def __init__(self, items: Sequence[EmbedItem], preprocessing: Preprocessing, size: tuple[int, int]) -> None:
+        self.items, self.preprocessing, self.size = list(items), preprocessing, size
 
     def __len__(self) -> int:
-        return len(self.files)
+        return len(self.items)
 
-    def __getitem__(self, index: int) -> tuple[int, torch.Tensor | None, str]:
+    def __getitem__(self, index: int) -> tuple[int, torch.Tensor | None, str, tuple[int, int] | None]:
+        item = self.items[index]
         try:
-            return index, preprocess_image(self.files[index], self.preprocessing, self.size), ""
+            if isinstance(item, ListingProblem):
+                raise UnreadableFileError(item.error)
+            image = item.load() if isinstance(item, ImageRef) else load_image_rgb(item)
+            return index, preprocess_image(image, self.preprocessing, self.size), "", image.size
         except DataError as exc:
-            return index, None, str(exc)
+            return index, None, str(exc), None
 
 
-def _collate(items: list[tuple[int, torch.Tensor | None, str]]) -> tuple[list[int], torch.Tensor | None, list]:
-    good = [(index, tensor) for index, tensor, _ in items if tensor is not None]
-    failed = [(index, error) for index, tensor, error in items if tensor is None]
-    batch = torch.stack([tensor for _, tensor in good]) if good else None
-    return [index for index, _ in good], batch, failed
+@dataclass
+class DecodedBatch:
+    """One decoded batch: ``indices`` (positions in the item list of the decoded images), ``images`` float32
+    (len(indices), 3, H, W) in [0, 1] or None when the whole batch failed, ``sizes`` (original (W, H) per decoded
+    image) and ``failed``: ``[(position, error message)]``."""
+
+    indices: list[int]
+    images: torch.Tensor | None
+    sizes: list[tuple[int, int]]
+    failed: list[tuple[int, str]]
+
+
+def _collate(items: list[tuple[int, torch.Tensor | None, str, tuple[int, int] | None]]) -> DecodedBatch:
+    good = [(index, tensor, size) for index, tensor, _, size in items if tensor is not None]
+    failed = [(index, error) for index, tensor, error, _ in items if tensor is None]
+    batch = torch.stack([tensor for _, tensor, _ in good]) if good else None
+    return DecodedBatch([index for index, _, _ in good], batch, [size for _, _, size in good], failed)
+
+
+def default_num_workers(num_items: int, batch_size: int, processes: int = 1) -> int:
+    """Decoding processes: 0 when everything fits in one batch, else min(2, CPU count / processes)."""
+    if num_items <= batch_size:
+        return 0
+    return max(0, min(2, (os.cpu_count() or 1) // max(processes, 1)))
+
+
+def iter_decoded_batches(
+    items: Sequence[EmbedItem],
+    preprocessing: Preprocessing,
+    size: tuple[int, int],
+    batch_size: int = 32,
+    num_workers: int | None = None,
+) -> Iterator[DecodedBatch]:
+    """Decode images (files or shard members) in a DataLoader, in order, and yield a :class:`DecodedBatch` each.
+
+    Args:
+        items: image paths, :class:`~vfmkit.data.webdataset.ImageRef` shard members or listing problems.
+        preprocessing: the model's preprocessing.
+        size: (H, W) every image is resized to.
+        batch_size: images per batch.
+        num_workers: decoding processes; None: :func:`default_num_workers`.
+    """
+    if batch_size < 1:
+        raise VfmError(f"batch size must be at least 1, got {batch_size}")
+    if num_workers is None:
+        num_workers = default_num_workers(len(items), batch_size)
+    loader = DataLoader(
+        _ImageItems(items, preprocessing, size), batch_size=batch_size, num_workers=num_workers, collate_fn=_collate
+    )
+    yield from loader
 
 
 def iter_image_batches(
@@ -171,17 +173,11 @@ def iter_image_batches(
         ``indices`` (positions in ``files`` of the decoded images), ``batch`` float32 (len(indices), 3, H, W) in
         [0, 1] or None when the whole batch failed, and ``failed``: ``[(position, error message)]``.
     """
-    if batch_size < 1:
-        raise VfmError(f"batch size must be at least 1, got {batch_size}")
-    if num_workers is None:
-        num_workers = 0 if len(files) <= batch_size else min(2, os.cpu_count() or 1)
-    loader = DataLoader(
-        _ImageFiles(files, preprocessing, size), batch_size=batch_size, num_workers=num_workers, collate_fn=_collate
-    )
-    yield from loader
+    for batch in iter_decoded_batches(files, preprocessing, size, batch_size, num_workers):
+        yield batch.indices, batch.images, batch.failed
 
 
-def _output_tensors(output: BackboneOutput, what: str) -> dict[str, torch.Tensor]:
+def output_tensors(output: BackboneOutput, what: str) -> dict[str, torch.Tensor]:
     """The tensors to store from one forward: float32, NCHW for spatial features."""
     tensors = {}
     heads = [("", output)] + [(f"adaptor.{name}.", head) for name, head in output.adaptors.items()]
@@ -239,7 +235,7 @@ def extract_embeddings(
         for indices, batch, failed in iter_image_batches(files, preprocessing, size, batch_size, num_workers):
             failures.extend(failed)
             if batch is not None:
-                for key, value in _output_tensors(model(batch), what).items():
+                for key, value in output_tensors(model(batch), what).items():
                     if key not in buffers:
                         buffers[key] = torch.empty((len(files), *value.shape[1:]), dtype=torch.float32)
                     buffers[key][len(rows) : len(rows) + len(indices)] = value
@@ -265,11 +261,18 @@ def index_path_for(out: str | Path) -> Path:
 
 
 def save_embeddings(
-    embeddings: Embeddings, out: str | Path, model_id: str, what: str, runtime: str = "torch-fp32"
+    embeddings: Embeddings,
+    out: str | Path,
+    model_id: str,
+    what: str,
+    runtime: str = "torch-fp32",
+    model_facts: dict | None = None,
 ) -> Path:
     """Write ``embeddings`` to ``out`` (safetensors) and its index JSON; returns the index path.
 
-    ``runtime`` names what computed the features (a runner's ``cache_tag``, e.g. ``onnxruntime-int8-opset17``).
+    ``runtime`` names what computed the features (a runner's ``cache_tag``, e.g. ``onnxruntime-int8-opset17``);
+    ``model_facts`` (``weights_fingerprint``, ``adaptors``) are added to the index record, so searches can load and
+    check the same model.
 
     Raises:
         OSError: the output folder cannot be created or written (the error names the file or folder).
@@ -290,6 +293,7 @@ def save_embeddings(
         "format": "vfmkit.embeddings/1",
         **{key: metadata[key] for key in ("model", "what", "runtime", "vfmkit_version")},
         "resolution": [height, width],
+        **(model_facts or {}),
         "features_file": out.name,
         "tensors": {key: list(value.shape) for key, value in embeddings.tensors.items()},
         "files": [str(path) for path in embeddings.files],
@@ -349,5 +353,7 @@ def embed_source(
     embeddings = extract_embeddings(
         runner, files, resolution, batch_size, what, progress=progress, on_progress=on_progress
     )
-    index = save_embeddings(embeddings, out, model_id, what, runtime_tag(runner))
+    loaded = list(adaptors) if not isinstance(model, Backbone) else list(getattr(backbone, "adaptors", {}))
+    facts = {"weights_fingerprint": weights_fingerprint(backbone), "adaptors": loaded}
+    index = save_embeddings(embeddings, out, model_id, what, runtime_tag(runner), facts)
     return EmbedResult(Path(out), index, embeddings)

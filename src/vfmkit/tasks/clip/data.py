@@ -34,14 +34,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 from vfmkit.data.augment import EpochSeededDataset, TrainAugment, sample_seed
-from vfmkit.data.images import glob_files, iter_files, load_image_rgb, to_rgb
+from vfmkit.data.images import glob_files, iter_files
 from vfmkit.data.json_reader import JsonReader, read_json
 from vfmkit.data.preflight import check_samples
 from vfmkit.data.preprocess import pil_to_tensor, resize
-from vfmkit.errors import DataError, UnreadableFileError
+from vfmkit.data.webdataset import WDS_IMAGE_SUFFIXES, ImageRef, split_member
+from vfmkit.errors import DataError
 from vfmkit.models.text.tokenizers import TextTokenizer
 from vfmkit.tasks.classify.spec import AugmentSpec
 
@@ -55,39 +55,7 @@ SOURCE_KEYS = {
 }
 """The paths each layout needs."""
 CUSTOM_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
-WDS_IMAGE_SUFFIXES = ("jpg", "jpeg", "png", "webp")
 WDS_TEXT_SUFFIXES = ("txt", "text")
-
-
-@dataclass(frozen=True)
-class ImageRef:
-    """An image file, or a member of a WebDataset shard (``path`` is the ``.tar``; bytes at ``offset``)."""
-
-    path: Path
-    member: str | None = None
-    offset: int = 0
-    size: int = 0
-
-    def __str__(self) -> str:
-        return f"{self.path}/{self.member}" if self.member else str(self.path)
-
-    def load(self) -> Image.Image:
-        """The decoded 8-bit RGB image.
-
-        Raises:
-            DataError: missing or undecodable (the message names the file or shard member).
-        """
-        if self.member is None:
-            return load_image_rgb(self.path)
-        try:
-            with open(self.path, "rb") as handle:
-                handle.seek(self.offset)
-                data = handle.read(self.size)
-            with Image.open(io.BytesIO(data)) as image:
-                image.load()
-                return to_rgb(image)
-        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
-            raise UnreadableFileError(f"cannot read image {self}: {' '.join(str(err).split())}") from None
 
 
 @dataclass
@@ -318,9 +286,8 @@ def _read_shard(tar: tarfile.TarFile, shard: Path, builder: _PairBuilder) -> Non
     samples: dict[str, dict[str, tarfile.TarInfo]] = {}
     for member in tar.getmembers():
         if member.isfile():
-            folder, _, name = member.name.rpartition("/")
-            stem, _, ext = name.partition(".")
-            samples.setdefault(f"{folder}/{stem}" if folder else stem, {})[ext.lower()] = member
+            key, ext = split_member(member.name)
+            samples.setdefault(key, {})[ext] = member
     for key, parts in samples.items():
         image = next((parts[e] for e in WDS_IMAGE_SUFFIXES if e in parts), None)
         text = next((parts[e] for e in WDS_TEXT_SUFFIXES if e in parts), None)
