@@ -26,6 +26,7 @@ import typer
 from vfmkit.cli import collection, tasks
 from vfmkit.cli.docs_links import add_doc_links
 from vfmkit.cli.failures import run_command, user_message
+from vfmkit.errors import VfmError
 
 __all__ = ["app", "build_command", "main", "user_message"]
 

@@ -1,9 +1,9 @@
 """WebDataset ``.tar`` shards: image members read in place, and what a damaged shard leaves out.
 
 A WebDataset shard is an uncompressed tar whose members ``<key>.<ext>`` share a key (their folder and their basename
-up to its first dot, :func:`split_member`) per sample. Image members (``jpg``, ``jpeg``, ``png``, ``webp``) are referenced by :class:`ImageRef` (the
-shard, the member name, the byte offset and size of its data) and decoded straight from the shard, through the same
-RGB conversion as image files (:func:`vfmkit.data.images.to_rgb`).
+up to its first dot, :func:`split_member`) per sample. Image members (``jpg``, ``jpeg``, ``png``, ``webp``) are
+referenced by :class:`ImageRef` (the shard, the member name, the byte offset and size of its data) and decoded
+straight from the shard, through the same RGB conversion as image files (:func:`vfmkit.data.images.to_rgb`).
 
 A recorded image reference is a string: the file path, or ``<shard>.tar/<member>`` for a shard member
 (:func:`parse_image_ref` reads it back).
