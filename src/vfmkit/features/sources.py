@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from vfmkit.data.images import IMAGE_EXTENSIONS, iter_files, list_image_files
+from vfmkit.data.images import IMAGE_EXTENSIONS, glob_files, iter_files, list_image_files
 from vfmkit.data.webdataset import ImageRef, list_shard_images
 from vfmkit.errors import DataError
 
@@ -66,7 +66,7 @@ def list_embed_items(source: str | Path | Sequence[str | Path]) -> list[EmbedIte
             list_image_files(path)  # raises the walker's "no images found" error
         return _expand(found)
     if text.lower().endswith(SHARD_SUFFIX) and glob.has_magic(text):
-        shards = sorted(Path(p) for p in glob.glob(str(path), recursive=True) if Path(p).is_file())
+        shards = glob_files(text)
         if not shards:
             raise DataError(f"no .tar shards match {text!r} (expected WebDataset shards)")
         return _expand(shards)
