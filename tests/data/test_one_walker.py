@@ -11,7 +11,10 @@ from tests.conftest import REPO_ROOT
 
 PACKAGE = REPO_ROOT / "src" / "vfmkit"
 WALKER = "data/images.py"
-LISTING_CALLS = {"rglob", "glob", "iglob", "iterdir", "walk", "listdir", "scandir"}
+PATH_METHODS = {"rglob", "glob", "iterdir"}
+"""``pathlib.Path`` methods that list a folder (any receiver)."""
+MODULE_FUNCTIONS = {("os", "walk"), ("os", "listdir"), ("os", "scandir"), ("glob", "glob"), ("glob", "iglob")}
+"""Module functions that list a folder (``os.walk`` ..., called through their module)."""
 NOT_DATA_FOLDERS = {
     "engine/runs.py": "temp files of the run folder vfmkit writes",
     "export/onnx.py": "the exporter's own staging folder",
@@ -34,13 +37,11 @@ def listing_calls(path: Path) -> list[tuple[int, str]]:
     tree = ast.parse(path.read_text(), filename=str(path))
     found = []
     for node in ast.walk(tree):
-        if isinstance(node, ast.Call):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
             func = node.func
-            if isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name) and func.value.id == "self":
-                continue  # a method of the class itself (e.g. a tree walk), not a folder listing
-            name = func.attr if isinstance(func, ast.Attribute) else func.id if isinstance(func, ast.Name) else ""
-            if name in LISTING_CALLS:
-                found.append((node.lineno, name))
+            receiver = func.value.id if isinstance(func.value, ast.Name) else ""
+            if (receiver, func.attr) in MODULE_FUNCTIONS or (func.attr in PATH_METHODS and receiver != "glob"):
+                found.append((node.lineno, func.attr))
     return found
 
 
@@ -63,5 +64,6 @@ def test_the_scan_finds_each_way_of_listing(tmp_path) -> None:
     source.write_text(
         "import os, glob\nfrom pathlib import Path\n"
         "Path('x').rglob('*')\nos.walk('x')\nglob.glob('x/*')\nPath('x').iterdir()\nos.listdir('x')\n"
+        "tree.walk(node)\nself.walk(node)\n"
     )
     assert [name for _, name in listing_calls(source)] == ["rglob", "walk", "glob", "iterdir", "listdir"]
