@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from vfmkit.errors import ModelNotFoundError
+from vfmkit.errors import ConfigurationError, ModelNotFoundError
 from vfmkit.models.backbones.base import Backbone
 from vfmkit.models.registry import ModelEntry, find_entry, resolve_entry
 
@@ -25,6 +25,9 @@ FamilyBuilder = Callable[..., Backbone]
 """``builder(entry, pretrained: bool, adaptors: Sequence[str]) -> Backbone``."""
 
 _FAMILY_BUILDERS: dict[str, FamilyBuilder] = {}
+
+PATCH_SIZE_FAMILIES = ("timm", "open_clip")
+"""Registry families whose patch size can be changed at load."""
 
 
 def register_family(name: str, builder: FamilyBuilder) -> None:
@@ -77,6 +80,7 @@ def load_backbone(
     pretrained: bool = True,
     vitdet_window_size: int | None = None,
     checkpoint: str | Path | None = None,
+    patch_size: int | None = None,
 ) -> Backbone:
     """Build a backbone from a registry id/alias, an ``hf-hub:`` source, or a local checkpoint.
 
@@ -84,8 +88,11 @@ def load_backbone(
         name_or_path: what to load (see the module docstring).
         adaptors: teacher adaptor heads to attach (RADIO), e.g. ``["siglip"]``.
         pretrained: for registry ids, load the published weights (False: random init).
-        vitdet_window_size: RADIO only: windowed attention with this window (in patches) in most blocks.
+        vitdet_window_size: windowed attention with this window (in patches) in most blocks: RADIO v2/v2.5/v4 (its
+            reference ViTDet mode), timm ViTs and open_clip towers (``vfmkit.models.backbones.windowed``).
         checkpoint: for registry ids, a local weights file to load instead of the published source.
+        patch_size: timm ViT / open_clip registry ids only: resample the patch embedding (and the position
+            embedding) to this patch size after loading (``vfmkit.models.backbones.patch_size``).
 
     Returns:
         The backbone in eval mode, float32, on the CPU. ``model.model_id`` is ``name_or_path``;
@@ -100,6 +107,7 @@ def load_backbone(
     require_model_name(name)
     if checkpoint is not None and not str(checkpoint).strip():
         raise ModelNotFoundError("checkpoint is empty: expected a local weights file")
+    _check_patch_size_option(name, patch_size)
     if not name.startswith("hf-hub:") and _is_adapted_folder(name):
         from vfmkit.models.backbones.adapted import load_adapted_backbone
 
@@ -112,7 +120,7 @@ def load_backbone(
         source = name if name.startswith("hf-hub:") else str(Path(name).expanduser().resolve())
     elif find_entry(name) is not None:
         entry = resolve_entry(name)
-        options = {"vitdet_window_size": vitdet_window_size, "checkpoint": checkpoint}
+        options = {"vitdet_window_size": vitdet_window_size, "checkpoint": checkpoint, "patch_size": patch_size}
         model = build_from_entry(entry, pretrained=pretrained, adaptors=adaptors, **options)
         source = None
         if pretrained and not entry.test_only:
@@ -123,6 +131,21 @@ def load_backbone(
     model.model_id = name
     model.weights_source = source
     return model.eval()
+
+
+def _check_patch_size_option(name: str, patch_size: int | None) -> None:
+    """A patch-size change applies to timm / open_clip registry models only.
+
+    Raises:
+        ConfigurationError: ``patch_size`` given for anything else.
+    """
+    if patch_size is None:
+        return
+    entry = find_entry(name)
+    if entry is None or entry.family not in PATCH_SIZE_FAMILIES:
+        raise ConfigurationError(
+            f"patch_size applies to timm ViT and open_clip registry models, not {name!r} (its patch size is fixed)"
+        )
 
 
 def _is_adapted_folder(name: str) -> bool:
