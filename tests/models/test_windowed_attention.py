@@ -120,3 +120,23 @@ def test_windows_on_a_model_without_plain_blocks_name_the_option(monkeypatch):
     )
     with pytest.raises(ConfigurationError, match="vitdet_window_size is not available"):
         load_backbone("test-dinov2-tiny", vitdet_window_size=2)
+
+
+@pytest.mark.parametrize("task", ["segment", "universal"])
+def test_segment_and_universal_build_windowed_backbones(task):
+    from vfmkit import Task
+    from vfmkit.tasks.segment.model import build_segmenter
+    from vfmkit.tasks.universal.model import build_universal_model
+
+    data = {
+        "segment": ["dataset.root=none", "dataset.palette=[{name: a, id: 0}, {name: b, id: 1}]"],
+        "universal": ["dataset.train.images=none", "dataset.train.annotations=none.json"],
+    }[task]
+    overrides = [*data, "model.backbone=test-dinov2-tiny", "model.neck=simple_pyramid", "model.vitdet_window_size=2"]
+    spec = Task(task, None, overrides).spec
+    if task == "segment":
+        model = build_segmenter(spec, {"classes": ["a", "b"]}, pretrained=False)
+    else:
+        model = build_universal_model(spec.model, 2, pretrained=False)
+    backbone = next(m for m in model.modules() if hasattr(m, "window_size") and hasattr(m, "token_pass"))
+    assert backbone.window_size == 2 and backbone.preprocessing.resolution_step == 16

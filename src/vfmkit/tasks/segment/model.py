@@ -18,7 +18,7 @@ __all__ = ["ExportableSegmenter", "Segmenter", "build_segmenter", "upsample_logi
 def build_segmenter(spec: SegmentSpec, meta: dict[str, Any], pretrained: bool) -> Segmenter:
     """Backbone (published weights when ``pretrained``) + neck + SegFormer head over ``meta["classes"]``."""
     m = spec.model
-    backbone = load_backbone(m.backbone, pretrained=pretrained)
+    backbone = load_backbone(m.backbone, pretrained=pretrained, vitdet_window_size=m.vitdet_window_size)
     return Segmenter(
         backbone,
         len(meta["classes"]),

@@ -47,7 +47,9 @@ def build_universal_model(spec: UniversalModelSpec, num_classes: int, pretrained
         num_classes: K categories (the dataset's, contiguous).
         pretrained: False builds the backbone without loading weights (a checkpoint is loaded afterwards).
     """
-    backbone = load_backbone(spec.backbone, pretrained=pretrained and spec.pretrained)
+    backbone = load_backbone(
+        spec.backbone, pretrained=pretrained and spec.pretrained, vitdet_window_size=spec.vitdet_window_size
+    )
     neck = build_neck(
         spec.neck,
         backbone,
