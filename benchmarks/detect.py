@@ -6,7 +6,7 @@ the same way); batch 1 and 8. Also the light preset on C-RADIOv2-B (windows) and
 reference refuses them there), and the RT-DETR preset rows for contrast. Parameters and peak memory per row.
 
     python benchmarks/detect.py [--threads 2] [--rounds 5] [--rounds8 3] [--batches 1 8] [--device cpu|cuda]
-        [--only-pairs] [--work DIR]
+        [--groups all|pairs|others] [--work DIR]
 
 Random init everywhere (speed does not depend on the weights; nothing is downloaded). Each row's img/s is the batch
 size over the median of its rounds' times (one forward each); pairs alternate vfmkit and RF-DETR every round so load
@@ -174,12 +174,13 @@ def measure(names: list[str], args, work: Path) -> list[dict]:
                 name: torch.rand(batch, 3, MODELS[name]["resolution"], MODELS[name]["resolution"], device=args.device)
                 for name in active
             }
+            on_device = runtime.startswith(("eager", "tensorrt"))  # onnxruntime runs on the CPU
             for name in active:  # warm-up
-                runs[name][0](images[name] if runtime.startswith("eager") else images[name].cpu())
+                runs[name][0](images[name] if on_device else images[name].cpu())
             times = {name: [] for name in active}
             for _ in range(args.rounds if batch == 1 else args.rounds8):
                 for name in active:
-                    x = images[name] if runtime.startswith("eager") else images[name].cpu()
+                    x = images[name] if on_device else images[name].cpu()
                     start = time.perf_counter()
                     runs[name][0](x)
                     times[name].append(time.perf_counter() - start)
@@ -200,13 +201,13 @@ def measure(names: list[str], args, work: Path) -> list[dict]:
 
 
 def peak_memory(name: str, runtime: str, batch: int, args, work: Path) -> float:
-    """Peak memory (MB) of a fresh process that builds / loads the row's model and runs two forwards."""
+    """Peak memory (MB) of a fresh process that builds / loads the row's model and runs one forward."""
     run, _ = runner(name, runtime, args, work)
     size = MODELS[name]["resolution"]
-    images = torch.rand(batch, 3, size, size, device=args.device if runtime.startswith("eager") else "cpu")
+    on_device = runtime.startswith(("eager", "tensorrt"))
+    images = torch.rand(batch, 3, size, size, device=args.device if on_device else "cpu")
     if args.device == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    run(images)
     run(images)
     if args.device == "cuda":
         return torch.cuda.max_memory_allocated() / 2**20
@@ -261,7 +262,9 @@ def main() -> None:
     parser.add_argument("--rounds8", type=int, default=3, help="timed rounds at larger batches")
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--only-pairs", action="store_true", help="skip the C-RADIO and RT-DETR rows")
+    parser.add_argument(
+        "--groups", default="all", choices=["all", "pairs", "others"], help="pairs: vs RF-DETR; others: the rest"
+    )
     parser.add_argument("--work", type=Path, help="folder for the exported graphs (default: a temporary one)")
     parser.add_argument("--measure", help=argparse.SUPPRESS)
     parser.add_argument("--memory", nargs=3, help=argparse.SUPPRESS)
@@ -281,7 +284,8 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     os.environ["VFM_DETECT_BENCH_WORK"] = str(work)
     missing = _rfdetr_missing()
-    groups = [[a] if missing else [a, b] for a, b in PAIRS] + ([] if args.only_pairs else [[n] for n in SINGLES])
+    pairs = [[a] if missing else [a, b] for a, b in PAIRS] if args.groups != "others" else []
+    groups = pairs + ([[n] for n in SINGLES] if args.groups != "pairs" else [])
     start_load = " / ".join(f"{v:.1f}" for v in os.getloadavg())
     rows: list[dict] = []
     for group in groups:
