@@ -237,16 +237,20 @@ def _report(rows: list[dict], args, loads: tuple[str, str]) -> None:
         f"{args.rounds} (batch 1) / {args.rounds8} (batch 8) rounds, random init, 80 classes; {os.cpu_count()} cores; "
         f"load average at the start {loads[0]}, at the end {loads[1]}"
     )
-    print("| model | runtime | batch | input | params (M) | img/s | ratio vs RF-DETR | peak memory (MB) |")
-    print("|---|---|---|---|---|---|---|---|")
+    print(
+        "| model | runtime | batch | input | params (M) | img/s | vs RF-DETR, same runtime | vs RF-DETR eager "
+        "| peak MB |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
     found = {(r["name"], r["runtime"], r["batch"]): r for r in rows if "img_s" in r}
     partner = {a: b for a, b in PAIRS}
     for row in rows:
         if "error" in row:
-            print(f"| (failed: {row['error']}) | | | | | | | |")
+            print(f"| (failed: {row['error']}) | | | | | | | | |")
             continue
-        other = found.get((partner.get(row["name"]), row["runtime"], row["batch"]))
-        ratio = f"{row['img_s'] / other['img_s']:.2f}" if other else "-"
+        same = found.get((partner.get(row["name"]), row["runtime"], row["batch"]))
+        eager = found.get((partner.get(row["name"]), RUNTIMES[args.device][0], row["batch"]))
+        ratio = " | ".join(f"{row['img_s'] / o['img_s']:.2f}" if o else "-" for o in (same, eager))
         memory = f"{row['peak_mb']:.0f}" if isinstance(row.get("peak_mb"), float) else "-"
         size = MODELS[row["name"]]["resolution"]
         print(
