@@ -140,3 +140,18 @@ def test_segment_and_universal_build_windowed_backbones(task):
         model = build_universal_model(spec.model, 2, pretrained=False)
     backbone = next(m for m in model.modules() if hasattr(m, "window_size") and hasattr(m, "token_pass"))
     assert backbone.window_size == 2 and backbone.preprocessing.resolution_step == 16
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_one_pass_intermediates_equal_the_separate_calls(name):
+    """``forward_intermediates(return_final=True)`` (what the necks call) gives what ``forward`` and the library's own
+    intermediates give."""
+    backbone = load_backbone(name)
+    images = torch.rand(1, 3, 32, 48) if backbone.patch_size == 8 else torch.rand(1, 3, 64, 96)
+    with torch.no_grad():
+        final, maps = backbone.forward_intermediates(images, [0, -1], return_final=True)
+        expected_final, expected_maps = backbone(images), backbone.forward_intermediates(images, [0, -1])
+    torch.testing.assert_close(final.features, expected_final.features, rtol=0, atol=1e-6)
+    torch.testing.assert_close(final.summary, expected_final.summary, rtol=0, atol=1e-6)
+    for got, expected in zip(maps, expected_maps, strict=True):
+        torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)

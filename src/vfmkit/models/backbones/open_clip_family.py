@@ -172,13 +172,14 @@ class OpenClipVisionBackbone(WindowedAttentionMixin, Backbone):
         """
         grid = self.check_input(images)
         blocks = resolve_block_indices(indices, self.num_blocks)
-        if self.window_size or return_final:
+        if self.window_size or (return_final and self.tower.transformer.batch_first):
             final, maps = self.token_pass(images, blocks)
             return (final, maps) if return_final else maps
         x = self._embed(self.normalize(images), grid)
         _, intermediates = self.tower.transformer.forward_intermediates(x, indices=blocks, stop_early=True)
         b = images.shape[0]
-        return [y[:, 1:].transpose(1, 2).reshape(b, -1, *grid) for y in intermediates]
+        maps = [y[:, 1:].transpose(1, 2).reshape(b, -1, *grid) for y in intermediates]
+        return (self(images), maps) if return_final else maps  # sequence-first towers: two passes
 
     def change_patch_size(self, patch_size: int) -> None:
         """Load-time patch-size change: ``conv1``'s kernel resampled to ``patch_size`` (see
