@@ -194,9 +194,13 @@ DETECT_HEADS = [
     for neck in NECKS_NAMES
 ]
 """Both presets on both necks; one of them with the frozen foundation-model branch beside the main backbone."""
+DETECT_LIGHT_HEADS = [["model.head=lw-n"], ["model.head=lw-m", "model.feat_strides=[8,16,32]", "model.group_detr=2"]]
+"""The light presets: P4 only (the default) and P3 + P4 + P5."""
 GOLDEN = ["dataset.format=csv", "dataset.train_csv=none.csv"]
 
 CASES: dict[tuple[str, str | None], ContractCase] = {
+    # keyed (task, variant) for the registered variants; a second case of a task (another head family) adds its own
+    # name as the key's second part, its ContractCase keeps the task's real variant
     ("classify", None): ContractCase(
         "classify",
         None,
@@ -244,6 +248,16 @@ CASES: dict[tuple[str, str | None], ContractCase] = {
         extra=DETECT_TINY,
         config=["dataset.train_data_sources=[{image_dir: none, json_file: none.json}]"],
         heads=DETECT_HEADS,
+        meta={"classes": ["circle", "square", "triangle"], "category_ids": [1, 3, 7]},
+    ),
+    ("detect", "light"): ContractCase(  # the light LW-DETR presets (projector neck, no encoder, Group DETR)
+        "detect",
+        None,
+        _detect_data,
+        _detect_predict,
+        extra=[*DETECT_TINY, "model.head=lw-n", "model.group_detr=2"],
+        config=["dataset.train_data_sources=[{image_dir: none, json_file: none.json}]"],
+        heads=DETECT_LIGHT_HEADS,
         meta={"classes": ["circle", "square", "triangle"], "category_ids": [1, 3, 7]},
     ),
     ("universal", None): ContractCase(

@@ -17,9 +17,9 @@ from typing import Any
 
 import torch
 
-from vfmkit.errors import ModelNotFoundError
+from vfmkit.errors import ConfigurationError, ModelNotFoundError
 from vfmkit.models.backbones.base import Backbone
-from vfmkit.models.registry import ModelEntry, resolve_entry
+from vfmkit.models.registry import ModelEntry, find_entry, resolve_entry
 from vfmkit.weights.rule import (
     ADAPTED_BACKBONE,
     HUB_SOURCE,
@@ -34,6 +34,9 @@ FamilyBuilder = Callable[..., Backbone]
 """``builder(entry, pretrained: bool, adaptors: Sequence[str]) -> Backbone``."""
 
 _FAMILY_BUILDERS: dict[str, FamilyBuilder] = {}
+
+PATCH_SIZE_FAMILIES = ("timm", "open_clip")
+"""Registry families whose patch size can be changed at load."""
 
 
 def register_family(name: str, builder: FamilyBuilder) -> None:
@@ -86,6 +89,7 @@ def load_backbone(
     pretrained: bool = True,
     vitdet_window_size: int | None = None,
     checkpoint: str | Path | None = None,
+    patch_size: int | None = None,
 ) -> Backbone:
     """Build a backbone from a registry id/alias, an ``hf-hub:`` source, or a local checkpoint.
 
@@ -98,9 +102,12 @@ def load_backbone(
         adaptors: teacher adaptor heads to attach (RADIO), e.g. ``["siglip"]``.
         pretrained: for registry ids, load the published weights (False: random init). A path or hub source always
             loads its own weights: False is refused for it.
-        vitdet_window_size: RADIO only: windowed attention with this window (in patches) in most blocks.
+        vitdet_window_size: windowed attention with this window (in patches) in most blocks: RADIO v2/v2.5/v4 (its
+            reference ViTDet mode), timm ViTs and open_clip towers (``vfmkit.models.backbones.windowed``).
         checkpoint: for registry ids, a local weights file to load instead of the published source (needs
             ``pretrained``; refused for test variants, paths and hub sources).
+        patch_size: timm ViT / open_clip registry ids only: resample the patch embedding (and the position
+            embedding) to this patch size after loading (``vfmkit.models.backbones.patch_size``).
 
     Returns:
         The backbone in eval mode, float32, on the CPU. ``model.model_id`` is ``name_or_path``;
@@ -115,6 +122,7 @@ def load_backbone(
     adaptors = tuple(adaptors or ())
     name = str(name_or_path)
     require_model_name(name)
+    _check_patch_size_option(name, patch_size)
     decision = decide_source(WeightsRequest("backbone", name, pretrained, checkpoint))
     if decision.kind == ADAPTED_BACKBONE:
         from vfmkit.models.backbones.adapted import load_adapted_backbone
@@ -126,8 +134,23 @@ def load_backbone(
         model = load_radio_checkpoint(name, adaptors=adaptors, defaults={"vitdet_window_size": vitdet_window_size})
     else:
         entry = resolve_entry(name)
-        options = {"vitdet_window_size": vitdet_window_size, "checkpoint": decision.path}
+        options = {"vitdet_window_size": vitdet_window_size, "checkpoint": decision.path, "patch_size": patch_size}
         model = build_from_entry(entry, pretrained=pretrained, adaptors=adaptors, **options)
     model.model_id = name
     model.weights_source = decision.source if decision.kind not in (TEST_VARIANT, RANDOM_INIT) else None
     return model.eval()
+
+
+def _check_patch_size_option(name: str, patch_size: int | None) -> None:
+    """A patch-size change applies to timm / open_clip registry models only.
+
+    Raises:
+        ConfigurationError: ``patch_size`` given for anything else.
+    """
+    if patch_size is None:
+        return
+    entry = find_entry(name)
+    if entry is None or entry.family not in PATCH_SIZE_FAMILIES:
+        raise ConfigurationError(
+            f"patch_size applies to timm ViT and open_clip registry models, not {name!r} (its patch size is fixed)"
+        )

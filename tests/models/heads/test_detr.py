@@ -66,7 +66,7 @@ def test_presets_use_taos_defaults():
     for config, loss in ((rtdetr, rt_loss), (dino, dino_loss)):
         assert config.two_stage and config.dn_number == 100 and config.hidden_dim == 256 and config.dec_layers == 6
         assert (loss.bbox_loss_coef, loss.giou_loss_coef, loss.set_cost_class, loss.set_cost_bbox) == (5, 2, 2, 5)
-    assert set(DETR_PRESETS) == {"rtdetr", "dino"}
+    assert set(DETR_PRESETS) == {"rtdetr", "dino", "lw-n", "lw-s", "lw-m"}  # lw-*: tests/tasks/detect/test_detect_light
     assert detr_preset("dino", 3, num_queries=None, dn_number=0)[0].num_queries == 900  # None keeps the preset
     with pytest.raises(VfmError, match="unknown DETR option"):
         detr_preset("rtdetr", 3, num_querys=5)

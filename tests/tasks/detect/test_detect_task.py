@@ -190,15 +190,18 @@ def test_configuration_errors_name_the_spec_key():
 
 def test_windowed_attention_in_a_radio_backbone_and_where_it_is_refused():
     """The window reaches the RADIO backbone (its ViTDet numerics are checked against the reference fixtures in the
-    backbone tests) and the input sides become multiples of patch x window; elsewhere it is refused by key."""
+    backbone tests) or a DINOv2 (RF-DETR's windows, checked in tests/models/test_windowed_attention.py) and the input
+    sides become multiples of patch x window; with the ViT-Adapter, a timm CNN or C-RADIOv3 it is refused."""
     window = "model.vitdet_window_size=2"
     module, _ = _module(["model.backbone=test-radio-v2-tiny", window])
     backbone = module.model.source.neck.backbone
     assert backbone.cfg.vitdet_window_size == 2
     assert backbone.preprocessing.resolution_step == 2 * backbone.preprocessing.patch_size
-    with pytest.raises(ConfigurationError, match="model.vitdet_window_size needs model.neck=simple_pyramid"):
+    with pytest.raises(ConfigurationError, match="model.vitdet_window_size needs model.neck=simple_pyramid or proj"):
         _module(["model.backbone=test-radio-v2-tiny", "model.neck=vit_adapter", window])
-    with pytest.raises(ConfigurationError, match="applies to RADIO backbones .* not test-dinov2-tiny"):
-        _module(["model.backbone=test-dinov2-tiny", window])
+    dinov2 = _module(["model.backbone=test-dinov2-tiny", "model.head=lw-n", window])[0].model.source.neck.backbone
+    assert dinov2.window_size == 2 and dinov2.preprocessing.resolution_step == 2 * dinov2.patch_size
+    with pytest.raises(ConfigurationError, match="model.vitdet_window_size applies to foundation ViT backbones"):
+        _module(["model.backbone=timm:resnet18", "model.pretrained=false", window])
     with pytest.raises(VfmError, match="does not support ViTDet windowed attention"):
         _module(["model.backbone=test-radio-v3-tiny", window])

@@ -9,6 +9,7 @@ size works. At the trained resolution the output is exactly the tower's.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,14 @@ from torch import nn
 
 from vfmkit.errors import ModelNotFoundError, WeightsError
 from vfmkit.models.backbones.base import Backbone, BackboneOutput, Preprocessing, resolve_block_indices
-from vfmkit.models.backbones.timm_family import fetch_hub_weights, local_only_weights_error, preprocessing_from_entry
+from vfmkit.models.backbones.patch_size import resample_patch_kernel
+from vfmkit.models.backbones.timm_family import (
+    apply_vit_options,
+    fetch_hub_weights,
+    local_only_weights_error,
+    preprocessing_from_entry,
+)
+from vfmkit.models.backbones.windowed import WindowedAttentionMixin
 from vfmkit.models.factory import register_family
 from vfmkit.models.registry import ModelEntry
 from vfmkit.weights.safe_load import load_weights_file
@@ -31,7 +39,7 @@ OPEN_CLIP_WEIGHT_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_mode
 """Files an open_clip Hub repo publishes its weights as, in order of preference."""
 
 
-class OpenClipVisionBackbone(Backbone):
+class OpenClipVisionBackbone(WindowedAttentionMixin, Backbone):
     """An open_clip ``VisionTransformer`` image tower behind the vfmkit backbone surface.
 
     Args:
@@ -88,8 +96,11 @@ class OpenClipVisionBackbone(Backbone):
         Returns:
             summary (B, summary_dim): the tower's pooled, projected embedding (the CLIP joint space);
             features (B, h*w, embed_dim): patch tokens as the tower outputs them (after ``ln_post`` unless the
-            config applies it after pooling); grid (h, w).
+            config applies it after pooling); grid (h, w). With windowed attention (:meth:`set_window_attention`)
+            the class token is averaged over its window copies (see :mod:`~vfmkit.models.backbones.windowed`).
         """
+        if self.window_size:
+            return self.token_pass(images)[0]
         grid = self.check_input(images)
         x = self.tower.transformer(self._embed(self.normalize(images), grid))
         pooled, tokens = self.tower._pool(x)
@@ -118,8 +129,17 @@ class OpenClipVisionBackbone(Backbone):
         """Token-level view, step 2: the residual blocks, each mapping (B, 1 + h*w, width) to the same shape.
 
         Raises:
-            ValueError: the transformer is sequence-first (blocks would expect (L, B, width)).
+            ValueError: the transformer is sequence-first (blocks would expect (L, B, width)), or windowed attention
+                is on (its blocks run on windows, not on one plain sequence).
         """
+        if self.window_size:
+            raise ValueError(
+                f"windowed attention (window {self.window_size}) runs the blocks on windows; the plain token-level "
+                "block sequence is not available (load without vitdet_window_size)"
+            )
+        return self._plain_blocks()
+
+    def _plain_blocks(self) -> torch.nn.ModuleList:
         if not self.tower.transformer.batch_first:
             raise ValueError("token-level access needs a batch-first open_clip transformer")
         return self.tower.transformer.resblocks
@@ -136,22 +156,55 @@ class OpenClipVisionBackbone(Backbone):
             pooled = pooled @ self.tower.proj
         return BackboneOutput(summary=pooled, features=features, grid=grid)
 
-    def forward_intermediates(self, images: torch.Tensor, indices: int | list[int] = 4) -> list[torch.Tensor]:
+    def forward_intermediates(
+        self, images: torch.Tensor, indices: int | list[int] = 4, return_final: bool = False
+    ) -> list[torch.Tensor] | tuple[BackboneOutput, list[torch.Tensor]]:
         """Patch tokens after the chosen residual blocks (no final norm) as NCHW maps.
 
         Args:
             images: (B, 3, H, W) float RGB in [0, 1].
             indices: an int n for the last n blocks, or a list of block indices (negatives count from the end).
+            return_final: also return the final :class:`BackboneOutput` of the same pass.
 
         Returns:
-            One (B, embed_dim, h, w) map per selected block, in block order.
+            One (B, embed_dim, h, w) map per selected block, in block order; preceded by the final output when
+            ``return_final``.
         """
         grid = self.check_input(images)
         blocks = resolve_block_indices(indices, self.num_blocks)
+        if self.window_size or (return_final and self.tower.transformer.batch_first):
+            final, maps = self.token_pass(images, blocks)
+            return (final, maps) if return_final else maps
         x = self._embed(self.normalize(images), grid)
         _, intermediates = self.tower.transformer.forward_intermediates(x, indices=blocks, stop_early=True)
         b = images.shape[0]
-        return [y[:, 1:].transpose(1, 2).reshape(b, -1, *grid) for y in intermediates]
+        maps = [y[:, 1:].transpose(1, 2).reshape(b, -1, *grid) for y in intermediates]
+        return (self(images), maps) if return_final else maps  # sequence-first towers: two passes
+
+    def change_patch_size(self, patch_size: int) -> None:
+        """Load-time patch-size change: ``conv1``'s kernel resampled to ``patch_size`` (see
+        :mod:`~vfmkit.models.backbones.patch_size`) and the position embedding resampled to the grid covering the same
+        image (``image_size // patch_size``); no key is added or removed.
+
+        Raises:
+            ValueError: a patch size below 2.
+        """
+        tower = self.tower
+        if tuple(tower.patch_size) == (patch_size, patch_size):
+            return
+        tower.conv1 = resample_patch_kernel(tower.conv1, patch_size)
+        tower.patch_size = (patch_size, patch_size)
+        grid = tuple(int(s) // patch_size for s in tower.image_size)
+        with torch.no_grad():
+            pos = self._position_embedding(grid)
+        tower.positional_embedding = nn.Parameter(pos, requires_grad=tower.positional_embedding.requires_grad)
+        tower.grid_size = grid
+        self.preprocessing = dataclasses.replace(
+            self.preprocessing,
+            patch_size=patch_size,
+            preferred_resolution=(grid[0] * patch_size, grid[1] * patch_size),
+            resolution_step=patch_size * (self.window_size or 1),
+        )
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Checkpoint the residual blocks in open_clip's transformer loop and in the token-level view."""
@@ -244,6 +297,8 @@ def build_open_clip(
     pretrained: bool = True,
     adaptors: Sequence[str] = (),
     checkpoint: str | Path | None = None,
+    vitdet_window_size: int | None = None,
+    patch_size: int | None = None,
 ) -> OpenClipVisionBackbone:
     """Build an open_clip-family registry entry (its image tower only).
 
@@ -252,6 +307,9 @@ def build_open_clip(
         pretrained: load the published weights (``entry.source`` on the Hub, or ``checkpoint`` when given).
         adaptors: must be empty.
         checkpoint: a local full-CLIP or tower-only checkpoint used instead of the Hub (NGC-only weights).
+        vitdet_window_size: windowed attention with this window (patches) in all but 4 blocks (see
+            :mod:`~vfmkit.models.backbones.windowed`).
+        patch_size: change the patch size after loading (see :meth:`OpenClipVisionBackbone.change_patch_size`).
 
     Raises:
         ModelNotFoundError: adaptors requested, or an unsupported tower config.
@@ -267,7 +325,9 @@ def build_open_clip(
     tower = build_vision_tower(entry)
     if weights is not None:
         load_tower_weights(tower, weights, entry.id)
-    return OpenClipVisionBackbone(tower, preprocessing_from_entry(entry)).eval()
+    backbone = OpenClipVisionBackbone(tower, preprocessing_from_entry(entry))
+    apply_vit_options(backbone, entry.id, vitdet_window_size, patch_size)
+    return backbone.eval()
 
 
 register_family("open_clip", build_open_clip)

@@ -13,7 +13,8 @@ position embeddings. The files themselves are read by :mod:`vfmkit.weights.safe_
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import dataclasses
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +23,10 @@ import torch
 from timm.layers import GluMlp, Mlp, SwiGLU, SwiGLUPacked, resample_abs_pos_embed
 from torch import nn
 
-from vfmkit.errors import ModelNotFoundError, WeightsError
+from vfmkit.errors import ConfigurationError, ModelNotFoundError, WeightsError
 from vfmkit.models.backbones.base import Backbone, BackboneOutput, Preprocessing, resolve_block_indices
+from vfmkit.models.backbones.patch_size import resample_patch_kernel
+from vfmkit.models.backbones.windowed import WindowedAttentionMixin
 from vfmkit.models.factory import register_family
 from vfmkit.models.registry import ModelEntry
 from vfmkit.utils.text import error_reason
@@ -42,7 +45,7 @@ _MLP_LAYERS: dict[str, type[nn.Module]] = {
 """Names usable for ``mlp_layer`` in an entry's ``arch["kwargs"]`` (registry entries stay plain data)."""
 
 
-class TimmBackbone(Backbone):
+class TimmBackbone(WindowedAttentionMixin, Backbone):
     """A timm vision transformer behind the vfmkit backbone surface.
 
     Args:
@@ -75,7 +78,11 @@ class TimmBackbone(Backbone):
         Returns:
             summary (B, summary_dim): timm's pre-logits output (class token for DINOv2 / CLIP / EVA, attention-pool
             output for SigLIP); features (B, h*w, embed_dim): patch tokens after the final norm; grid (h, w).
+            With windowed attention (:meth:`set_window_attention`) the summary comes from the prefix tokens averaged
+            over their window copies (see :mod:`~vfmkit.models.backbones.windowed`).
         """
+        if self.window_size:
+            return self.token_pass(images)[0]
         grid = self.check_input(images)
         tokens = self.model.forward_features(self.normalize(images))
         summary = self.model.forward_head(tokens, pre_logits=True)
@@ -104,8 +111,17 @@ class TimmBackbone(Backbone):
         """Token-level view, step 2: the blocks, each mapping (B, P + h*w, D) -> (B, P + h*w, D).
 
         Raises:
-            ValueError: not a plain ``VisionTransformer`` (see :meth:`embed_tokens`).
+            ValueError: not a plain ``VisionTransformer`` (see :meth:`embed_tokens`), or windowed attention is on
+                (its blocks run on windows, not on one plain sequence).
         """
+        if self.window_size:
+            raise ValueError(
+                f"windowed attention (window {self.window_size}) runs the blocks on windows; the plain token-level "
+                "block sequence is not available (load without vitdet_window_size)"
+            )
+        return self._plain_blocks()
+
+    def _plain_blocks(self) -> nn.Sequential:
         self._require_plain_vit()
         return self.model.blocks
 
@@ -129,20 +145,64 @@ class TimmBackbone(Backbone):
                 f"{type(self.model).__name__} (EVA blocks need rotary position arguments); use the simple pyramid"
             )
 
-    def forward_intermediates(self, images: torch.Tensor, indices: int | list[int] = 4) -> list[torch.Tensor]:
+    def forward_intermediates(
+        self, images: torch.Tensor, indices: int | list[int] = 4, return_final: bool = False
+    ) -> list[torch.Tensor] | tuple[BackboneOutput, list[torch.Tensor]]:
         """Patch tokens after the chosen blocks (before the final norm) as NCHW maps.
 
         Args:
             images: (B, 3, H, W) float RGB in [0, 1].
             indices: an int n for the last n blocks, or a list of block indices (negatives count from the end).
+            return_final: also return the final :class:`BackboneOutput` (one pass for both where the model has the
+                token-level view; timm EVA / NaFlex: two passes).
 
         Returns:
-            One (B, embed_dim, h, w) map per selected block, in block order.
+            One (B, embed_dim, h, w) map per selected block, in block order; preceded by the final output when
+            ``return_final``.
         """
         self.check_input(images)
         blocks = resolve_block_indices(indices, self.num_blocks)
-        return self.model.forward_intermediates(
+        if self.window_size or (return_final and self._has_plain_blocks()):
+            final, maps = self.token_pass(images, blocks)
+            return (final, maps) if return_final else maps
+        maps = self.model.forward_intermediates(
             self.normalize(images), indices=blocks, output_fmt="NCHW", intermediates_only=True
+        )
+        return (self(images), maps) if return_final else maps
+
+    def _has_plain_blocks(self) -> bool:
+        from timm.models.vision_transformer import VisionTransformer
+
+        return isinstance(self.model, VisionTransformer)
+
+    def change_patch_size(self, patch_size: int) -> None:
+        """Load-time patch-size change (e.g. DINOv2 14 -> 16, as RF-DETR runs it): the patch-embedding kernel is
+        resampled to ``patch_size`` (FlexiViT's pseudo-inverse resize, so a patch resized with the image gives about
+        the same embedding) and the absolute position embedding resampled to the grid that covers the same image
+        (``img_size // patch_size``); no key is added or removed.
+
+        Raises:
+            ValueError: not a plain ``VisionTransformer`` or a patch size below 2.
+        """
+        self._require_plain_vit()
+        model, embed = self.model, self.model.patch_embed
+        if tuple(embed.patch_size) == (patch_size, patch_size):
+            return
+        embed.proj = resample_patch_kernel(embed.proj, patch_size)
+        embed.patch_size = (patch_size, patch_size)
+        old_grid = tuple(int(s) for s in embed.grid_size)
+        grid = tuple(int(s) // patch_size for s in embed.img_size)
+        embed.grid_size, embed.num_patches = grid, grid[0] * grid[1]
+        if getattr(model, "pos_embed", None) is not None:
+            prefix = 0 if getattr(model, "no_embed_class", False) else self.num_prefix_tokens
+            with torch.no_grad():
+                pos = resample_abs_pos_embed(model.pos_embed, list(grid), list(old_grid), num_prefix_tokens=prefix)
+            model.pos_embed = nn.Parameter(pos, requires_grad=model.pos_embed.requires_grad)
+        self.preprocessing = dataclasses.replace(
+            self.preprocessing,
+            patch_size=patch_size,
+            preferred_resolution=(grid[0] * patch_size, grid[1] * patch_size),
+            resolution_step=patch_size * (self.window_size or 1),
         )
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
@@ -295,6 +355,8 @@ def build_timm(
     pretrained: bool = True,
     adaptors: Sequence[str] = (),
     checkpoint: str | Path | None = None,
+    vitdet_window_size: int | None = None,
+    patch_size: int | None = None,
 ) -> TimmBackbone:
     """Build a timm-family registry entry.
 
@@ -303,10 +365,14 @@ def build_timm(
         pretrained: load the published weights (from ``entry.source``, or ``checkpoint`` when given).
         adaptors: must be empty; timm backbones carry no adaptor heads.
         checkpoint: a local weights file (safetensors or a ``torch.save`` state dict) used instead of the Hub.
+        vitdet_window_size: windowed attention with this window (patches) in all but 4 blocks (see
+            :mod:`~vfmkit.models.backbones.windowed`).
+        patch_size: change the patch size after loading (see :meth:`TimmBackbone.change_patch_size`).
 
     Raises:
         ModelNotFoundError: adaptors requested, or the timm architecture is unknown.
         WeightsError: the weights are absent from the cache and cannot be fetched, or do not fit.
+        ConfigurationError: windows or a patch-size change on a model without a plain block list (EVA, NaFlex).
     """
     if adaptors:
         raise ModelNotFoundError(f"{entry.id!r} has no adaptor heads (asked for {', '.join(adaptors)})")
@@ -317,7 +383,28 @@ def build_timm(
             raise local_only_weights_error(entry)
         weights = fetch_hub_weights(entry.source, entry.id)
     model = create_timm_model(name, kwargs, weights, entry.id)
-    return TimmBackbone(model, preprocessing_from_entry(entry)).eval()
+    backbone = TimmBackbone(model, preprocessing_from_entry(entry))
+    apply_vit_options(backbone, entry.id, vitdet_window_size, patch_size)
+    return backbone.eval()
+
+
+def apply_vit_options(backbone: Backbone, model_id: str, window_size: int | None, patch_size: int | None) -> None:
+    """The load-time options of a plain ViT backbone (timm or open_clip): patch-size change, then windows.
+
+    Raises:
+        ConfigurationError: the model does not support them (one line naming the option).
+    """
+    if patch_size:
+        _apply_option(model_id, "patch_size", lambda: backbone.change_patch_size(int(patch_size)))
+    if window_size:
+        _apply_option(model_id, "vitdet_window_size", lambda: backbone.set_window_attention(int(window_size)))
+
+
+def _apply_option(model_id: str, option: str, action: Callable[[], None]) -> None:
+    try:
+        action()
+    except ValueError as err:
+        raise ConfigurationError(f"{model_id}: {option} is not available for this model ({err})") from None
 
 
 register_family("timm", build_timm)

@@ -46,6 +46,23 @@ def varifocal_loss(
     return F.binary_cross_entropy_with_logits(logits, target_scores, weight=weight, reduction="none")
 
 
+def ia_bce_loss(logits: torch.Tensor, target_scores: torch.Tensor, positive: torch.Tensor) -> torch.Tensor:
+    """IoU-aware classification loss (LW-DETR's IA-BCE), element-wise: BCE towards ``target_scores`` on positives
+    (weight 1) and towards 0 on negatives weighted by ``p**2`` (p the detached predicted probability).
+
+    Args:
+        logits: raw logits, any shape.
+        target_scores: same shape: the positives' target ``p**alpha * IoU**(1 - alpha)``, 0 elsewhere.
+        positive: same shape, bool: the matched (query, class) entries.
+
+    Returns:
+        The unreduced loss, same shape.
+    """
+    probs = logits.sigmoid().detach()
+    weight = torch.where(positive, torch.ones_like(probs), probs.pow(2))
+    return F.binary_cross_entropy_with_logits(logits, target_scores, weight=weight, reduction="none")
+
+
 def focal_class_cost(logits: torch.Tensor, labels: torch.Tensor, alpha: float = 0.25, gamma: float = 2.0):
     """Focal-form classification cost (Deformable DETR): cost of predicting each target's class.
 
@@ -129,7 +146,8 @@ class DetrCriterion(nn.Module):
 
     Args:
         num_classes: C.
-        cls_loss: ``vfl`` (varifocal, RT-DETR) or ``focal`` (DINO).
+        cls_loss: ``vfl`` (varifocal, RT-DETR), ``focal`` (DINO) or ``ia_bce`` (IoU-aware BCE, LW-DETR; its
+            ``focal_alpha`` is the exponent of the score in the target, ``focal_gamma`` is unused).
         focal_alpha, focal_gamma: of the classification loss.
         cls_loss_coef, bbox_loss_coef, giou_loss_coef: loss weights.
         set_cost_class, set_cost_bbox, set_cost_giou: matching cost weights.
@@ -149,8 +167,8 @@ class DetrCriterion(nn.Module):
         set_cost_giou: float = 2.0,
     ):
         super().__init__()
-        if cls_loss not in ("vfl", "focal"):
-            raise ValueError(f"cls_loss must be vfl or focal, got {cls_loss!r}")
+        if cls_loss not in ("vfl", "focal", "ia_bce"):
+            raise ValueError(f"cls_loss must be vfl, focal or ia_bce, got {cls_loss!r}")
         self.num_classes = num_classes
         self.cls_loss, self.focal_alpha, self.focal_gamma = cls_loss, focal_alpha, focal_gamma
         self.weights = {"loss_cls": cls_loss_coef, "loss_bbox": bbox_loss_coef, "loss_giou": giou_loss_coef}
@@ -161,7 +179,9 @@ class DetrCriterion(nn.Module):
 
         Args:
             outputs: the detector's training output (``pred_logits``, ``pred_boxes`` and optionally
-                ``aux_outputs``, ``enc_outputs``, ``dn_outputs`` + ``dn_meta``).
+                ``aux_outputs``, ``enc_outputs``, ``dn_outputs`` + ``dn_meta``, ``query_groups``: G Group-DETR groups
+                of equal size along the query axis, each matched one-to-one on its own; the loss of those sets is
+                divided by G times the number of boxes).
             targets: per image ``labels`` (T,) int64 and ``boxes`` (T, 4) cxcywh normalised.
 
         Returns:
@@ -170,6 +190,7 @@ class DetrCriterion(nn.Module):
             proposals), ``..._dn_{i}`` (denoising, decoder layer i + 1).
         """
         num_boxes = self._num_boxes(targets, outputs["pred_logits"].device)
+        groups = int(outputs.get("query_groups", 1))
         aux = outputs.get("aux_outputs", [])
         sets = [("", outputs, f"decoder layer {len(aux) + 1}")]
         sets += [(f"_aux_{i}", layer, f"decoder layer {i + 1}") for i, layer in enumerate(aux)]
@@ -177,7 +198,8 @@ class DetrCriterion(nn.Module):
             sets.append(("_enc", outputs["enc_outputs"], "encoder proposals"))
         losses: dict[str, torch.Tensor] = {}
         for suffix, preds, step in sets:
-            losses.update(self.set_losses(preds, targets, self.matcher(preds, targets, step), num_boxes, suffix))
+            matches = self.group_matches(preds, targets, groups, step)
+            losses.update(self.set_losses(preds, targets, matches, num_boxes * groups, suffix))
         if outputs.get("dn_meta") is not None:
             matches = denoising_matches(outputs["dn_meta"], targets)
             dn_boxes = num_boxes * outputs["dn_meta"]["dn_num_group"]
@@ -185,6 +207,17 @@ class DetrCriterion(nn.Module):
                 losses.update(self.set_losses(layer, targets, matches, dn_boxes, f"_dn_{i}"))
         losses["loss"] = sum(self.weights["_".join(key.split("_")[:2])] * value for key, value in losses.items())
         return losses
+
+    def group_matches(self, preds: dict[str, torch.Tensor], targets: Targets, groups: int, step: str) -> list[Match]:
+        """Hungarian matches of each of ``groups`` equal query groups on its own, as indices into all the queries."""
+        if groups == 1:
+            return self.matcher(preds, targets, step)
+        per_group = preds["pred_logits"].shape[1] // groups
+        found: list[list[Match]] = []
+        for g in range(groups):
+            part = {key: preds[key][:, g * per_group : (g + 1) * per_group] for key in ("pred_logits", "pred_boxes")}
+            found.append([(i + g * per_group, j) for i, j in self.matcher(part, targets, f"{step}, query group {g}")])
+        return [(torch.cat([m[b][0] for m in found]), torch.cat([m[b][1] for m in found])) for b in range(len(targets))]
 
     def set_losses(
         self, preds: dict[str, torch.Tensor], targets: Targets, matches: list[Match], num_boxes: float, suffix: str = ""
@@ -205,6 +238,8 @@ class DetrCriterion(nn.Module):
             scores = torch.zeros_like(logits)
             scores[batch_idx, pred_idx, labels] = ious.to(logits.dtype)
             cls = varifocal_loss(logits, scores, self.focal_alpha, self.focal_gamma)
+        elif self.cls_loss == "ia_bce":
+            cls = self._ia_bce(logits, matched, target_boxes, (batch_idx, pred_idx, labels))
         else:
             onehot = torch.zeros_like(logits)
             onehot[batch_idx, pred_idx, labels] = 1.0
@@ -217,6 +252,17 @@ class DetrCriterion(nn.Module):
             )
             / num_boxes,
         }
+
+    def _ia_bce(self, logits, matched, target_boxes, index) -> torch.Tensor:
+        """IA-BCE of ``logits`` (B, Q, C) with the matched entries ``index`` = (batch, query, class) indices."""
+        with torch.no_grad():
+            ious = box_iou(cxcywh_to_xyxy(matched), cxcywh_to_xyxy(target_boxes)).diagonal().clamp(min=0.0)
+            probs = logits.detach().sigmoid()[index]
+            scores = torch.zeros_like(logits)
+            scores[index] = (probs.pow(self.focal_alpha) * ious.pow(1 - self.focal_alpha)).to(logits.dtype)
+        positive = torch.zeros_like(logits, dtype=torch.bool)
+        positive[index] = True
+        return ia_bce_loss(logits, scores, positive)
 
     @staticmethod
     def _num_boxes(targets: Targets, device: torch.device) -> float:

@@ -74,6 +74,17 @@ def verification_batch(
     raise VfmError("export verification found no images in the val or train split; set export.verify=false")
 
 
+def _recording(backbone: nn.Module, grids: dict[int, tuple[int, int]]):
+    """``backbone.check_input`` that also records the token grid it returns in ``grids``."""
+    check = type(backbone).check_input
+
+    def check_input(images: torch.Tensor) -> tuple[int, int]:
+        grids[id(backbone)] = check(backbone, images)
+        return grids[id(backbone)]
+
+    return check_input
+
+
 def pin_position_grids(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> nn.Module:
     """For export: ``module``, or a copy whose backbones (main and frozen foundation model) hold their position
     embeddings resampled to the grids they see on the example ``inputs`` (images (B, 3, H, W) first).
@@ -86,19 +97,15 @@ def pin_position_grids(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> n
         return module
     module = copy.deepcopy(module)
     grids: dict[int, tuple[int, int]] = {}
-
-    def record(backbone: nn.Module, args: tuple) -> None:
-        patch = backbone.preprocessing.patch_size
-        grids[id(backbone)] = (int(args[0].shape[-2]) // patch, int(args[0].shape[-1]) // patch)
-
     backbones = [m for m in module.modules() if callable(getattr(m, "pin_position_grid", None))]
-    hooks = [backbone.register_forward_pre_hook(record) for backbone in backbones]
+    for backbone in backbones:  # every path (forward, intermediates, token view) validates its input here
+        backbone.check_input = _recording(backbone, grids)
     try:
         with torch.no_grad():
             module(*(tensor[:1] for tensor in inputs))
     finally:
-        for hook in hooks:
-            hook.remove()
+        for backbone in backbones:
+            del backbone.check_input
     for backbone in backbones:
         if id(backbone) in grids:
             backbone.pin_position_grid(grids[id(backbone)])

@@ -32,6 +32,7 @@ from vfmkit.tasks.detect.metrics import format_metrics_table, plot_detection_gri
 from vfmkit.tasks.detect.model import ExportableDetector, build_task_model
 from vfmkit.tasks.detect.module import DetectModule
 from vfmkit.tasks.detect.postprocess import postprocess_detections, to_coco_results
+from vfmkit.tasks.detect.quantized import check_int8_options, export_int8
 from vfmkit.tasks.detect.spec import DetectDataSpec, DetectSpec
 from vfmkit.weights.rule import WeightsRequest
 
@@ -62,6 +63,7 @@ class DetectTask(TaskDef):
 
     def __init__(self) -> None:
         self._plot_inputs: tuple[Trained, CocoMetrics, dict] | None = None
+        self._int8_request: tuple[DetectSpec, tuple[torch.Tensor, torch.Tensor] | None] | None = None
 
     def select(self, spec: DetectSpec) -> TaskDef:
         return TIMM_TASK if is_timm_cnn_name(spec.model.backbone) else TASK
@@ -225,11 +227,26 @@ class DetectTask(TaskDef):
         return ExportPlan(module, example, list(module.input_names), list(module.output_names), metadata)
 
     def export_plans(self, trained: Trained, resolution: int, spec: DetectSpec) -> list[ExportPlan]:
+        check_int8_options(spec)
         plan = self.export_plan(trained, resolution, spec.export.postprocess)
+        verify = None
         if spec.export.verify:
-            images, orig_sizes = verification_batch(spec, trained, resolution)
-            plan.verify_inputs = (images, orig_sizes) if spec.export.postprocess else (images,)
+            verify = verification_batch(spec, trained, resolution)
+            plan.verify_inputs = verify if spec.export.postprocess else (verify[0],)
+        self._int8_request = (spec, verify) if spec.export.int8 else None
         return [plan]
+
+    def after_export(self, trained: Trained, files: list[Path]) -> None:
+        """``export.int8``: the int8 graph beside the fp32 one, compared with it (added to ``files``)."""
+        request, self._int8_request = self._int8_request, None
+        if request is None:
+            return
+        spec, verify = request
+        path, comparison = export_int8(files[0], spec, verify)
+        print(f"exported {path} (onnxruntime int8 weights)")
+        for line in comparison.lines() if comparison is not None else ["int8 vs fp32: not compared (export.verify)"]:
+            print(line)
+        files.append(path)
 
     def verification_inputs(self, spec: DetectSpec, trained: Trained, resolution: int) -> tuple[torch.Tensor, ...]:
         return (verification_batch(spec, trained, resolution)[0],)

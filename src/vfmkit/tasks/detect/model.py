@@ -11,9 +11,8 @@ from torch import nn
 
 from vfmkit.errors import ConfigurationError, VfmError
 from vfmkit.models.backbones.timm_cnn import is_timm_cnn_name
-from vfmkit.models.heads.detr import DETRDetector, build_criterion, build_detector, detr_preset
+from vfmkit.models.heads.detr import DETR_PRESETS, DETRDetector, build_criterion, build_detector, detr_preset
 from vfmkit.models.losses.detr import DetrCriterion
-from vfmkit.models.registry import find_entry
 from vfmkit.tasks.detect.postprocess import postprocess_detections
 from vfmkit.tasks.detect.spec import DetectModelSpec, DetectSpec
 from vfmkit.weights.rule import loader_arguments
@@ -36,6 +35,8 @@ HEAD_FIELDS = (
     "dn_label_noise_ratio",
     "dn_box_noise_scale",
     "aux_loss",
+    "group_detr",
+    "feat_strides",
 )
 """``model.*`` fields passed to the DETR preset as overrides (null keeps the preset's value)."""
 
@@ -67,6 +68,7 @@ def build_model(
     load = pretrained is not False
     main = loader_arguments(model.backbone, model.pretrained, model.backbone_checkpoint, load)
     fm_pretrained, fm_checkpoint = loader_arguments(fm.backbone, fm.pretrained, fm.checkpoint, load)
+    _check_light_head(model)
     return build_detector(
         num_classes,
         head=model.head,
@@ -83,24 +85,30 @@ def build_model(
         frozen_fm_checkpoint=fm_checkpoint,
         vitdet_window_size=model.vitdet_window_size,
         freeze_norm=model.pretrained if is_timm_cnn_name(model.backbone) else None,
+        patch_size=model.patch_size,
         **overrides,
     )
 
 
 def _check_windows(model: DetectModelSpec) -> None:
-    """``model.vitdet_window_size`` is for RADIO backbones (v2, v2.5, v4) through the simple pyramid."""
-    window = model.vitdet_window_size
-    if not window:
-        return
-    if model.neck != "simple_pyramid":
+    """``model.vitdet_window_size`` and ``model.patch_size`` are for foundation ViTs (not timm CNNs); windows need a
+    neck that runs the backbone whole (simple pyramid or projector)."""
+    for key, value in (("vitdet_window_size", model.vitdet_window_size), ("patch_size", model.patch_size)):
+        if value and is_timm_cnn_name(model.backbone):
+            raise ConfigurationError(f"model.{key} applies to foundation ViT backbones, not {model.backbone}")
+    if model.vitdet_window_size and model.neck == "vit_adapter":
         raise ConfigurationError(
-            "model.vitdet_window_size needs model.neck=simple_pyramid (the ViT-Adapter runs the backbone's blocks one "
-            "by one, which windowed attention does not allow)"
+            "model.vitdet_window_size needs model.neck=simple_pyramid or projector (the ViT-Adapter runs the "
+            "backbone's blocks one by one, which windowed attention does not allow)"
         )
-    entry = find_entry(model.backbone)
-    if is_timm_cnn_name(model.backbone) or (entry is not None and entry.family != "radio"):
+
+
+def _check_light_head(model: DetectModelSpec) -> None:
+    """The light presets have no encoder: the frozen foundation model's extra level would feed nothing."""
+    if model.frozen_fm.enabled and DETR_PRESETS[model.head].model.get("encoder") == "none":
         raise ConfigurationError(
-            f"model.vitdet_window_size applies to RADIO backbones (v2, v2.5, v4), not {model.backbone}; set it to null"
+            f"model.frozen_fm.enabled needs an encoder to fuse its level into; model.head={model.head} has none "
+            "(use rtdetr or dino, or disable the frozen foundation model)"
         )
 
 

@@ -1,8 +1,8 @@
 """The ``detect`` task spec: model (backbone, neck, DETR head with TAO's field names, frozen foundation model),
 dataset (COCO JSON sources or a YOLO folder), train, evaluate, predict, export.
 
-Head fields left at null take the preset's value (``rtdetr`` or ``dino``, see
-:mod:`vfmkit.models.heads.detr.config`).
+Head fields left at null take the preset's value (``rtdetr``, ``dino`` or the light ``lw-n`` / ``lw-s`` / ``lw-m``,
+see :mod:`vfmkit.models.heads.detr.config`); so do ``model.neck`` and ``model.resolution``.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from typing import ClassVar, Literal
 
 from pydantic import Field, model_validator
 
+from vfmkit.models.heads.detr.config import DETR_PRESETS
 from vfmkit.spec.base import (
     EvaluateSpec,
     ExportSpec,
@@ -36,8 +37,12 @@ class FrozenFMSpec(Section):
 
 
 class DetectLossSpec(Section):
-    cls_loss: Literal["vfl", "focal"] | None = Field(None, description="classification loss (null: the preset's)")
-    focal_alpha: float | None = Field(None, ge=0, le=1, description="alpha of the classification loss (rtdetr 0.75)")
+    cls_loss: Literal["vfl", "focal", "ia_bce"] | None = Field(
+        None, description="classification loss: vfl (rtdetr), focal (dino) or ia_bce (lw-*); null: the preset's"
+    )
+    focal_alpha: float | None = Field(
+        None, ge=0, le=1, description="alpha of the classification loss (rtdetr 0.75, dino 0.25; ia_bce: 0.25)"
+    )
     focal_gamma: float | None = Field(None, ge=0, description="gamma of the classification loss (2)")
     cls_loss_coef: float | None = Field(None, ge=0, description="classification loss weight (rtdetr 1, dino 2)")
     bbox_loss_coef: float | None = Field(None, ge=0, description="L1 box loss weight (5)")
@@ -63,43 +68,80 @@ class DetectModelSpec(Section):
     freeze_backbone: bool | None = Field(
         None, description="null: frozen for foundation models (neck and head train), trained for timm CNNs"
     )
-    neck: Literal["simple_pyramid", "vit_adapter"] = Field(
-        "simple_pyramid", description="simple_pyramid (ViTDet, cheap) or vit_adapter (deformable interactions)"
+    neck: Literal["simple_pyramid", "vit_adapter", "projector"] | None = Field(
+        None,
+        description="simple_pyramid (ViTDet, cheap), vit_adapter (deformable interactions) or projector (LW-DETR's "
+        "blocks 3/6/9/12 concatenated and projected); null: the head's (projector for lw-*, else simple_pyramid)",
     )
     neck_channels: int | None = Field(None, ge=8, description="pyramid channels (null: hidden_dim)")
     summary_fusion: bool = Field(False, description="add the projected backbone summary to every pyramid level")
     vitdet_window_size: int | None = Field(
         None,
         ge=1,
-        description="RADIO v2/v2.5/v4 with simple_pyramid: ViTDet windowed attention with this window (patches) in "
-        "all but 4 global blocks (cheaper at high resolution); model.resolution must be a multiple of 16 x window",
+        description="windowed attention with this window (patches) in all but 4 global blocks, with simple_pyramid "
+        "or projector: RADIO v2/v2.5/v4 (RADIO's ViTDet mode), timm ViTs such as DINOv2 and open_clip towers "
+        "(RF-DETR's: class/register tokens copied into every window); model.resolution must be a multiple of "
+        "patch x window (e.g. 18 at 576 px, patch 16: 2 x 2 windows)",
     )
-    head: Literal["rtdetr", "dino"] = Field("rtdetr", description="DETR preset: rtdetr (3 levels) or dino (4 levels)")
-    resolution: int = Field(
-        640,
+    patch_size: int | None = Field(
+        None,
+        ge=2,
+        description="timm ViT / open_clip backbones: resample the patch embedding to this patch size at load (e.g. 16 "
+        "for DINOv2's 14, as RF-DETR; the position embedding is resized too); null: the backbone's own",
+    )
+    head: Literal["rtdetr", "dino", "lw-n", "lw-s", "lw-m"] = Field(
+        "rtdetr",
+        description="DETR preset: rtdetr (3 levels, hybrid encoder), dino (4 levels, deformable encoder) or the light "
+        "LW-DETR family lw-n / lw-s / lw-m (projector P4 level, no encoder, 2 / 3 / 4 decoder layers, 384 / 512 / "
+        "576 px)",
+    )
+    resolution: int | None = Field(
+        None,
         ge=32,
-        description="training / inference side in pixels, a multiple of the backbone's patch size (32 for "
-        "timm CNNs); e.g. 644 or 672 for patch 14",
+        description="training / inference side in pixels, a multiple of the backbone's patch size (32 for timm CNNs; "
+        "e.g. 644 or 672 for patch 14); null: the head's (640 rtdetr / dino, 384 / 512 / 576 lw-n / s / m)",
     )
     num_queries: int | None = Field(None, ge=1, description="object queries (rtdetr 300, dino 900)")
     num_select: int | None = Field(None, ge=1, description="detections kept per image by the post-processing (300)")
     hidden_dim: int | None = Field(None, ge=8, description="transformer width (256)")
     nheads: int | None = Field(None, ge=1, description="attention heads (8)")
-    enc_layers: int | None = Field(None, ge=0, description="encoder layers (rtdetr 1 AIFI layer, dino 6)")
-    dec_layers: int | None = Field(None, ge=1, description="decoder layers (6)")
+    enc_layers: int | None = Field(None, ge=0, description="encoder layers (rtdetr 1 AIFI layer, dino 6, lw-* none)")
+    dec_layers: int | None = Field(None, ge=1, description="decoder layers (rtdetr / dino 6, lw-n / s / m 2 / 3 / 4)")
     dim_feedforward: int | None = Field(None, ge=8, description="FFN width (rtdetr 1024, dino 2048)")
     dropout: float | None = Field(None, ge=0, lt=1, description="dropout in attention and FFN blocks (0)")
     enc_n_points: int | None = Field(None, ge=1, description="deformable encoder sampling points (4)")
-    dec_n_points: int | None = Field(None, ge=1, description="decoder sampling points per head and level (4)")
-    num_feature_levels: int | None = Field(None, ge=1, description="decoder levels (rtdetr 3, dino 4)")
+    dec_n_points: int | None = Field(None, ge=1, description="decoder sampling points per head and level (4, lw-* 2)")
+    num_feature_levels: int | None = Field(None, ge=1, description="decoder levels (rtdetr 3, dino 4, lw-* 1)")
     two_stage: bool | None = Field(None, description="queries from the top-k encoder proposals (true)")
-    learnt_init_query: bool | None = Field(None, description="learned content queries (dino) or selected features")
-    dn_number: int | None = Field(None, ge=0, description="denoising queries per image, 0 = off (100)")
+    learnt_init_query: bool | None = Field(
+        None, description="learned content queries (dino, lw-*) or selected features (rtdetr)"
+    )
+    dn_number: int | None = Field(None, ge=0, description="denoising queries per image, 0 = off (100, lw-* 0)")
     dn_label_noise_ratio: float | None = Field(None, ge=0, le=1, description="denoising label noise (0.5)")
     dn_box_noise_scale: float | None = Field(None, ge=0, description="denoising box noise (1.0)")
     aux_loss: bool | None = Field(None, description="losses on every decoder layer (true)")
+    group_detr: int | None = Field(
+        None, ge=1, description="training-only Group DETR query groups, 1 = off (lw-* 13, rtdetr / dino 1)"
+    )
+    feat_strides: list[int] | None = Field(
+        None, description="strides the head reads from the neck (rtdetr / dino [8, 16, 32]; lw-* [16], or [8, 16, 32])"
+    )
     loss: DetectLossSpec = Field(default_factory=DetectLossSpec)
     frozen_fm: FrozenFMSpec = Field(default_factory=FrozenFMSpec)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _preset_defaults(cls, data):
+        """``neck`` and ``resolution`` left at null take the head preset's values."""
+        if isinstance(data, dict):
+            preset = DETR_PRESETS.get(data.get("head") or "rtdetr")
+            if preset is not None:
+                data = dict(data)
+                if data.get("neck") is None:
+                    data["neck"] = preset.neck
+                if data.get("resolution") is None:
+                    data["resolution"] = preset.resolution
+        return data
 
 
 class DataSourceSpec(Section):
@@ -159,6 +201,14 @@ class DetectPredictSpec(PredictSpec):
 class DetectExportSpec(ExportSpec):
     postprocess: bool = Field(
         False, description="also output top-k boxes (xyxy pixels), scores and labels (original category ids)"
+    )
+    int8: bool = Field(
+        False,
+        description="also write <name>_int8.onnx: onnxruntime dynamic int8 weights (MatMul/Gemm), compared with the "
+        "fp32 graph (mean IoU of matched boxes on the verification images, AP50 change on the val split)",
+    )
+    int8_min_iou: float = Field(
+        0.5, ge=0, le=1, description="export.int8: refuse the int8 graph below this mean IoU of matched boxes"
     )
 
 

@@ -21,7 +21,7 @@ def build_segmenter(spec: SegmentSpec, meta: dict[str, Any], pretrained: bool) -
     as the spec says (``model.pretrained``; a path loads its file), False loads none."""
     m = spec.model
     load_pretrained, _ = loader_arguments(m.backbone, m.pretrained, None, pretrained)
-    backbone = load_backbone(m.backbone, pretrained=load_pretrained)
+    backbone = load_backbone(m.backbone, pretrained=load_pretrained, vitdet_window_size=m.vitdet_window_size)
     return Segmenter(
         backbone,
         len(meta["classes"]),

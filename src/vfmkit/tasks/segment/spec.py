@@ -75,6 +75,13 @@ class SegmentModelSpec(Section):
         "c-radio-v3-b", min_length=1, description="registry id/alias (`vfm models`), hf-hub:<repo> or a path"
     )
     pretrained: bool = Field(True, description="load the backbone's published weights (False: random init)")
+    vitdet_window_size: int | None = Field(
+        None,
+        ge=1,
+        description="windowed attention with this window (patches) in all but 4 global blocks, simple_pyramid only "
+        "(RADIO v2/v2.5/v4, timm ViTs, open_clip towers; see the detect task); the resolution must be a multiple "
+        "of patch x window",
+    )
     neck: Literal["vit_adapter", "simple_pyramid"] = Field(
         "vit_adapter", description="vit_adapter (deformable-attention interactions) or simple_pyramid (ViTDet, cheaper)"
     )

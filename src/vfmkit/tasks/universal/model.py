@@ -50,7 +50,7 @@ def build_universal_model(spec: UniversalModelSpec, num_classes: int, pretrained
             False loads none (a checkpoint is loaded afterwards).
     """
     load_pretrained, _ = loader_arguments(spec.backbone, spec.pretrained, None, pretrained)
-    backbone = load_backbone(spec.backbone, pretrained=load_pretrained)
+    backbone = load_backbone(spec.backbone, pretrained=load_pretrained, vitdet_window_size=spec.vitdet_window_size)
     neck = build_neck(
         spec.neck,
         backbone,

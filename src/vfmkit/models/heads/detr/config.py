@@ -8,7 +8,15 @@ stride-64 level made by a stride-2 conv), 900 queries, 6 deformable encoder laye
 (``dn_number`` 100, label noise 0.5, box noise 1.0) and the matching / loss weights class 2 / L1 5 / GIoU 2 (the
 classification loss weight is 1 for RT-DETR's varifocal loss and 2 for DINO's focal loss, as TAO).
 
-Shared simplifications (both presets): query positions are RT-DETR's MLP of the reference box (DINO uses an MLP of
+The light family ``lw-n`` / ``lw-s`` / ``lw-m`` follows LW-DETR / RF-DETR (nano / small / medium): one stride-16 level
+from the multi-layer projector neck (``projector``: blocks 3/6/9/12 of the ViT concatenated and projected; P3 + P5
+optional through ``feat_strides``), **no encoder**, a deformable decoder of 2 / 3 / 4 layers with 2 sampling points,
+300 queries, two-stage query selection with learned content queries, the IoU-aware classification loss (IA-BCE:
+positives' target ``p**alpha * IoU**(1 - alpha)``, alpha 0.25; negatives weighted by ``p**2``) and, training only,
+Group DETR (13 groups of queries, each matched one-to-one, together one-to-many) without denoising (``dn_number``
+0; it can be turned on). Inputs 384 / 512 / 576 px.
+
+Shared simplifications (every preset): query positions are RT-DETR's MLP of the reference box (DINO uses an MLP of
 its sine embedding); batches are never padded (images of a batch share one size), so there are no padding masks or
 valid ratios; per-layer class and box heads are not shared.
 """
@@ -39,7 +47,8 @@ class DetrConfig:
         dec_n_points: decoder cross-attention: sampling points per head and level.
         num_feature_levels: levels the decoder attends to; levels beyond ``feat_strides`` are made by stride-2 convs.
         feat_strides: strides of the feature-source levels used (e.g. (8, 16, 32) of a 4/8/16/32 neck).
-        encoder: ``hybrid`` (RT-DETR: AIFI + CCFM) or ``deformable`` (DINO: MSDeformAttn layers).
+        encoder: ``hybrid`` (RT-DETR: AIFI + CCFM), ``deformable`` (DINO: MSDeformAttn layers) or ``none`` (the light
+            presets: the decoder reads the projected levels directly).
         use_encoder_idx: hybrid encoder: indices of the levels AIFI runs on.
         csp_blocks: hybrid encoder: RepVGG blocks per CCFM fusion block (RT-DETR: 3 x depth_mult).
         expansion: hybrid encoder: hidden width ratio of the CSP fusion blocks.
@@ -49,6 +58,9 @@ class DetrConfig:
         dn_label_noise_ratio: denoising: labels flipped with probability ratio / 2.
         dn_box_noise_scale: denoising: box corner noise relative to half the box size.
         aux_loss: return the outputs of every decoder layer for deep supervision.
+        group_detr: training only: groups of ``num_queries`` queries (Group DETR), each with its own two-stage
+            selection heads, hidden from each other in self-attention and matched one-to-one; 1 = off. Inference uses
+            the first group.
         norm: 2-D norm of the projections and conv blocks: ``gn`` (batch-size independent) or ``bn`` (RT-DETR).
     """
 
@@ -65,7 +77,7 @@ class DetrConfig:
     dec_n_points: int = 4
     num_feature_levels: int = 3
     feat_strides: tuple[int, ...] = (8, 16, 32)
-    encoder: Literal["hybrid", "deformable"] = "hybrid"
+    encoder: Literal["hybrid", "deformable", "none"] = "hybrid"
     use_encoder_idx: tuple[int, ...] = (2,)
     csp_blocks: int = 3
     expansion: float = 1.0
@@ -75,6 +87,7 @@ class DetrConfig:
     dn_label_noise_ratio: float = 0.5
     dn_box_noise_scale: float = 1.0
     aux_loss: bool = True
+    group_detr: int = 1
     norm: Literal["gn", "bn"] = "gn"
 
     def __post_init__(self) -> None:
@@ -87,9 +100,13 @@ class DetrConfig:
             problems.append(f"hidden_dim {self.hidden_dim} must be divisible by nheads {self.nheads} and by 4")
         if self.num_feature_levels < len(self.feat_strides):
             problems.append(f"num_feature_levels {self.num_feature_levels} < {len(self.feat_strides)} feat_strides")
-        if self.encoder not in ("hybrid", "deformable"):
-            problems.append(f"encoder must be hybrid or deformable, got {self.encoder!r}")
-        bad = [i for i in self.use_encoder_idx if not 0 <= i < self.num_feature_levels]
+        if self.encoder not in ("hybrid", "deformable", "none"):
+            problems.append(f"encoder must be hybrid, deformable or none, got {self.encoder!r}")
+        if self.group_detr < 1:
+            problems.append(f"group_detr must be >= 1, got {self.group_detr}")
+        if self.group_detr > 1 and not self.two_stage:
+            problems.append("group_detr > 1 needs two_stage (each group has its own query selection)")
+        bad = [i for i in self.use_encoder_idx if not 0 <= i < self.num_feature_levels and self.encoder == "hybrid"]
         if bad:
             problems.append(f"use_encoder_idx {list(bad)} outside the {self.num_feature_levels} levels")
         if self.num_select < 1 or self.num_queries < 1 or self.dec_layers < 1:
@@ -102,7 +119,7 @@ class DetrConfig:
 class DetrLossConfig:
     """Set-criterion settings (see :class:`vfmkit.models.losses.detr.DetrCriterion`)."""
 
-    cls_loss: Literal["vfl", "focal"] = "vfl"
+    cls_loss: Literal["vfl", "focal", "ia_bce"] = "vfl"
     focal_alpha: float = 0.75
     focal_gamma: float = 2.0
     cls_loss_coef: float = 1.0
@@ -115,10 +132,34 @@ class DetrLossConfig:
 
 @dataclass(frozen=True)
 class DetrPreset:
-    """A named default: architecture fields and loss fields (both overridable)."""
+    """A named default: architecture fields and loss fields (both overridable), the input side and the neck."""
 
     model: dict[str, Any] = field(default_factory=dict)
     loss: dict[str, Any] = field(default_factory=dict)
+    resolution: int = 640
+    neck: str = "simple_pyramid"
+
+
+def _light(dec_layers: int, resolution: int) -> DetrPreset:
+    """A light (LW-DETR / RF-DETR) size: decoder depth and input side."""
+    return DetrPreset(
+        model={
+            "num_queries": 300,
+            "num_feature_levels": 1,
+            "feat_strides": (16,),
+            "encoder": "none",
+            "enc_layers": 0,
+            "dec_layers": dec_layers,
+            "dec_n_points": 2,
+            "dim_feedforward": 1024,
+            "learnt_init_query": True,
+            "dn_number": 0,
+            "group_detr": 13,
+        },
+        loss={"cls_loss": "ia_bce", "focal_alpha": 0.25, "cls_loss_coef": 1.0},
+        resolution=resolution,
+        neck="projector",
+    )
 
 
 DETR_PRESETS: dict[str, DetrPreset] = {
@@ -147,6 +188,9 @@ DETR_PRESETS: dict[str, DetrPreset] = {
         },
         loss={"cls_loss": "focal", "focal_alpha": 0.25, "cls_loss_coef": 2.0},
     ),
+    "lw-n": _light(2, 384),
+    "lw-s": _light(3, 512),
+    "lw-m": _light(4, 576),
 }
 
 _MODEL_KEYS = {f.name for f in fields(DetrConfig)}
@@ -157,9 +201,10 @@ def detr_preset(head: str, num_classes: int, **overrides: Any) -> tuple[DetrConf
     """The preset ``head`` with ``overrides`` applied (None values keep the preset's value).
 
     Args:
-        head: ``rtdetr`` or ``dino``.
+        head: ``rtdetr``, ``dino``, ``lw-n``, ``lw-s`` or ``lw-m``.
         num_classes: C.
-        **overrides: any :class:`DetrConfig` or :class:`DetrLossConfig` field.
+        **overrides: any :class:`DetrConfig` or :class:`DetrLossConfig` field. ``feat_strides`` without
+            ``num_feature_levels`` sets the levels to the larger of the preset's and the strides' count.
 
     Raises:
         VfmError: unknown preset or field, or an inconsistent configuration.
@@ -174,5 +219,7 @@ def detr_preset(head: str, num_classes: int, **overrides: Any) -> tuple[DetrConf
         )
     preset = DETR_PRESETS[head]
     model = {**preset.model, **{k: v for k, v in overrides.items() if k in _MODEL_KEYS}, "num_classes": num_classes}
+    if "feat_strides" in overrides and "num_feature_levels" not in overrides:
+        model["num_feature_levels"] = max(preset.model["num_feature_levels"], len(overrides["feat_strides"]))
     loss = {**preset.loss, **{k: v for k, v in overrides.items() if k in _LOSS_KEYS}}
     return DetrConfig(**model), DetrLossConfig(**loss)

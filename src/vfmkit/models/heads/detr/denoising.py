@@ -38,11 +38,14 @@ class DenoisingQueries:
     meta: dict[str, Any]
 
 
-def denoising_attn_mask(num_denoising: int, group_size: int, num_queries: int, extra: int = 0) -> torch.Tensor:
+def denoising_attn_mask(
+    num_denoising: int, group_size: int, num_queries: int, extra: int = 0, query_groups: int = 1
+) -> torch.Tensor:
     """The self-attention mask of [denoising groups | matching queries | extra queries].
 
     Matching queries may not see denoising queries; a denoising group (``group_size`` rows) sees only itself and the
-    matching and extra queries; extra queries (the frozen-FM image query) see and are seen by everything.
+    matching and extra queries; with ``query_groups`` > 1 (Group DETR) the matching queries form that many equal
+    groups that do not see each other; extra queries (the frozen-FM image query) see and are seen by everything.
 
     Returns:
         (N, N) bool, N = num_denoising + num_queries + extra, True where attention is blocked.
@@ -54,6 +57,12 @@ def denoising_attn_mask(num_denoising: int, group_size: int, num_queries: int, e
         end = start + group_size
         mask[start:end, :start] = True
         mask[start:end, end:num_denoising] = True
+    if query_groups > 1:
+        per_group = num_queries // query_groups
+        for start in range(num_denoising, num_denoising + num_queries, per_group):
+            end = start + per_group
+            mask[start:end, num_denoising:start] = True
+            mask[start:end, end : num_denoising + num_queries] = True
     return mask
 
 
@@ -66,6 +75,7 @@ def build_denoising_queries(
     label_noise_ratio: float = 0.5,
     box_noise_scale: float = 1.0,
     extra_queries: int = 0,
+    query_groups: int = 1,
 ) -> DenoisingQueries | None:
     """Noised positive/negative copies of every target, ``dn_number // max_gt`` groups (at least one).
 
@@ -78,6 +88,7 @@ def build_denoising_queries(
         label_noise_ratio: labels are replaced by a random class with probability ``label_noise_ratio / 2``.
         box_noise_scale: corner noise relative to half the width / height (0: no box noise).
         extra_queries: queries appended after the matching ones (the frozen-FM image query), unmasked.
+        query_groups: the matching queries are this many Group-DETR groups hidden from each other.
 
     Returns:
         The queries, or None when ``dn_number`` is 0 or no image has a target.
@@ -117,7 +128,7 @@ def build_denoising_queries(
     return DenoisingQueries(
         content=label_embed(labels),
         reference=inverse_sigmoid(boxes),
-        attn_mask=denoising_attn_mask(num_denoising, 2 * max_gt, num_queries, extra_queries).to(device),
+        attn_mask=denoising_attn_mask(num_denoising, 2 * max_gt, num_queries, extra_queries, query_groups).to(device),
         meta={
             "dn_positive_idx": list(positive_idx),
             "dn_num_group": num_group,

@@ -1,4 +1,5 @@
-"""The DETR encoders: input projection, RT-DETR's hybrid encoder (AIFI + CCFM) and DINO's deformable encoder.
+"""The DETR encoders: input projection, RT-DETR's hybrid encoder (AIFI + CCFM), DINO's deformable encoder and the
+light presets' none.
 
 Every encoder maps a list of ``hidden_dim``-channel NCHW maps (finest first) to the same number of maps of the same
 sizes, so the detector can append an extra level (the frozen foundation model's stride-64 tokens) for the encoder's
@@ -57,6 +58,14 @@ class InputProjection(nn.Module):
                 raise ValueError("this detector has a frozen foundation-model level: pass its map")
             levels.append(self.fm_proj(fm_map))
         return levels
+
+
+class NoEncoder(nn.Module):
+    """The light presets' "encoder": the levels pass unchanged (the ViT and the projector already mixed them)."""
+
+    def forward(self, levels: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """``num_levels`` maps (B, hidden, H_l, W_l) -> the same maps."""
+        return list(levels)
 
 
 class TransformerEncoderLayer(nn.Module):
