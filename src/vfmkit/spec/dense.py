@@ -1,5 +1,5 @@
 """Spec sections shared by the dense tasks (segmentation, change detection, universal segmentation): the joint
-image + mask augmentation and palette entries."""
+image + mask augmentation, palette entries and the windowed-attention field."""
 
 from __future__ import annotations
 
@@ -10,6 +10,17 @@ from pydantic import Field, model_validator
 from vfmkit.spec.base import Section
 
 Color = tuple[int, int, int]
+
+
+def window_size_field() -> object:
+    """The ``model.vitdet_window_size`` field of the dense tasks' model sections (one text for every task)."""
+    return Field(
+        None,
+        ge=1,
+        description="windowed attention with this window (patches) in all but 4 global blocks, simple_pyramid only "
+        "(RADIO v2/v2.5/v4, timm ViTs, open_clip towers; see the detect task); the resolution must be a multiple "
+        "of patch x window",
+    )
 
 
 class DenseAugmentSpec(Section):

@@ -7,7 +7,7 @@ from typing import ClassVar, Literal
 from pydantic import Field, model_validator
 
 from vfmkit.spec.base import EvaluateSpec, ExportSpec, PredictSpec, RunSpec, Section, SpecPath, TrainSpec
-from vfmkit.spec.dense import Color, DenseAugmentSpec, PaletteEntry, no_duplicates
+from vfmkit.spec.dense import Color, DenseAugmentSpec, PaletteEntry, no_duplicates, window_size_field
 
 
 class SegmentAugmentSpec(DenseAugmentSpec):
@@ -75,13 +75,7 @@ class SegmentModelSpec(Section):
         "c-radio-v3-b", min_length=1, description="registry id/alias (`vfm models`), hf-hub:<repo> or a path"
     )
     pretrained: bool = Field(True, description="load the backbone's published weights (False: random init)")
-    vitdet_window_size: int | None = Field(
-        None,
-        ge=1,
-        description="windowed attention with this window (patches) in all but 4 global blocks, simple_pyramid only "
-        "(RADIO v2/v2.5/v4, timm ViTs, open_clip towers; see the detect task); the resolution must be a multiple "
-        "of patch x window",
-    )
+    vitdet_window_size: int | None = window_size_field()
     neck: Literal["vit_adapter", "simple_pyramid"] = Field(
         "vit_adapter", description="vit_adapter (deformable-attention interactions) or simple_pyramid (ViTDet, cheaper)"
     )

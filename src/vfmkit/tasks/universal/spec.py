@@ -22,7 +22,7 @@ from vfmkit.spec.base import (
     SpecPath,
     TrainSpec,
 )
-from vfmkit.spec.dense import DenseAugmentSpec
+from vfmkit.spec.dense import DenseAugmentSpec, window_size_field
 from vfmkit.tasks.segment.spec import SegmentDataSpec  # universal reads the segment task's mask folders
 
 Task = Literal["semantic", "instance", "panoptic"]
@@ -144,13 +144,7 @@ class UniversalModelSpec(Section):
         "c-radio-v3-b", min_length=1, description="registry id/alias (`vfm models`), hf-hub:<repo> or a path"
     )
     pretrained: bool = Field(True, description="load the backbone's published weights (False: random init)")
-    vitdet_window_size: int | None = Field(
-        None,
-        ge=1,
-        description="windowed attention with this window (patches) in all but 4 global blocks, simple_pyramid only "
-        "(RADIO v2/v2.5/v4, timm ViTs, open_clip towers; see the detect task); the resolution must be a multiple "
-        "of patch x window",
-    )
+    vitdet_window_size: int | None = window_size_field()
     neck: Literal["simple_pyramid", "vit_adapter"] = Field(
         "simple_pyramid", description="simple_pyramid (TAO's D2RADIO: ViTDet pyramid) or vit_adapter"
     )
