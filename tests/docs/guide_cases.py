@@ -168,6 +168,7 @@ GUIDES: dict[str, GuideCase] = {
         # the tiny RADIO's text-aligned head is `siglip` (paired with test-radio-clip-tiny's text tower)
         replace={**TINY_MODELS, "clip": "siglip"},
     ),
+    "guides/backbones.md": GuideCase(lambda root: None),  # `vfm models`: no data
     "guides/fast-inference.md": GuideCase(_shapes, append={("models", "export"): ["--resolution", "64"]}),
     "guides/distributed.md": GuideCase(
         _classify_spec, append={("classify",): [*_task("classify"), "train.accelerator=cpu"]}, own_processes=True
