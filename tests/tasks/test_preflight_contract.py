@@ -49,6 +49,7 @@ LAYOUTS = {
     ("change", "segment"): TrainFiles(_levir_train),
     ("change", "classify"): TrainFiles(_sorted("test/train/*_L0.png")),
     ("detect", None): TrainFiles(_sorted("train/images/*.png")),
+    ("detect", "light"): TrainFiles(_sorted("train/images/*.png")),  # the same data as the rtdetr case
     ("universal", None): TrainFiles(_sorted("images/train/*.png")),
     ("clip", None): TrainFiles(_sorted("train/images/*.png")),
     ("distill", None): TrainFiles(_sorted("images/train/*.png"), lambda root: (root / "images" / "train", [])),
