@@ -1,7 +1,7 @@
 """The Python API page: mkdocstrings directives for the public API (rendered from the docstrings by mkdocstrings).
 
 The names come from ``vfmkit.__all__`` (so a new public export appears by itself) plus the modules below, which the
-README's Python examples use.
+guides' Python examples use.
 """
 
 from __future__ import annotations
@@ -35,9 +35,14 @@ GROUPS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ),
     (
         "Features",
-        "`vfm embed`, `vfm pca`, `vfm knn` and `vfm demo` as functions.",
+        "`vfm embed`, `vfm index build`, `vfm search`, `vfm dedup`, `vfm pca`, `vfm knn` and `vfm demo` as "
+        "functions, and embeddings read back.",
         (
             "vfmkit.features.embed.embed_source", "vfmkit.features.embed.EmbedResult",
+            "vfmkit.features.sharded.embed_to_folder", "vfmkit.features.sharded.ShardedEmbedResult",
+            "vfmkit.features.reader.open_embeddings", "vfmkit.features.reader.EmbeddingsView",
+            "vfmkit.features.index.build_index", "vfmkit.features.index.IndexBuild",
+            "vfmkit.features.search.Collection", "vfmkit.features.dedup.find_duplicates",
             "vfmkit.features.pca.pca_source", "vfmkit.features.knn.knn_evaluate", "vfmkit.features.knn.KnnResult",
             "vfmkit.features.demo.run_demo", "vfmkit.features.runners.RuntimeOptions",
         ),

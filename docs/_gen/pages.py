@@ -67,7 +67,16 @@ def other_pages() -> dict[str, str]:
     return {"reference/models.md": zoo_page(), "reference/api.md": api_page()}
 
 
+def benchmarks_page() -> dict[str, str]:
+    """``benchmarks.md``: the repository's ``BENCHMARKS.md`` as it is, under a line saying so (the measured figures
+    live in one file, which the README links on a checkout and the site shows)."""
+    text = (DOCS_DIR.parent / "BENCHMARKS.md").read_text()
+    title, _, body = text.partition("\n")
+    note = "*This page is the repository's `BENCHMARKS.md`, included as it is when the site is built.*"
+    return {"benchmarks.md": f"{title}\n\n{note}\n{body}"}
+
+
 def generated_pages() -> dict[str, str]:
     """Every generated page."""
-    pages = {**spec_pages(), **tao_pages(), **other_pages()}
+    pages = {**spec_pages(), **tao_pages(), **other_pages(), **benchmarks_page()}
     return {**pages, **cli_pages(lambda page: page_title(page, pages))}

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import re
 import shutil
+import tarfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from PIL import Image
 from tests.synthetic import make_segmentation_dataset, make_shapes_dataset
 from tests.tasks.change.change_data import make_levir
 from tests.tasks.clip.clip_data import write_caption_folders, write_class_folders
@@ -99,6 +101,18 @@ def _distill(root: Path) -> None:
     shutil.copytree(root / "data" / "images" / "val", root / "photos")
 
 
+def _embedding(root: Path) -> None:
+    """The shapes images, a JPEG query image, and the validation images again as two WebDataset shards."""
+    _shapes(root)
+    files = sorted((root / "photos").rglob("*.png"))
+    Image.open(files[0]).save(root / "query.jpg", quality=90)
+    (root / "shards").mkdir()
+    for number, members in enumerate((files[: len(files) // 2], files[len(files) // 2 :])):
+        with tarfile.open(root / "shards" / f"{number:05d}.tar", "w") as shard:
+            for path in members:
+                shard.add(path, arcname=path.name)
+
+
 def _tao(root: Path) -> None:
     _detect(root)
     shutil.copy(Path(__file__).parents[1] / "spec" / "tao_specs" / "rtdetr.yaml", root / "tao_rtdetr.yaml")
@@ -118,6 +132,8 @@ TAO_DETECT_TINY = [
     "model.frozen_fm.enabled=false",
 ]
 
+DETECT_GUIDE = [*_task("detect"), "predict.conf_threshold=0.0"]
+
 CLIP_TINY = ["model.type=test-radio-clip-tiny", "model.image_size=32"]
 
 GUIDES: dict[str, GuideCase] = {
@@ -129,7 +145,15 @@ GUIDES: dict[str, GuideCase] = {
     "tasks/classify.md": GuideCase(_shapes, append={("classify",): _task("classify")}),
     "tasks/segment.md": GuideCase(_segment, append={("segment",): _task("segment")}),
     "tasks/change.md": GuideCase(_change, append={("change",): _task("change", "segment")}),
-    "tasks/detect.md": GuideCase(_detect, append={("detect",): [*_task("detect"), "predict.conf_threshold=0.0"]}),
+    "tasks/detect.md": GuideCase(
+        _detect,
+        append={
+            ("detect",): DETECT_GUIDE,
+            # RF-DETR's setting at 64 px: patch 16, 2 x 2 windows of 2 x 2 patches
+            ("detect", "train", "-c", "det.yaml", "name=lw"): [*DETECT_GUIDE, "model.vitdet_window_size=2"],
+        },
+        replace={**TINY_MODELS, "dinov2-vit-s14": "test-dinov2-tiny"},
+    ),
     "tasks/universal.md": GuideCase(_universal, append={("universal",): _task("universal")}),
     "tasks/clip.md": GuideCase(
         _clip,
@@ -139,7 +163,12 @@ GUIDES: dict[str, GuideCase] = {
     "tasks/distill.md": GuideCase(
         _distill, append={("distill",): _task("distill"), ("embed",): ["--resolution", "32"]}
     ),
-    "guides/embedding.md": GuideCase(_shapes),
+    "guides/embedding.md": GuideCase(
+        _embedding,
+        # the tiny RADIO's text-aligned head is `siglip` (paired with test-radio-clip-tiny's text tower)
+        replace={**TINY_MODELS, "clip": "siglip"},
+    ),
+    "guides/backbones.md": GuideCase(lambda root: None),  # `vfm models`: no data
     "guides/fast-inference.md": GuideCase(_shapes, append={("models", "export"): ["--resolution", "64"]}),
     "guides/distributed.md": GuideCase(
         _classify_spec, append={("classify",): [*_task("classify"), "train.accelerator=cpu"]}, own_processes=True

@@ -8,10 +8,12 @@ from types import SimpleNamespace
 from typing import Literal
 
 from docs._gen.markdown import text
+from docs._gen.pages import benchmarks_page
 from docs._gen.runnable import blocks, commands
 from docs._gen.spec_reference import key_rows, type_text
 from docs._gen.tao_reference import row_cells, tao_page
 from pydantic import BaseModel, Field
+from tests.conftest import REPO_ROOT
 
 
 def test_text_escapes_html_and_table_pipes_outside_code_only() -> None:
@@ -117,3 +119,10 @@ def test_runnable_blocks_and_their_commands() -> None:
     else:
         raise AssertionError("a non-vfm command in a runnable block must be refused")
     assert commands(bad, skip_others=True) == []
+
+
+def test_the_benchmarks_page_is_benchmarks_md_as_it_is() -> None:
+    source = (REPO_ROOT / "BENCHMARKS.md").read_text().splitlines()
+    page = benchmarks_page()["benchmarks.md"].splitlines()
+    assert page[0] == source[0] == "# Benchmarks"
+    assert "BENCHMARKS.md" in page[2] and page[3:] == source[1:]  # one note line, then every line unchanged

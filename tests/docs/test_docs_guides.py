@@ -97,6 +97,14 @@ def test_every_command_shown_names_real_commands_options_and_keys(page: str) -> 
     assert not problems, "\n".join(problems)
 
 
+def test_every_command_in_the_readme_names_real_commands_options_and_keys() -> None:
+    problems = []
+    for block in page_blocks(REPO_ROOT / "README.md"):
+        for argv in commands(block, skip_others=True) if block.lang == "bash" else []:
+            problems += [f"README.md:{block.line}: vfm {' '.join(argv)}: {p}" for p in check_command(argv)]
+    assert not problems, "\n".join(problems)
+
+
 def test_every_page_with_runnable_blocks_has_a_case() -> None:
     runnable = {page for page in PAGES if any(block.runnable for block in page_blocks(DOCS / page))}
     assert runnable == set(GUIDES), "add a GuideCase in tests/docs/guide_cases.py (or drop a stale one)"

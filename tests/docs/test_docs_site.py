@@ -1,6 +1,7 @@
 """The documentation site builds with ``mkdocs build --strict`` (generated reference pages included), and every
-internal link and anchor of the built HTML resolves; so do the page links of ``vfm --help`` and of the short README.
-Skipped, saying why, when the docs extra (mkdocs-material, mkdocstrings) is not installed."""
+internal link and anchor of the built HTML resolves; so do the page links of ``vfm --help`` and of README.md, whose
+Install and Tests sections show the commands ``.ci/run`` runs. Skipped, saying why, when the docs extra
+(mkdocs-material, mkdocstrings) is not installed."""
 
 from __future__ import annotations
 
@@ -124,15 +125,39 @@ def test_every_command_s_help_links_a_page_of_the_site(site: Path) -> None:
         assert site_page(site, page_url(page)).is_file(), page
 
 
-def test_the_short_readme_links_resolve(site: Path) -> None:
-    text = (REPO_ROOT / "docs" / "README-short.md").read_text()
-    links = re.findall(r"\]\(([^)\s]+)\)", text)
-    assert links
+def readme_links(text: str) -> list[str]:
+    """The targets of the Markdown links ``[text](target)`` and autolinks ``<https://...>`` of a page."""
+    return re.findall(r"\]\(([^)\s]+)\)", text) + re.findall(r"<(https?://[^>\s]+)>", text)
+
+
+def test_the_readme_links_resolve_on_a_checkout_and_on_the_site(site: Path) -> None:
+    links = readme_links((REPO_ROOT / "README.md").read_text())
+    assert any(link.startswith("docs/") for link in links) and DOCS_URL in links
     for link in links:
         if link.startswith(DOCS_URL):
             assert site_page(site, link).is_file(), link
         elif not urlsplit(link).scheme:
-            assert (REPO_ROOT / link.split("#")[0]).exists(), link  # relative to README.md at the repository root
+            path = link.split("#")[0]
+            assert "#" not in link, f"{link}: GitHub does not render the site's {{ #id }} anchors"
+            assert (REPO_ROOT / path).exists(), link  # relative to README.md at the repository root
+            if path.startswith("docs/") and path.endswith(".md"):  # a page of the site, not an excluded file
+                assert site_page(site, page_url(path.removeprefix("docs/"))).is_file(), link
+
+
+def _ci_commands() -> list[str]:
+    lines = (REPO_ROOT / ".ci" / "run").read_text().splitlines()
+    return [line.strip() for line in lines if line.strip().startswith("python ")]
+
+
+def test_the_readme_install_and_tests_sections_show_what_ci_runs() -> None:
+    sections = re.split(r"^## ", (REPO_ROOT / "README.md").read_text(), flags=re.MULTILINE)
+    shown = {
+        section.splitlines()[0]: re.findall(r"```bash\n(.*?)```", section, flags=re.DOTALL) for section in sections[1:]
+    }
+    install, tests = _ci_commands()  # .ci/run: the install, then the test suite
+    assert install.startswith("python -m pip install") and tests.startswith("python -m pytest")
+    assert [block.strip() for block in shown["Install"]] == [install]
+    assert [block.strip() for block in shown["Tests"]] == [tests]
 
 
 def test_the_link_checker_finds_broken_links(tmp_path: Path) -> None:

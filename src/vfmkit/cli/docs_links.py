@@ -35,8 +35,7 @@ COMMAND_PAGES: dict[tuple[str, ...], str] = {
     ("distill",): "tasks/distill.md",
 }
 """Command path (after ``vfm``) -> its page in ``docs/``; a command not listed takes its closest listed parent's page
-(``vfm classify train`` -> ``tasks/classify.md``). ``spec from-tao``, ``index``, ``search``, ``dedup`` and ``serve``
-come with other branches (issues 19 and 20); their pages are listed ahead."""
+(``vfm classify train`` -> ``tasks/classify.md``)."""
 
 
 def command_page(path: tuple[str, ...]) -> str:

@@ -96,7 +96,7 @@ def prepare_data(taskdef: TaskDef, spec: BaseModel, splits=("train", "val")) -> 
 
 
 def train(family: TaskFamily, spec: BaseModel) -> TrainResult:
-    """Train as the spec says; everything goes into a run folder (see README)."""
+    """Train as the spec says; everything goes into a run folder (what it holds: each task's page in docs/tasks/)."""
     taskdef = family.select(spec)
     leader = process_rank() == 0
     with contextlib.redirect_stdout(sys.stdout if leader else io.StringIO()):  # ranks > 0 print nothing

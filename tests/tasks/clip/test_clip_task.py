@@ -117,3 +117,14 @@ def test_zeroshot_and_models_commands(root, tmp_path, capsys) -> None:
         main(["clip", "models", "--all"])
     listing = capsys.readouterr().out
     assert "c-radio-v4-so400m" in listing and "test-radio-clip-tiny" in listing
+
+
+def test_a_spec_without_training_pairs_points_at_the_clip_page(tmp_path) -> None:
+    from vfmkit.cli.docs_links import page_url
+    from vfmkit.errors import DataError
+
+    with pytest.raises(DataError) as error:
+        Task("clip", None, ["model.type=test-nvclip-clip-tiny", f"results_dir={tmp_path / 'runs'}"]).train()
+    assert str(error.value).startswith("dataset.train names no pairs: set dataset.train.type and its paths")
+    assert f"{page_url('tasks/clip.md')}#data" in str(error.value)  # the data layouts, not a README section
+    assert not (tmp_path / "runs").exists()

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
+from vfmkit.cli.docs_links import page_url
 from vfmkit.data.sampling import EpochSeededSampler
 from vfmkit.engine.runs import make_loader
 from vfmkit.engine.taskdef import ExportPlan, PredictResult, TaskData, TaskDef, Trained, format_metric
@@ -89,7 +90,10 @@ class ClipTask(TaskDef):
         for name in splits:
             pairs = read_source(getattr(spec.dataset, name), name)
             if pairs is None and name == "train":
-                raise DataError("dataset.train names no pairs: set dataset.train.type and its paths (see README)")
+                raise DataError(
+                    "dataset.train names no pairs: set dataset.train.type and its paths (the layouts: "
+                    f"{page_url('tasks/clip.md')}#data)"
+                )
             if pairs is not None:
                 pairs, counts = preflight(pairs, name, spec.dataset.check_images)
                 print(f"{name}: {counts['images']} images, {counts['captions']} captions ({pairs.source})")
