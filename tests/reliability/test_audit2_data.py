@@ -14,7 +14,7 @@ from PIL import Image
 from tests.reliability.helpers import assert_one_line_error, run_vfm_batch
 from tests.synthetic import make_shapes_dataset
 from tests.tasks.contract_cases import DETECT_TINY, UNIVERSAL
-from tests.tasks.detect.detect_data import make_detection_dataset, make_yolo_dataset
+from tests.tasks.detect.detect_data import link_and_hide_yolo_images, make_detection_dataset, make_yolo_dataset
 from tests.tasks.distill.distill_data import make_pattern_dataset
 from tests.tasks.universal.universal_data import make_instances_dataset, make_panoptic_dataset, split_paths
 
@@ -118,18 +118,7 @@ def test_n7_tiny_images_are_left_out_of_training_not_a_crash(detection, tmp_path
 
 def test_n2_n14_n15_yolo_walker_bom_and_unreadable_image(tmp_path) -> None:
     root = make_yolo_dataset(tmp_path / "yolo", {"train": 6, "val": 2})
-    extra = tmp_path / "extra"
-    (extra / "img").mkdir(parents=True)
-    (extra / "lab").mkdir()
-    for name in ("002", "003"):
-        (root / "images" / "train" / f"{name}.png").rename(extra / "img" / f"{name}.png")
-        (root / "labels" / "train" / f"{name}.txt").rename(extra / "lab" / f"{name}.txt")
-    (root / "images" / "train" / "sub").symlink_to(extra / "img")
-    (root / "labels" / "train" / "sub").symlink_to(extra / "lab")
-    (root / "images" / "train" / ".ipynb_checkpoints").mkdir()
-    (root / "images" / "train" / ".ipynb_checkpoints" / "004-checkpoint.png").write_bytes(
-        (root / "images" / "train" / "004.png").read_bytes()
-    )
+    link_and_hide_yolo_images(root, ("002", "003"), "004", tmp_path / "extra")
     label = root / "labels" / "train" / "004.txt"
     label.write_bytes(b"\xef\xbb\xbf" + label.read_bytes())  # saved by Excel / Notepad with a BOM
     (root / "images" / "train" / "005.png").write_bytes(b"")

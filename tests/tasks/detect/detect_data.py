@@ -116,3 +116,18 @@ def make_yolo_dataset(root: Path, splits: dict[str, int] | None = None, size: in
             ]
             (Path(root) / "labels" / split / f"{index:03d}.txt").write_text("\n".join(lines))
     return Path(root)
+
+
+def link_and_hide_yolo_images(root: Path, linked: tuple[str, ...], hidden: str, outside: Path, split: str = "train"):
+    """Move the images (and labels) ``linked`` of a YOLO split into ``outside`` and link them back as the sub-folder
+    ``sub/``; copy the image ``hidden`` into ``.ipynb_checkpoints/`` (a copy a walker must skip)."""
+    images, labels = root / "images" / split, root / "labels" / split
+    (outside / "img").mkdir(parents=True)
+    (outside / "lab").mkdir()
+    for name in linked:
+        (images / f"{name}.png").rename(outside / "img" / f"{name}.png")
+        (labels / f"{name}.txt").rename(outside / "lab" / f"{name}.txt")
+    (images / "sub").symlink_to(outside / "img")
+    (labels / "sub").symlink_to(outside / "lab")
+    (images / ".ipynb_checkpoints").mkdir()
+    (images / ".ipynb_checkpoints" / f"{hidden}-checkpoint.png").write_bytes((images / f"{hidden}.png").read_bytes())

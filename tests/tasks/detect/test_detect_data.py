@@ -5,13 +5,12 @@ COCO results with the original category ids."""
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
 import torch
 from pydantic import ValidationError
-from tests.tasks.detect.detect_data import make_detection_dataset, make_yolo_dataset
+from tests.tasks.detect.detect_data import link_and_hide_yolo_images, make_detection_dataset, make_yolo_dataset
 
 from vfmkit.data.preflight import recording_left_out
 from vfmkit.errors import DataError
@@ -210,17 +209,7 @@ def _yolo(root: Path, names=("circle", "square", "triangle")) -> DetectDataSpec:
 
 def test_n2_yolo_follows_symlinked_folders_and_skips_hidden_ones(tmp_path):
     root = make_yolo_dataset(tmp_path / "yolo", {"train": 6})
-    extra = tmp_path / "extra"
-    (extra / "img").mkdir(parents=True)
-    (extra / "lab").mkdir()
-    for name in ("003", "004"):
-        (root / "images" / "train" / f"{name}.png").rename(extra / "img" / f"{name}.png")
-        (root / "labels" / "train" / f"{name}.txt").rename(extra / "lab" / f"{name}.txt")
-    (root / "images" / "train" / "sub").symlink_to(extra / "img")
-    (root / "labels" / "train" / "sub").symlink_to(extra / "lab")
-    hidden = root / "images" / "train" / ".ipynb_checkpoints"
-    hidden.mkdir()
-    shutil.copy(root / "images" / "train" / "002.png", hidden / "002-checkpoint.png")
+    link_and_hide_yolo_images(root, ("003", "004"), "002", tmp_path / "extra")
     split = load_detection_data(_yolo(root), ("train",)).split("train")
     names = [image.file_name for image in split.images]
     assert names == ["000.png", "001.png", "002.png", "005.png", "sub/003.png", "sub/004.png"]
